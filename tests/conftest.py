@@ -1,0 +1,24 @@
+"""Environment for the whole suite, set before anything imports timm or the kernels.
+
+* ``HF_HUB_OFFLINE=1``: nothing is downloaded.
+* ``TRITON_INTERPRET=1`` when no GPU is present: Triton reads it when ``@triton.jit`` decorates a kernel,
+  i.e. at import of ``kernels.*.triton_kernels``, so it must be set here, first.
+"""
+import os
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
+
+from kernels._utils.testing import nan_poisoning  # noqa: E402,F401  (fixture)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
