@@ -1,0 +1,263 @@
+"""Fast neighborhood attention in plain PyTorch (the default backend without Triton), autograd by PyTorch.
+
+Algorithm ("tiled box", see ``README.md``):
+
+1. Dilation groups become a batch-like dimension: on an axis of length L with dilation d, group ``g = x mod d``
+   holds the in-group positions ``x' = x // d < ceil((L - g) / d)``; groups may differ in length by one.
+2. Each group is cut into query tiles of ``T`` in-group positions per axis. Window starts and ends are
+   non-decreasing in the query, so the keys of a whole tile lie in one box of ``min(T + k + s - 2, M)`` in-group
+   positions per axis (``M = ceil(L / d)``), the same size for every tile.
+3. Queries, key boxes and value boxes are gathered with one ``index_select`` each (``[.., tiles, T, D]``), an
+   additive ``[tiles, Tq, Tk]`` mask (``-inf`` outside the window, the relative-position bias inside) encodes the
+   exact windows, and one batched :func:`torch.nn.functional.scaled_dot_product_attention` does the rest.
+
+Slots of a tile past the end of its group are filled with the last query of the group (same window), so no row
+of the mask is empty; their outputs are never read back.
+
+Tile size is the only policy: a tile covering the whole group gives one dense masked attention per group (best
+for small maps), and when the window is the whole map the gathers and the mask disappear (plain attention).
+Index tables and masks depend on shapes and arguments only; they are cached per (shape, arguments, device).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .indexing import group_length, window_end, window_start
+
+__all__ = ['na_torch', 'choose_tile']
+
+# query tile per axis (in-group positions) by rank; measured on 2 CPU cores (BENCHMARKS.md, bench/na.py)
+TILE = {1: 64, 2: 8, 3: 4}
+# a group with at most this many tokens runs as one dense masked attention
+DENSE_GROUP_TOKENS = 1024
+
+
+class _Plan(NamedTuple):
+    """Index tables of one (shape, arguments) combination.
+
+    ``q_src``/``kv_src``/``out_slot`` are None where the gather would be the identity.
+    """
+    tiles: int  # groups x tiles: the batch-like dimension
+    tile_q: int  # queries per tile
+    tile_k: int  # keys per box
+    q_src: torch.Tensor | None  # [tiles * tile_q] flat query of each slot
+    kv_src: torch.Tensor | None  # [tiles * tile_k] flat key of each box entry
+    out_slot: torch.Tensor | None  # [N] slot of each query
+    mask: torch.Tensor | None  # [tiles, tile_q, tile_k] 0 inside the window, -inf outside; None: all inside
+    rpb_index: torch.Tensor | None  # [tiles * tile_q * tile_k] flat index into rpb[h].view(-1)
+
+
+def na_torch(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: tuple[int, ...],
+        dilation: tuple[int, ...],
+        stride: tuple[int, ...],
+        is_causal: tuple[bool, ...],
+        rpb: torch.Tensor | None,
+        scale: float,
+        return_lse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Neighborhood attention by tiled boxes and batched SDPA; arguments already validated and normalised.
+
+    Args:
+        query: ``[B, *spatial, heads, D]``, any strides.
+        key: ``[B, *spatial, heads_kv, D]`` with ``heads % heads_kv == 0``.
+        value: ``[B, *spatial, heads_kv, Dv]``.
+        kernel_size, dilation, stride, is_causal: one entry per spatial axis.
+        rpb: ``[heads, 2k_0 - 1, ...]`` of any floating dtype, or None; added to the scaled logits.
+        scale: logit scale.
+        return_lse: also compute the log-sum-exp.
+
+    Returns:
+        ``(out, lse)``: out ``[B, *spatial, heads, Dv]`` in the query's dtype; lse ``[B, *spatial, heads]`` fp32
+        (natural log of the sum of exp of the scaled, biased logits over the window), or None unless
+        ``return_lse``. Computed in fp32 (fp64 for fp64 inputs).
+    """
+    spatial = tuple(query.shape[1:-2])
+    compute = torch.float64 if query.dtype == torch.float64 else torch.float32
+    tile = choose_tile(spatial, kernel_size, dilation, stride)
+    args = (spatial, kernel_size, dilation, stride, is_causal, tile, rpb is not None, compute, query.device)
+    # the cache holds tensors made outside any graph: under torch.compile the tables are traced instead
+    plan = _build_plan(*args) if torch.compiler.is_compiling() else _cached_plan(*args)
+    return _attend(query, key, value, plan, rpb, scale, return_lse, compute)
+
+
+def choose_tile(
+        spatial: tuple[int, ...],
+        kernel_size: tuple[int, ...],
+        dilation: tuple[int, ...],
+        stride: tuple[int, ...],
+) -> tuple[int, ...]:
+    """Query tile per axis, in in-group positions: the whole group when it is small, else ``TILE[rank]``.
+
+    An axis is also left untiled when its box would cover the whole group anyway.
+    """
+    longest = tuple(-(-size // d) for size, d in zip(spatial, dilation))
+    if math.prod(longest) <= DENSE_GROUP_TOKENS:
+        return longest
+    base = TILE[len(spatial)]
+    tile = []
+    for m, k, s in zip(longest, kernel_size, stride):
+        t = min(max(base, s), m)
+        tile.append(m if t + k + s - 2 >= m else t)
+    return tuple(tile)
+
+
+def _attend(query, key, value, plan: _Plan, rpb, scale, return_lse, compute):
+    batch, *spatial, heads, _ = query.shape
+    heads_kv = key.shape[-2]
+    rep = heads // heads_kv
+    n = math.prod(spatial)
+    tiles, tile_q, tile_k = plan.tiles, plan.tile_q, plan.tile_k
+
+    # grouped-query heads sharing a kv head join the query rows: [.., tile_q * rep, D] against one box
+    q = query.to(compute).reshape(batch, n, heads_kv, rep, -1).transpose(1, 2)  # [B, Hkv, N, rep, D]
+    k = key.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2)  # [B, Hkv, N, D]
+    v = value.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2)
+    if plan.q_src is not None:
+        q = q.index_select(2, plan.q_src)
+    if plan.kv_src is not None:
+        k = k.index_select(2, plan.kv_src)
+        v = v.index_select(2, plan.kv_src)
+
+    mask = plan.mask
+    if rpb is not None:
+        # [Hkv, rep, tiles, Tq, Tk] -> [1, Hkv * tiles, Tq * rep, Tk]: the bias differs per head
+        bias = rpb.reshape(heads, -1).index_select(1, plan.rpb_index).to(compute)
+        bias = bias.view(heads_kv, rep, tiles, tile_q, tile_k).permute(0, 2, 3, 1, 4)
+        mask = (bias + mask[:, :, None]).reshape(1, heads_kv * tiles, tile_q * rep, tile_k)
+        lead = (batch, heads_kv * tiles)
+    else:
+        if mask is not None:
+            mask = mask[:, :, None].expand(tiles, tile_q, rep, tile_k).reshape(1, tiles, tile_q * rep, tile_k)
+        lead = (batch * heads_kv, tiles)
+    q = q.reshape(*lead, tile_q * rep, q.shape[-1])
+    k = k.reshape(*lead, tile_k, k.shape[-1])
+    v = v.reshape(*lead, tile_k, v.shape[-1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    out = _untile(out, plan, batch, heads_kv, tiles * tile_q, rep)  # [B, N, Hkv, rep, Dv]
+    out = out.reshape(batch, *spatial, heads, out.shape[-1]).to(query.dtype)
+    if not return_lse:
+        return out, None
+    # a second pass over the logits keeps the SDPA kernel for the output and autograd for both
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        logits = logits + mask
+    lse = torch.logsumexp(logits, dim=-1).unsqueeze(-1)  # [*lead, Tq * rep, 1]
+    lse = _untile(lse, plan, batch, heads_kv, tiles * tile_q, rep)
+    return out, lse.reshape(batch, *spatial, heads).float()
+
+
+def _untile(x: torch.Tensor, plan: _Plan, batch: int, heads_kv: int, slots: int, rep: int) -> torch.Tensor:
+    """``[*lead, tile_q * rep, C]`` -> ``[B, N, Hkv, rep, C]``."""
+    x = x.reshape(batch, heads_kv, slots, rep, x.shape[-1])
+    if plan.out_slot is not None:
+        x = x.index_select(2, plan.out_slot)
+    return x.transpose(1, 2)
+
+
+def _axis_tables(length: int, kernel_size: int, dilation: int, stride: int, is_causal: bool, tile: int,
+                 device: torch.device):
+    """Tables of one axis; slots are laid out ``[d, n_tiles, tile]`` and boxes ``[d, n_tiles, box]``.
+
+    Returns:
+        q_src ``[d, n_tiles, tile]`` original coordinate of each slot's query; kv_src ``[d, n_tiles, box]``
+        original coordinate of each box entry (clamped into the axis; such entries are outside every window);
+        allowed ``[d, n_tiles, tile, box]``; rel ``[d, n_tiles, tile, box]`` the RPB index on this axis
+        (clamped into the table); out_slot ``[3, length]`` (group, tile, position in tile) of each coordinate.
+    """
+    longest = -(-length // dilation)
+    n_tiles = -(-longest // tile)
+    box = min(tile + kernel_size + stride - 2, longest)
+    group = torch.arange(dilation, device=device).view(dilation, 1, 1)
+    glen = group_length(length, dilation, group)
+    local = torch.arange(n_tiles * tile, device=device).view(1, n_tiles, tile)
+    pos = torch.minimum(local, glen - 1)  # [d, n_tiles, tile]; slots past the group repeat its last query
+    start = window_start(pos, glen, kernel_size, stride, is_causal)
+    end = window_end(pos, glen, kernel_size, stride, is_causal)
+    # windows are monotone in the query: the first slot's start bounds the tile's box from below
+    box_start = torch.clamp(start[:, :, :1], max=longest - box)
+    keys = box_start + torch.arange(box, device=device)  # [d, n_tiles, box]
+    keys_q = keys[:, :, None, :]
+    allowed = (keys_q >= start[..., None]) & (keys_q < end[..., None])
+    rel = (keys_q - pos[..., None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+    q_src = pos * dilation + group
+    kv_src = torch.clamp(keys * dilation + group, max=length - 1)
+    coord = torch.arange(length, device=device)
+    out_slot = torch.stack([coord % dilation, (coord // dilation) // tile, (coord // dilation) % tile])
+    return q_src, kv_src, allowed, rel, out_slot, (dilation, n_tiles, tile, box)
+
+
+def _place(t: torch.Tensor, axis: int, rank: int) -> torch.Tensor:
+    """View a per-axis table ``[p_0, p_1, ...]`` in the joint layout ``[p_0 of every axis, p_1 of every axis, ...]``."""
+    shape = [1] * (t.dim() * rank)
+    for j, size in enumerate(t.shape):
+        shape[j * rank + axis] = size
+    return t.reshape(shape)
+
+
+def _build_plan(spatial, kernel_size, dilation, stride, is_causal, tile, with_rpb, dtype, device) -> _Plan:
+    rank = len(spatial)
+    sizes = [None] * rank
+    q_src = kv_src = rpb_index = out_slot = 0
+    allowed = True
+    spatial_stride = 1
+    rpb_stride = 1
+    # fill axis by axis from the last one so row-major strides accumulate
+    per_axis = []
+    for axis in reversed(range(rank)):
+        tables = _axis_tables(spatial[axis], kernel_size[axis], dilation[axis], stride[axis], is_causal[axis],
+                              tile[axis], device)
+        per_axis.append((axis, tables))
+        a_q, a_kv, a_allowed, a_rel, _, sizes[axis] = tables
+        q_src = q_src + _place(a_q, axis, rank) * spatial_stride
+        kv_src = kv_src + _place(a_kv, axis, rank) * spatial_stride
+        allowed = _place(a_allowed, axis, rank) & allowed
+        rpb_index = rpb_index + _place(a_rel, axis, rank) * rpb_stride
+        spatial_stride *= spatial[axis]
+        rpb_stride *= 2 * kernel_size[axis] - 1
+
+    groups, n_tiles, tiles_q, boxes = (tuple(s[j] for s in sizes) for j in range(4))
+    slot_layout = groups + n_tiles + tiles_q
+    slot_strides = [math.prod(slot_layout[j + 1:]) for j in range(len(slot_layout))]
+    for axis, tables in per_axis:
+        g, t, i = tables[4]
+        slot = g * slot_strides[axis] + t * slot_strides[rank + axis] + i * slot_strides[2 * rank + axis]
+        shape = [1] * rank
+        shape[axis] = spatial[axis]
+        out_slot = out_slot + slot.view(shape)
+
+    tiles = math.prod(groups) * math.prod(n_tiles)
+    tile_q, tile_k = math.prod(tiles_q), math.prod(boxes)
+    n = math.prod(spatial)
+    identity_q = tiles == 1 and tile_q == n
+    identity_kv = tiles == 1 and tile_k == n
+    # windows are whole groups when every group has exactly k tokens and one tile
+    full_windows = all(
+        t == -(-size // d) and size % d == 0 and k * d == size and not c
+        for size, k, d, t, c in zip(spatial, kernel_size, dilation, tile, is_causal))
+    mask = None
+    if with_rpb or not full_windows:
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float('-inf'))
+        mask = mask.reshape(tiles, tile_q, tile_k)
+    return _Plan(
+        tiles=tiles,
+        tile_q=tile_q,
+        tile_k=tile_k,
+        q_src=None if identity_q else q_src.reshape(-1),
+        kv_src=None if identity_kv else kv_src.reshape(-1),
+        out_slot=None if identity_q else out_slot.reshape(-1),
+        mask=mask,
+        rpb_index=rpb_index.expand(allowed.shape).reshape(-1) if with_rpb else None,
+    )
+
+
+_cached_plan = functools.lru_cache(maxsize=32)(_build_plan)
