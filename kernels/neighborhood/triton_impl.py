@@ -1,0 +1,355 @@
+"""Fused neighborhood attention in Triton: launchers and the ``zoo::na_fwd`` / ``zoo::na_bwd`` custom ops.
+
+The kernels live in ``triton_kernels.py``; this module maps every rank to 3-D (leading dummy axes of size 1,
+kernel 1, dilation 1, stride 1), chooses tile shapes in one place (:func:`na_block_config`), allocates outputs
+and launches. The ops are registered with ``torch.library`` (fake and autograd implementations included), so
+``torch.compile`` traces through them without graph breaks and a new input resolution reuses the compiled kernels
+(sizes and dilations are runtime arguments of the kernels).
+
+Backward: the dQ kernel runs first and also writes ``delta = rowsum(dO * O) - dLSE``; the dK/dV kernel then walks,
+for each key tile, the exact inverse box of the queries that see it, looping over the query heads of its key head.
+Nothing is accumulated with atomics, so gradients are deterministic. When the legacy bias ``rpb`` needs a gradient,
+the dQ kernel also writes dS of every (query, window offset) pair into an fp32 buffer ``[B, *spatial, heads,
+prod(kernel_size)]`` (it exists only then), which is reduced in PyTorch: summed over the batch, then mapped to the
+bias table with one one-hot matrix per axis (the bias index of an axis depends only on the query's coordinate on
+that axis and the window offset).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from .._utils.backend import triton_interpreting
+from .indexing import group_length, window_start
+from .triton_kernels import na_bwd_kernel_dkv, na_bwd_kernel_dq, na_fwd_kernel
+
+__all__ = ['na_triton', 'na_fwd', 'na_bwd', 'na_block_config']
+
+# query tile of the forward and dQ kernels (key tile of the dK/dV kernel) per rank, leading dummy axes included
+_TILES = {1: (1, 1, 64), 2: (1, 8, 8), 3: (4, 4, 4)}
+
+
+def na_block_config(
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        head_dim: int,
+        head_dim_v: int,
+) -> dict:
+    """Tile shapes and launch options of every kernel, chosen in one place.
+
+    The stationary tile (queries in the forward and dQ kernels, keys in the dK/dV kernel) is fixed per rank. The
+    streamed sub-tile covers, per axis, the box that the stationary tile needs (``tile + kernel + stride - 2``,
+    rounded up to a power of two), halved on its largest axis until it fits the register budget.
+
+    Args:
+        kernel_size: per-axis kernel sizes, 1 to 3 axes.
+        stride: per-axis strides.
+        head_dim: head dim of query and key.
+        head_dim_v: head dim of value.
+
+    Returns:
+        dict with ``tile`` and ``sub`` (3-tuples), ``cand`` (3-tuple, candidates of the inverse-window search),
+        ``block_d``, ``block_dv``, ``num_warps`` and ``num_stages``.
+    """
+    rank = len(kernel_size)
+    tile = _TILES[rank]
+    kernel3 = _to_3d(kernel_size, 1)
+    stride3 = _to_3d(stride, 1)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_dv = max(16, triton.next_power_of_2(head_dim_v))
+    budget = 128 if max(block_d, block_dv) <= 64 else 64
+    sub = [triton.next_power_of_2(t + k + s - 2) for t, k, s in zip(tile, kernel3, stride3)]
+    while sub[0] * sub[1] * sub[2] > budget:
+        sub[sub.index(max(sub))] //= 2
+    cand = tuple(triton.next_power_of_2(k + s - 1) for k, s in zip(kernel3, stride3))
+    return dict(
+        tile=tile, sub=tuple(sub), cand=cand, block_d=block_d, block_dv=block_dv,
+        num_warps=4 if max(block_d, block_dv) <= 64 else 8, num_stages=2)
+
+
+def na_fwd(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rpb: torch.Tensor | None,
+        kernel_size: tuple[int, ...],
+        dilation: tuple[int, ...],
+        stride: tuple[int, ...],
+        is_causal: tuple[bool, ...],
+        scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    query, key, value = _unit_last(query), _unit_last(key), _unit_last(value)
+    batch, *spatial, heads, head_dim = query.shape
+    heads_kv, head_dim_v = key.shape[-2], value.shape[-1]
+    cfg = na_block_config(kernel_size, stride, head_dim, head_dim_v)
+    out = query.new_empty(*query.shape[:-1], head_dim_v)
+    lse = query.new_empty(query.shape[:-1], dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    grid = (_num_tiles(spatial, dilation, cfg['tile']) * batch * heads,)
+    na_fwd_kernel[grid](
+        query, key, value, rpb if rpb is not None else query, out, lse,
+        *_strides(query), *_strides(key), *_strides(value), *_strides(out), *_strides(lse, heads_last=False),
+        *_rpb_strides(rpb, len(spatial)),
+        *_to_3d(spatial, 1), *_to_3d(dilation, 1),
+        heads, heads // heads_kv,
+        scale,
+        *_kernel_constants(kernel_size, stride, is_causal, cfg),
+        DK=head_dim, DV=head_dim_v, BD=cfg['block_d'], BDV=cfg['block_dv'],
+        HAS_RPB=rpb is not None, DOT_FP32=_dot_fp32(query), PRECISION=_precision(query),
+        num_warps=cfg['num_warps'], num_stages=cfg['num_stages'],
+    )
+    return out, lse
+
+
+def na_bwd(
+        grad_out: torch.Tensor,
+        grad_lse: torch.Tensor | None,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rpb: torch.Tensor | None,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        kernel_size: tuple[int, ...],
+        dilation: tuple[int, ...],
+        stride: tuple[int, ...],
+        is_causal: tuple[bool, ...],
+        scale: float,
+        rpb_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    query, key, value, out, grad_out = map(_unit_last, (query, key, value, out, grad_out))
+    lse = lse.contiguous()
+    batch, *spatial, heads, head_dim = query.shape
+    heads_kv, head_dim_v = key.shape[-2], value.shape[-1]
+    rank = len(spatial)
+    cfg = na_block_config(kernel_size, stride, head_dim, head_dim_v)
+    dq = torch.empty_like(query, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(key, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(value, memory_format=torch.contiguous_format)
+    delta = torch.empty_like(lse)
+    store_ds = rpb is not None and rpb_grad
+    ds = query.new_empty(*query.shape[:-1], _prod(kernel_size), dtype=torch.float32) if store_ds else None
+    if query.numel() == 0 or value.numel() == 0:
+        drpb = torch.zeros_like(rpb) if store_ds else None
+        return dq.zero_(), dk.zero_(), dv.zero_(), drpb
+    if grad_lse is not None:
+        grad_lse = grad_lse.float().contiguous()
+    common = dict(
+        DK=head_dim, DV=head_dim_v, BD=cfg['block_d'], BDV=cfg['block_dv'], HAS_RPB=rpb is not None,
+        DOT_FP32=_dot_fp32(query), PRECISION=_precision(query), num_warps=cfg['num_warps'],
+        num_stages=cfg['num_stages'])
+    constants = _kernel_constants(kernel_size, stride, is_causal, cfg)
+    sizes = (*_to_3d(spatial, 1), *_to_3d(dilation, 1))
+    rpb_arg = rpb if rpb is not None else query
+
+    grid = (_num_tiles(spatial, dilation, cfg['tile']) * batch * heads,)
+    na_bwd_kernel_dq[grid](
+        query, key, value, rpb_arg, out, grad_out, lse, grad_lse if grad_lse is not None else lse, delta, dq,
+        ds if store_ds else lse,
+        *_strides(query), *_strides(key), *_strides(value), *_strides(out), *_strides(grad_out),
+        *_strides(lse, heads_last=False), *_strides(dq),
+        *(_strides(ds) if store_ds else (0,) * 5),
+        *_rpb_strides(rpb, rank),
+        *sizes,
+        heads, heads // heads_kv,
+        scale,
+        *constants,
+        HAS_DLSE=grad_lse is not None, STORE_DS=store_ds,
+        **common,
+    )
+    grid = (_num_tiles(spatial, dilation, cfg['tile']) * batch * heads_kv,)
+    na_bwd_kernel_dkv[grid](
+        query, key, value, rpb_arg, grad_out, lse, delta, dk, dv,
+        *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out),
+        *_strides(lse, heads_last=False), *_strides(dk), *_strides(dv),
+        *_rpb_strides(rpb, rank),
+        *sizes,
+        heads_kv, heads // heads_kv,
+        scale,
+        *constants,
+        CAND0=cfg['cand'][0], CAND1=cfg['cand'][1], CAND2=cfg['cand'][2],
+        **common,
+    )
+    drpb = _rpb_grad(ds, kernel_size, dilation).to(rpb.dtype) if store_ds else None
+    return dq, dk, dv, drpb
+
+
+def _rpb_grad(ds: torch.Tensor, kernel_size: tuple[int, ...], dilation: tuple[int, ...]) -> torch.Tensor:
+    # ds [B, *spatial, heads, prod(k)] in window-offset order -> [heads, 2k_0 - 1, ...], deterministically
+    spatial = tuple(ds.shape[1:-2])
+    rank, heads = len(spatial), ds.shape[-2]
+    grad = ds.sum(0).view(*spatial, heads, *kernel_size)
+    xs, ks, rs = 'xyz'[:rank], 'abc'[:rank], 'rst'[:rank]
+    maps = [_rpb_onehot(spatial[i], kernel_size[i], dilation[i], ds.device) for i in range(rank)]
+    equation = f'{xs}h{ks},' + ','.join(xs[i] + ks[i] + rs[i] for i in range(rank)) + f'->h{rs}'
+    return torch.einsum(equation, grad, *maps)
+
+
+def _rpb_onehot(length: int, kernel_size: int, dilation: int, device: torch.device) -> torch.Tensor:
+    # [L, k, 2k - 1]: 1 where window offset a of query x reads bias index (start'(x') - x') + a + k - 1
+    pos = torch.arange(length, device=device)
+    local = pos // dilation
+    start = window_start(local, group_length(length, dilation, pos % dilation), kernel_size)
+    index = (start - local)[:, None] + torch.arange(kernel_size, device=device)[None, :] + kernel_size - 1
+    return F.one_hot(index, 2 * kernel_size - 1).float()
+
+
+def _to_3d(values, fill) -> tuple:
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def _strides(t: torch.Tensor, heads_last: bool = True) -> tuple[int, ...]:
+    # (batch, axis 0, axis 1, axis 2, heads) strides of [B, *spatial, heads, D] (or of [B, *spatial, heads] when
+    # heads_last is False); dummy axes get 0
+    rank = t.dim() - (3 if heads_last else 2)
+    return (t.stride(0), *_to_3d(t.stride()[1:1 + rank], 0), t.stride(1 + rank))
+
+
+def _rpb_strides(rpb: torch.Tensor | None, rank: int) -> tuple[int, ...]:
+    if rpb is None:
+        return (0,) * 4
+    return (rpb.stride(0), *_to_3d(rpb.stride()[1:], 0))
+
+
+def _kernel_constants(kernel_size, stride, is_causal, cfg) -> tuple:
+    return (*_to_3d(kernel_size, 1), *_to_3d(stride, 1), *_to_3d(tuple(bool(c) for c in is_causal), False),
+            *cfg['tile'], *cfg['sub'])
+
+
+def _num_tiles(spatial, dilation, tile) -> int:
+    n = 1
+    for size, d, t in zip(_to_3d(spatial, 1), _to_3d(dilation, 1), tile):
+        n *= triton.cdiv(triton.cdiv(size, d), t) * d
+    return n
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    # the kernels need unit stride on the head dim only; any other layout (strided views of a qkv) is read in place
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _dot_fp32(t: torch.Tensor) -> bool:
+    return t.dtype == torch.bfloat16 and triton_interpreting()
+
+
+def _precision(t: torch.Tensor) -> str:
+    # fp32 inputs follow torch's matmul setting: full fp32 products unless TF32 is allowed
+    if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return 'ieee'
+    return 'tf32'
+
+
+def _prod(values) -> int:
+    n = 1
+    for v in values:
+        n *= v
+    return n
+
+
+@torch.library.custom_op('zoo::na_fwd', mutates_args=())
+def _na_fwd_op(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rpb: torch.Tensor | None,
+        kernel_size: list[int],
+        dilation: list[int],
+        stride: list[int],
+        is_causal: list[bool],
+        scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return na_fwd(query, key, value, rpb, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal), scale)
+
+
+@_na_fwd_op.register_fake
+def _(query, key, value, rpb, kernel_size, dilation, stride, is_causal, scale):
+    out = query.new_empty(*query.shape[:-1], value.shape[-1])
+    lse = query.new_empty(query.shape[:-1], dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op('zoo::na_bwd', mutates_args=())
+def _na_bwd_op(
+        grad_out: torch.Tensor,
+        grad_lse: torch.Tensor | None,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rpb: torch.Tensor | None,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+        kernel_size: list[int],
+        dilation: list[int],
+        stride: list[int],
+        is_causal: list[bool],
+        scale: float,
+        rpb_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv, drpb = na_bwd(
+        grad_out, grad_lse, query, key, value, rpb, out, lse, tuple(kernel_size), tuple(dilation), tuple(stride),
+        tuple(is_causal), scale, rpb_grad)
+    # an op cannot return None: an empty tensor stands for "no bias gradient"
+    return dq, dk, dv, drpb if drpb is not None else query.new_empty(0)
+
+
+@_na_bwd_op.register_fake
+def _(grad_out, grad_lse, query, key, value, rpb, out, lse, kernel_size, dilation, stride, is_causal, scale,
+      rpb_grad):
+    drpb = rpb.new_empty(rpb.shape) if rpb is not None and rpb_grad else query.new_empty(0)
+    return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), drpb
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, rpb, kernel_size, dilation, stride, is_causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, rpb, out, lse)
+    ctx.args = (kernel_size, dilation, stride, is_causal, scale)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    query, key, value, rpb, out, lse = ctx.saved_tensors
+    rpb_grad = rpb is not None and ctx.needs_input_grad[3]
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv, drpb = torch.ops.zoo.na_bwd(
+        grad_out, grad_lse, query, key, value, rpb, out, lse, *ctx.args, rpb_grad)
+    return dq, dk, dv, drpb if rpb_grad else None, None, None, None, None, None
+
+
+_na_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def na_triton(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kernel_size: tuple[int, ...],
+        dilation: tuple[int, ...],
+        stride: tuple[int, ...],
+        is_causal: tuple[bool, ...],
+        rpb: torch.Tensor | None,
+        scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused neighborhood attention; arguments already validated and normalised by ``functional.py``.
+
+    Args:
+        query: ``[B, *spatial, heads, D]`` (1 to 3 spatial axes), float16, bfloat16 or float32, ``D <= 128``; any
+            strides (a view of a packed qkv is read in place).
+        key: ``[B, *spatial, heads_kv, D]``, ``heads % heads_kv == 0``.
+        value: ``[B, *spatial, heads_kv, Dv]``, ``Dv <= 128``.
+        kernel_size: per-axis kernel sizes.
+        dilation: per-axis dilations.
+        stride: per-axis strides.
+        is_causal: per-axis causal flags.
+        rpb: legacy bias ``[heads, 2k_0 - 1, ...]`` of any floating dtype, or None.
+        scale: logit scale.
+
+    Returns:
+        ``(out, lse)``: out ``[B, *spatial, heads, Dv]`` in the input dtype, lse ``[B, *spatial, heads]`` fp32
+        (natural log). Both are differentiable with respect to query, key, value and rpb.
+    """
+    return torch.ops.zoo.na_fwd(
+        query, key, value, rpb, list(kernel_size), list(dilation), list(stride), [bool(c) for c in is_causal],
+        float(scale))
