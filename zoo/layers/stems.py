@@ -1,0 +1,104 @@
+"""Stems that turn an NCHW image into a channels-last (NHWC) token map.
+
+* :class:`ConvStemCl`: two 3x3 stride-2 convolutions with nothing between them, then a norm (NAT / DiNAT
+  tokenizer; parameters ``proj.0``, ``proj.1``, ``norm``).
+* :class:`PatchEmbedCl`: one non-overlapping ``patch_size`` convolution, then a norm (Swin-style; DiNAT_s and the
+  isotropic NAT models; parameters ``proj``, ``norm``). Inputs not divisible by the patch are zero-padded on the
+  right/bottom.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import to_2tuple
+
+__all__ = ['ConvStemCl', 'PatchEmbedCl']
+
+
+class ConvStemCl(nn.Module):
+    """Overlapping 4x downsampling stem: conv3x3/s2 (``in_chans -> embed_dim // 2``), conv3x3/s2, then norm."""
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            embed_dim: int = 64,
+            norm_layer: Optional[Callable[..., nn.Module]] = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            in_chans: image channels.
+            embed_dim: output channels; the first conv has ``embed_dim // 2``.
+            norm_layer: channels-last norm applied last, or None.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: ``in_chans`` or ``embed_dim`` below 1 (``embed_dim`` below 2).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if in_chans < 1:
+            raise ValueError(f'in_chans must be >= 1, got in_chans={in_chans}')
+        if embed_dim < 2:
+            raise ValueError(f'embed_dim must be >= 2, got embed_dim={embed_dim}')
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, embed_dim // 2, kernel_size=3, stride=2, padding=1, **dd),
+            nn.Conv2d(embed_dim // 2, embed_dim, kernel_size=3, stride=2, padding=1, **dd),
+        )
+        self.norm = norm_layer(embed_dim, **dd) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, ceil(H/4), ceil(W/4), embed_dim]``."""
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x)
+
+
+class PatchEmbedCl(nn.Module):
+    """Non-overlapping patch embedding (conv with kernel = stride = ``patch_size``), then norm, channels-last out."""
+
+    def __init__(
+            self,
+            patch_size: Union[int, Tuple[int, int]] = 4,
+            in_chans: int = 3,
+            embed_dim: int = 96,
+            norm_layer: Optional[Callable[..., nn.Module]] = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            patch_size: patch height and width.
+            in_chans: image channels.
+            embed_dim: output channels.
+            norm_layer: channels-last norm applied last, or None.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: a size or channel count below 1.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        patch_size = tuple(int(p) for p in to_2tuple(patch_size))
+        if any(p < 1 for p in patch_size):
+            raise ValueError(f'patch_size must be >= 1, got patch_size={patch_size}')
+        if in_chans < 1 or embed_dim < 1:
+            raise ValueError(f'in_chans and embed_dim must be >= 1, got in_chans={in_chans}, embed_dim={embed_dim}')
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, **dd)
+        self.norm = norm_layer(embed_dim, **dd) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, ceil(H/p), ceil(W/p), embed_dim]`` (right/bottom zero padding)."""
+        H, W = x.shape[-2:]
+        pad_b = -H % self.patch_size[0]
+        pad_r = -W % self.patch_size[1]
+        if pad_b or pad_r:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x)

@@ -1,0 +1,2 @@
+"""Model families; importing this package registers every zoo model with timm."""
+from .nat import *
