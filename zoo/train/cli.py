@@ -1,0 +1,113 @@
+"""``ZooCLI``: Lightning's CLI for :class:`ClassifierModule` with the zoo's defaults.
+
+``python train.py {fit,validate,test,predict} -c configs/demo.yaml [--section.key value ...]``. Several
+``-c`` files merge left to right (a recipe, then overlays such as ``configs/ddp_cpu.yaml``).
+
+What it adds to ``LightningCLI``:
+
+* links ``data.num_classes``, ``data.label_names``, ``data.data_config`` and ``data.batch_size``-independent
+  ``data.img_size`` (through ``data_config``) into the model's arguments, so they are given once;
+* defaults: ``CSVLogger(save_dir='logs', name='zoo')`` (offline; a new ``version_N`` each run), a
+  ``ModelCheckpoint`` keeping ``last.ckpt`` and the best ``val_acc`` (``--checkpoint.*``), a
+  ``LearningRateMonitor`` (``--lr_monitor.*``), :class:`TrainingCurves` (``curves.png`` after ``fit``) and
+  :class:`PredictionCSVWriter` (``--predictions.output_file``);
+* ``fit --ckpt_path last`` resumes the newest ``last.ckpt`` of this logger name (every run logs to a new
+  version folder, so Lightning's own ``'last'`` lookup would find nothing);
+* clear errors before training: an unknown model name (with close matches), an odd batch with Mixup,
+  a checkpoint whose class count differs from the data, a reused log folder, missing data folders.
+"""
+import glob
+import os
+import sys
+from typing import List, Optional
+
+from jsonargparse import lazy_instance
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from .callbacks import PredictionCSVWriter, TrainingCurves, ZooSaveConfigCallback
+from .errors import ConfigError
+from .module import ClassifierModule, check_model_name
+
+__all__ = ['ZooCLI', 'main', 'find_last_checkpoint']
+
+
+def find_last_checkpoint(log_root: str, dirpath: Optional[str] = None) -> Optional[str]:
+    """The most recently written ``last*.ckpt`` in ``dirpath`` or in ``<log_root>/version_*/checkpoints``."""
+    patterns = [os.path.join(dirpath, 'last*.ckpt')] if dirpath else []
+    patterns.append(os.path.join(log_root, '*', 'checkpoints', 'last*.ckpt'))
+    found = [p for pattern in patterns for p in glob.glob(pattern)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI for :class:`~zoo.train.module.ClassifierModule` and any LightningDataModule (digits by default)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('save_config_callback', ZooSaveConfigCallback)
+        kwargs.setdefault('seed_everything_default', 0)
+        kwargs.setdefault('trainer_defaults', {
+            'logger': lazy_instance(CSVLogger, save_dir='logs', name='zoo'),
+            'log_every_n_steps': 10,
+        })
+        kwargs.setdefault('subclass_mode_data', True)
+        kwargs.setdefault('auto_configure_optimizers', False)
+        super().__init__(ClassifierModule, LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({'data': {'class_path': 'zoo.train.data.DigitsDataModule'}})
+        parser.link_arguments('data.num_classes', 'model.num_classes', apply_on='instantiate')
+        parser.link_arguments('data.label_names', 'model.label_names', apply_on='instantiate')
+        parser.link_arguments('data.data_config', 'model.data_config', apply_on='instantiate')
+        parser.link_arguments('data.data_config', 'model.img_size', apply_on='instantiate',
+                              compute_fn=lambda cfg: int(cfg['input_size'][-1]))
+
+        parser.add_lightning_class_args(ModelCheckpoint, 'checkpoint')
+        parser.set_defaults({
+            'checkpoint.monitor': 'val_acc',
+            'checkpoint.mode': 'max',
+            'checkpoint.save_last': True,
+            'checkpoint.save_top_k': 1,
+            'checkpoint.filename': 'best-epoch{epoch:03d}-acc{val_acc:.4f}',
+            'checkpoint.auto_insert_metric_name': False,
+        })
+        parser.add_lightning_class_args(LearningRateMonitor, 'lr_monitor')
+        parser.set_defaults({'lr_monitor.logging_interval': 'step'})
+        parser.add_lightning_class_args(TrainingCurves, 'curves')
+        parser.add_lightning_class_args(PredictionCSVWriter, 'predictions')
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_model_name(config.model.model_name)
+
+    def before_fit(self) -> None:
+        config = self.config_init['fit']
+        if config.get('ckpt_path') == 'last':
+            config['ckpt_path'] = self._resolve_last()
+
+    def _resolve_last(self) -> str:
+        logger = self.trainer.logger
+        root = getattr(logger, 'root_dir', None) or self.trainer.default_root_dir
+        dirpath = self.trainer.checkpoint_callback.dirpath if self.trainer.checkpoint_callback else None
+        path = find_last_checkpoint(root, dirpath)
+        if path is None:
+            where = f'{dirpath} or ' if dirpath else ''
+            raise ConfigError(
+                f'--ckpt_path last: no last.ckpt in {where}{os.path.join(root, "version_*", "checkpoints")}. '
+                f'Start the run without --ckpt_path, or give the checkpoint file.')
+        if self.trainer.is_global_zero:
+            print(f'Resuming from {path}', file=sys.stderr)
+        return path
+
+
+def main(args: Optional[List[str]] = None) -> Optional[ZooCLI]:
+    """Entry point of ``train.py``: misconfiguration (:class:`ConfigError`) exits with its message and status 2."""
+    try:
+        return ZooCLI(args=args)
+    except ConfigError as e:
+        print(f'train.py: error: {e}', file=sys.stderr)
+        if args is not None:  # called from Python: let the caller see the exception
+            raise
+        sys.exit(2)
