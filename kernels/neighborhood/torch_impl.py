@@ -31,10 +31,11 @@ from .indexing import group_length, window_end, window_start
 
 __all__ = ['na_torch', 'choose_tile']
 
-# query tile per axis (in-group positions) by rank; measured on 2 CPU cores (BENCHMARKS.md, bench/na.py)
+# largest query tile per axis (in-group positions) by rank, and how many smaller sizes are tried to avoid padding
 TILE = {1: 64, 2: 8, 3: 4}
-# a group with at most this many tokens runs as one dense masked attention
-DENSE_GROUP_TOKENS = 1024
+TILE_CHOICES = {1: 32, 2: 3, 3: 2}
+# one dense masked attention per group when it does at most this many times the work of the tiled boxes
+DENSE_WORK_RATIO = 2.0
 
 
 class _Plan(NamedTuple):
@@ -95,18 +96,26 @@ def choose_tile(
         dilation: tuple[int, ...],
         stride: tuple[int, ...],
 ) -> tuple[int, ...]:
-    """Query tile per axis, in in-group positions: the whole group when it is small, else ``TILE[rank]``.
+    """Query tile per axis, in in-group positions (a tile equal to the group length means no tiling).
 
-    An axis is also left untiled when its box would cover the whole group anyway.
+    Per axis, the tile size among the ``TILE_CHOICES`` sizes up to ``TILE[rank]`` that pads the group least
+    (ties: the largest); an axis whose box would span the whole group is not tiled. When the dense attention of a
+    whole group costs at most ``DENSE_WORK_RATIO`` times the tiled work (query slots x box keys), nothing is tiled:
+    one large matmul beats many small ones.
     """
+    rank = len(spatial)
     longest = tuple(-(-size // d) for size, d in zip(spatial, dilation))
-    if math.prod(longest) <= DENSE_GROUP_TOKENS:
-        return longest
-    base = TILE[len(spatial)]
-    tile = []
+    tile, slots, box = [], 1, 1
     for m, k, s in zip(longest, kernel_size, stride):
-        t = min(max(base, s), m)
-        tile.append(m if t + k + s - 2 >= m else t)
+        candidates = range(max(TILE[rank] - TILE_CHOICES[rank] + 1, 1), TILE[rank] + 1)
+        t = min(candidates, key=lambda c: (-(-m // c) * c, -c))
+        if t + k + s - 2 >= m:
+            t = m
+        tile.append(t)
+        slots *= -(-m // t) * t
+        box *= min(t + k + s - 2, m)
+    if math.prod(longest) ** 2 <= DENSE_WORK_RATIO * slots * box:
+        return longest
     return tuple(tile)
 
 
@@ -118,9 +127,10 @@ def _attend(query, key, value, plan: _Plan, rpb, scale, return_lse, compute):
     tiles, tile_q, tile_k = plan.tiles, plan.tile_q, plan.tile_k
 
     # grouped-query heads sharing a kv head join the query rows: [.., tile_q * rep, D] against one box
-    q = query.to(compute).reshape(batch, n, heads_kv, rep, -1).transpose(1, 2)  # [B, Hkv, N, rep, D]
-    k = key.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2)  # [B, Hkv, N, D]
-    v = value.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2)
+    # index_select is several times faster from a contiguous source
+    q = query.to(compute).reshape(batch, n, heads_kv, rep, -1).transpose(1, 2).contiguous()  # [B, Hkv, N, rep, D]
+    k = key.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2).contiguous()  # [B, Hkv, N, D]
+    v = value.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2).contiguous()
     if plan.q_src is not None:
         q = q.index_select(2, plan.q_src)
     if plan.kv_src is not None:
