@@ -28,6 +28,8 @@ __all__ = ['na_triton', 'na_fwd', 'na_bwd', 'na_block_config']
 
 # query tile of the forward and dQ kernels (key tile of the dK/dV kernel) per rank, leading dummy axes included
 _TILES = {1: (1, 1, 64), 2: (1, 8, 8), 3: (4, 4, 4)}
+# rows of the streamed sub-tile: 128 made every sm90 build of the backward spill registers
+_SUB_ROWS = 64
 
 
 def na_block_config(
@@ -40,7 +42,7 @@ def na_block_config(
 
     The stationary tile (queries in the forward and dQ kernels, keys in the dK/dV kernel) is fixed per rank. The
     streamed sub-tile covers, per axis, the box that the stationary tile needs (``tile + kernel + stride - 2``,
-    rounded up to a power of two), halved on its largest axis until it fits the register budget.
+    rounded up to a power of two), halved on its largest axis until it has at most 64 rows.
 
     Args:
         kernel_size: per-axis kernel sizes, 1 to 3 axes.
@@ -58,9 +60,8 @@ def na_block_config(
     stride3 = _to_3d(stride, 1)
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_dv = max(16, triton.next_power_of_2(head_dim_v))
-    budget = 128 if max(block_d, block_dv) <= 64 else 64
     sub = [triton.next_power_of_2(t + k + s - 2) for t, k, s in zip(tile, kernel3, stride3)]
-    while sub[0] * sub[1] * sub[2] > budget:
+    while sub[0] * sub[1] * sub[2] > _SUB_ROWS:
         sub[sub.index(max(sub))] //= 2
     cand = tuple(triton.next_power_of_2(k + s - 1) for k, s in zip(kernel3, stride3))
     return dict(
@@ -237,7 +238,7 @@ def _dot_fp32(t: torch.Tensor) -> bool:
 def _precision(t: torch.Tensor) -> str:
     # fp32 inputs follow torch's matmul setting: full fp32 products unless TF32 is allowed
     if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return 'ieee'
+        return 'tf32x3'
     return 'tf32'
 
 

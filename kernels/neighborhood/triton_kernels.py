@@ -11,9 +11,9 @@ import triton
 import triton.language as tl
 
 # the smallest logit of a row before it has seen a valid key; finite so that no exp2(-inf + inf) appears
-NEG_INIT = -1.0e30
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+NEG_INIT = tl.constexpr(-1.0e30)
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 RUNTIME_SIZES = ['L0', 'L1', 'L2', 'D0', 'D1', 'D2']
 
@@ -100,11 +100,11 @@ def _base_offset(i_b, i_h, g0, g1, g2, stb, st0, st1, st2, sth):
 
 
 @triton.jit
-def _window_mask(valid, kx, ws, we, K: tl.constexpr):
-    # restrict a 2-D mask to key coordinates kx inside the query windows [ws, we) on one axis (operands broadcast
-    # to the mask's shape); kernel 1 marks a dummy axis whose only coordinate is 0
+def _window_mask(valid, rel, width, K: tl.constexpr):
+    # restrict a 2-D mask to keys whose offset from the query's window start (rel) is below the window's width
+    # (broadcast); one unsigned compare covers both ends. Kernel 1 marks a dummy axis whose only coordinate is 0
     if K > 1:
-        valid = valid & (kx >= ws) & (kx < we)
+        valid = valid & (rel.to(tl.uint32, bitcast=True) < width.to(tl.uint32, bitcast=True))
     return valid
 
 
@@ -197,9 +197,9 @@ def na_fwd_kernel(
         b_v = tl.load(v + row_v[:, None] + o_dv[None, :], mask=k_valid[:, None] & (o_dv[None, :] < DV), other=0.)
 
         b_mask = q_valid[:, None] & k_valid[None, :]
-        b_mask = _window_mask(b_mask, kx0[None, :], ws0[:, None], we0[:, None], K0)
-        b_mask = _window_mask(b_mask, kx1[None, :], ws1[:, None], we1[:, None], K1)
-        b_mask = _window_mask(b_mask, kx2[None, :], ws2[:, None], we2[:, None], K2)
+        b_mask = _window_mask(b_mask, kx0[None, :] - ws0[:, None], (we0 - ws0)[:, None], K0)
+        b_mask = _window_mask(b_mask, kx1[None, :] - ws1[:, None], (we1 - ws1)[:, None], K1)
+        b_mask = _window_mask(b_mask, kx2[None, :] - ws2[:, None], (we2 - ws2)[:, None], K2)
         # [BM, BN], logits in log2 units
         b_s = _dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
         if HAS_RPB:
@@ -323,9 +323,9 @@ def na_bwd_kernel_dq(
         b_v = tl.load(v + row_v[:, None] + o_dv[None, :], mask=k_valid[:, None] & (o_dv[None, :] < DV), other=0.)
 
         b_mask = q_valid[:, None] & k_valid[None, :]
-        b_mask = _window_mask(b_mask, kx0[None, :], ws0[:, None], we0[:, None], K0)
-        b_mask = _window_mask(b_mask, kx1[None, :], ws1[:, None], we1[:, None], K1)
-        b_mask = _window_mask(b_mask, kx2[None, :], ws2[:, None], we2[:, None], K2)
+        b_mask = _window_mask(b_mask, kx0[None, :] - ws0[:, None], (we0 - ws0)[:, None], K0)
+        b_mask = _window_mask(b_mask, kx1[None, :] - ws1[:, None], (we1 - ws1)[:, None], K1)
+        b_mask = _window_mask(b_mask, kx2[None, :] - ws2[:, None], (we2 - ws2)[:, None], K2)
         # [BM, BN]
         b_s = _dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
         if HAS_RPB:
@@ -437,9 +437,9 @@ def na_bwd_kernel_dkv(
 
         # [BN, BM]: keys are the rows here, so no product needs a transposed P or dS
         b_mask = k_valid[:, None] & q_valid[None, :]
-        b_mask = _window_mask(b_mask, kx0[:, None], ws0[None, :], we0[None, :], K0)
-        b_mask = _window_mask(b_mask, kx1[:, None], ws1[None, :], we1[None, :], K1)
-        b_mask = _window_mask(b_mask, kx2[:, None], ws2[None, :], we2[None, :], K2)
+        b_mask = _window_mask(b_mask, kx0[:, None] - ws0[None, :], (we0 - ws0)[None, :], K0)
+        b_mask = _window_mask(b_mask, kx1[:, None] - ws1[None, :], (we1 - ws1)[None, :], K1)
+        b_mask = _window_mask(b_mask, kx2[:, None] - ws2[None, :], (we2 - ws2)[None, :], K2)
         b_st = _dot(b_k, tl.trans(b_q), DOT_FP32, PRECISION) * qk_scale
         if HAS_RPB:
             b_st += LOG2E * _bias(rpb, i_h, kx0[:, None] - qx0[None, :], kx1[:, None] - qx1[None, :],
