@@ -1,0 +1,1 @@
+"""Benchmark scripts: ``python -m bench.<name>``; shared harness in :mod:`bench.common`."""
