@@ -87,7 +87,9 @@ def na_torch(
     args = (spatial, kernel_size, dilation, stride, is_causal, tile, rpb is not None, compute, query.device)
     # the cache holds tensors made outside any graph: under torch.compile the tables are traced instead
     plan = _build_plan(*args) if torch.compiler.is_compiling() else _cached_plan(*args)
-    return _attend(query, key, value, plan, rpb, scale, return_lse, compute)
+    # autocast would run SDPA and the logits in half precision: the contract is fp32 (fp64) compute
+    with torch.autocast(query.device.type, enabled=False):
+        return _attend(query, key, value, plan, rpb, scale, return_lse, compute)
 
 
 def choose_tile(
@@ -270,4 +272,4 @@ def _build_plan(spatial, kernel_size, dilation, stride, is_causal, tile, with_rp
     )
 
 
-_cached_plan = functools.lru_cache(maxsize=32)(_build_plan)
+_cached_plan = functools.lru_cache(maxsize=16)(_build_plan)

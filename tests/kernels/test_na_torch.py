@@ -208,3 +208,18 @@ def test_torch_compile_fullgraph():
     for name, ref, grad in zip(('dq', 'dk', 'dv', 'drpb'), eager_grads,
                                torch.autograd.grad(loss, (q, k, v, rpb))):
         assert_close(name, ref, grad, 1e-5)
+
+
+def test_autocast_keeps_fp32_compute():
+    """Under bf16 autocast (forward only, as autocast is meant to be used) the results stay fp32-accurate."""
+    q, k, v, rpb = make_inputs(1, (10, 9), 2, 8, rpb_kernel=(3, 3))
+    args = (3, 3), (1, 1), (1, 1), (False, False), rpb, 0.3
+    ref, _ = na_reference(q, k, v, *args)
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, v, rpb))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, _ = na_torch(q, k, v, *args)
+    assert out.dtype == torch.float32
+    assert_close('out', ref, out, TOLERANCES[torch.float32][0])
+    for name, ref_grad, grad in zip(('dq', 'dk', 'dv', 'drpb'), ref_grads,
+                                    torch.autograd.grad(out.sum(), (q, k, v, rpb))):
+        assert_close(name, ref_grad, grad, TOLERANCES[torch.float32][1])
