@@ -13,7 +13,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from .errors import ConfigError
 
-__all__ = ['TrainingCurves', 'PredictionCSVWriter', 'ZooSaveConfigCallback', 'read_metrics_csv', 'plot_curves']
+__all__ = ['TrainingCurves', 'PredictionCSVWriter', 'StopAfter', 'ZooSaveConfigCallback', 'read_metrics_csv',
+           'plot_curves']
 
 _logger = logging.getLogger(__name__)
 
@@ -165,6 +166,33 @@ class PredictionCSVWriter(BasePredictionWriter):
         if self.path:
             _logger.info('Wrote %d predictions to %s', self._rows, self.path)
             print(f'Wrote {self._rows} predictions to {self.path}')
+
+
+class StopAfter(Callback):
+    """End ``fit`` cleanly after a number of epochs or optimizer steps, keeping the ``max_epochs`` schedule.
+
+    For time-sliced jobs (a cluster allocation shorter than the training): each job trains a slice and the next
+    one continues with ``fit --ckpt_path last``; the learning-rate schedule is the one of the whole run, which
+    ``--trainer.max_epochs``/``max_steps`` would change. The counts are totals of the run, not of this job.
+
+    Args:
+        epochs: stop once this many epochs are complete (at the end of an epoch, after its validation).
+        steps: stop once this many optimizer steps are done (mid-epoch; pair with
+            ``--last_checkpoint.every_n_train_steps`` so a checkpoint exists at that step).
+    """
+
+    def __init__(self, epochs: Optional[int] = None, steps: Optional[int] = None):
+        if epochs is None and steps is None:
+            raise ConfigError('StopAfter: give epochs or steps.')
+        self.epochs, self.steps = epochs, steps
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.steps is not None and trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.epochs is not None and trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 class ZooSaveConfigCallback(SaveConfigCallback):

@@ -7,10 +7,11 @@ What it adds to ``LightningCLI``:
 
 * links ``data.num_classes``, ``data.label_names``, ``data.data_config`` and ``data.batch_size``-independent
   ``data.img_size`` (through ``data_config``) into the model's arguments, so they are given once;
-* defaults: ``CSVLogger(save_dir='logs', name='zoo')`` (offline; a new ``version_N`` each run), a
-  ``ModelCheckpoint`` keeping ``last.ckpt`` and the best ``val_acc`` (``--checkpoint.*``), a
-  ``LearningRateMonitor`` (``--lr_monitor.*``), :class:`TrainingCurves` (``curves.png`` after ``fit``) and
-  :class:`PredictionCSVWriter` (``--predictions.output_file``);
+* defaults: ``CSVLogger(save_dir='logs', name='zoo')`` (offline; a new ``version_N`` each run), two
+  ``ModelCheckpoint``s in ``<log_dir>/checkpoints``: the best ``val_acc`` (``--checkpoint.*``) and ``last.ckpt``
+  rewritten at every validation (``--last_checkpoint.*``; add ``--last_checkpoint.every_n_train_steps N`` for
+  mid-epoch saves), a ``LearningRateMonitor`` (``--lr_monitor.*``), :class:`TrainingCurves` (``curves.png`` after
+  ``fit``) and :class:`PredictionCSVWriter` (``--predictions.output_file``);
 * ``fit --ckpt_path last`` resumes the newest ``last.ckpt`` of this logger name (every run logs to a new
   version folder, so Lightning's own ``'last'`` lookup would find nothing);
 * clear errors before training: an unknown model name (with close matches), an odd batch with Mixup,
@@ -64,14 +65,21 @@ class ZooCLI(LightningCLI):
         parser.link_arguments('data.data_config', 'model.img_size', apply_on='instantiate',
                               compute_fn=lambda cfg: int(cfg['input_size'][-1]))
 
+        # two checkpoints: Lightning 2.6 refreshes a ModelCheckpoint's last.ckpt only when it also saved a new
+        # best, so `last` would go stale after the best epoch; a monitor-less one rewrites last.ckpt every time
         parser.add_lightning_class_args(ModelCheckpoint, 'checkpoint')
         parser.set_defaults({
             'checkpoint.monitor': 'val_acc',
             'checkpoint.mode': 'max',
-            'checkpoint.save_last': True,
             'checkpoint.save_top_k': 1,
             'checkpoint.filename': 'best-epoch{epoch:03d}-acc{val_acc:.4f}',
             'checkpoint.auto_insert_metric_name': False,
+        })
+        parser.add_lightning_class_args(ModelCheckpoint, 'last_checkpoint')
+        parser.set_defaults({
+            'last_checkpoint.filename': 'last',
+            'last_checkpoint.save_top_k': 1,
+            'last_checkpoint.enable_version_counter': False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, 'lr_monitor')
         parser.set_defaults({'lr_monitor.logging_interval': 'step'})
@@ -90,7 +98,7 @@ class ZooCLI(LightningCLI):
     def _resolve_last(self) -> str:
         logger = self.trainer.logger
         root = getattr(logger, 'root_dir', None) or self.trainer.default_root_dir
-        dirpath = self.trainer.checkpoint_callback.dirpath if self.trainer.checkpoint_callback else None
+        dirpath = getattr(self.config_init['fit'].get('last_checkpoint'), 'dirpath', None)
         path = find_last_checkpoint(root, dirpath)
         if path is None:
             where = f'{dirpath} or ' if dirpath else ''

@@ -10,6 +10,7 @@ interpolation, crop_pct: what an exported model records), which the CLI links in
 """
 import logging
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -198,6 +199,8 @@ class _TrainLoaderMixin:
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if state_dict and state_dict.get('batches_done'):
             self._resume_batches = (state_dict['epoch'], state_dict['batches_done'])
+            # the sampler skips the batches already trained on, which Lightning cannot see
+            warnings.filterwarnings('ignore', message="You're resuming from a checkpoint that ended before the epoch")
 
 
 class DigitsDataModule(_TrainLoaderMixin, LightningDataModule):
