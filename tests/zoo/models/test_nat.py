@@ -1,0 +1,442 @@
+"""NAT / DiNAT / DiNAT_s / isotropic models: fidelity numbers, the timm contract and the checkpoint filter."""
+import math
+import re
+
+import pytest
+import timm
+import torch
+
+import zoo  # noqa: F401  (registers the models)
+from zoo.models.nat import Nat, NatCfg, NatIsotropic, checkpoint_filter_fn
+
+# sum(p.numel() for p in official_model.parameters()), 1000-class head, from the official classification code
+# (SHI-Labs/Neighborhood-Attention-Transformer @d334f5b) as recorded in the project's model anchors
+OFFICIAL_PARAMS = {
+    'nat_mini': 19_984_174,
+    'nat_tiny': 27_901_582,
+    'nat_small': 50_743_297,
+    'nat_base': 89_769_652,
+    'dinat_mini': 19_984_174,
+    'dinat_tiny': 27_901_582,
+    'dinat_small': 50_719_681,
+    'dinat_base': 89_769_652,
+    'dinat_large': 200_943_514,
+    'dinat_large_384': 200_943_514,
+    'dinat_large_384_11x11': 201_144_250,
+    'dinat_s_tiny': 28_288_354,
+    'dinat_s_small': 49_606_258,
+    'dinat_s_base': 87_768_224,
+    'dinat_s_large': 196_532_476,
+    'dinat_s_large_384': 196_532_476,
+    'nat_isotropic_small': 21_999_736,
+    'dinat_isotropic_small': 21_999_736,
+    'vitrpb_small': 22_080_376,
+    'nat_isotropic_base': 86_465_800,
+    'dinat_isotropic_base': 86_465_800,
+    'vitrpb_base': 86_627_080,
+}
+# the ImageNet-22K entrypoints: same architecture, 21841-class head
+IN22K = {'dinat_large_in22k': 'dinat_large', 'dinat_large_11x11_in22k': 'dinat_large_384_11x11',
+         'dinat_s_large_in22k': 'dinat_s_large'}
+TINY = ['nat_test', 'dinat_test', 'dinat_s_test', 'nat_isotropic_test', 'dinat_isotropic_test', 'vitrpb_test']
+HIERARCHICAL_TINY = ['nat_test', 'dinat_test', 'dinat_s_test']
+ISOTROPIC_TINY = ['nat_isotropic_test', 'dinat_isotropic_test', 'vitrpb_test']
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize('name', list(OFFICIAL_PARAMS))
+def test_param_count_matches_official(name):
+    model = timm.create_model(name, device='meta')
+    assert _params(model) == OFFICIAL_PARAMS[name]
+
+
+@pytest.mark.parametrize('name', list(IN22K))
+def test_in22k_variants(name):
+    model = timm.create_model(name, device='meta')
+    assert model.num_classes == 21841
+    dim = model.num_features
+    assert _params(model) == OFFICIAL_PARAMS[IN22K[name]] + (21841 - 1000) * (dim + 1)
+
+
+def test_gmacs_match_official():
+    pytest.importorskip('fvcore')
+    from zoo.models._flops import count_gmacs
+    # fvcore GMACs of the official code: nat_mini 2.711, dinat_s_tiny 4.509 (224 px)
+    for name, ref in (('nat_mini', 2.711), ('dinat_s_tiny', 4.509)):
+        gmacs = count_gmacs(timm.create_model(name), (3, 224, 224))
+        assert abs(gmacs / ref - 1) < 0.01, (name, gmacs)
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_variant_forward_backward(name):
+    model = timm.create_model(name, num_classes=10)
+    assert _params(model) < 1_000_000
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 10)
+    torch.nn.functional.cross_entropy(out, torch.tensor([1, 2])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in model.no_weight_decay())
+
+
+@pytest.mark.parametrize('name', TINY)
+@pytest.mark.parametrize('size', [(64, 64), (70, 54), (13, 9)], ids=['64x64', '70x54', '13x9'])
+def test_tiny_variant_any_size(name, size):
+    model = timm.create_model(name).eval()
+    if name == 'vitrpb_test' and max(size) > 64:
+        with pytest.raises(ValueError, match='img_size'):
+            model(torch.randn(1, 3, *size))
+        return
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, *size))
+    reduction = model.feature_info[-1]['reduction']
+    assert feats.shape == (1, math.ceil(size[0] / reduction), math.ceil(size[1] / reduction), model.num_features)
+
+
+@pytest.mark.parametrize('name', ['nat_test', 'dinat_test', 'dinat_s_test', 'dinat_isotropic_test'])
+def test_backends_agree(name, monkeypatch):
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 36, 28)
+    outs = {}
+    for backend in ('reference', 'torch'):
+        monkeypatch.setenv('ZOO_NA_BACKEND', backend)
+        with torch.no_grad():
+            outs[backend] = model(x)
+    torch.testing.assert_close(outs['torch'], outs['reference'], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.triton
+def test_triton_backend_agrees_interpreted(monkeypatch):
+    pytest.importorskip('triton')
+    model = timm.create_model('dinat_test', num_classes=5).eval()
+    x = torch.randn(1, 3, 16, 12)
+    outs = {}
+    for backend in ('reference', 'triton'):
+        monkeypatch.setenv('ZOO_NA_BACKEND', backend)
+        with torch.no_grad():
+            outs[backend] = model(x)
+    torch.testing.assert_close(outs['triton'], outs['reference'], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_classifier_contract(name):
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pool = model.pretrained_cfg['pool_size']
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, *pool, model.num_features)  # output_fmt NHWC
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+        assert model.get_classifier() is model.head.fc
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+        model.reset_classifier(0, '')
+        assert model(x).shape == (2, *pool, model.num_features)
+        model.reset_classifier(7, 'avg')
+        assert model(x).shape == (2, 7)
+    bare = timm.create_model(name, num_classes=0, global_pool='')
+    assert bare(x).dim() == 4
+    state = timm.create_model(name).state_dict()
+    assert model.pretrained_cfg['classifier'] + '.weight' in state
+    assert model.pretrained_cfg['first_conv'] + '.weight' in state
+    assert model.no_weight_decay() == {n for n in state if n.endswith('.rpb')}
+    groups = timm.models.group_parameters(model, model.group_matcher())
+    assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize('name', HIERARCHICAL_TINY)
+def test_features_only_hierarchical(name):
+    model = timm.create_model(name, features_only=True).eval()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        feats = model(x)
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    assert [(f.shape[2], f.shape[3]) for f in feats] == [(64 // r, math.ceil(48 / r)) for r in (4, 8, 16, 32)]
+    picked = timm.create_model(name, features_only=True, out_indices=(1, 3))
+    assert picked.feature_info.reduction() == [8, 32]
+    assert len(picked(x)) == 2
+
+
+def test_features_only_full_variant_strides():
+    model = timm.create_model('dinat_large', features_only=True, device='meta')
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert model.feature_info.channels() == [192, 384, 768, 1536]
+
+
+@pytest.mark.parametrize('name', ISOTROPIC_TINY)
+def test_features_only_isotropic(name):
+    model = timm.create_model(name, features_only=True).eval()
+    assert model.feature_info.reduction() == [4, 4, 4]
+    feats = model(torch.randn(1, 3, 32, 32))
+    assert [tuple(f.shape) for f in feats] == [(1, 64, 8, 8)] * 3
+
+
+@pytest.mark.parametrize('name', TINY)
+@pytest.mark.parametrize('checkpointing', [False, True], ids=['plain', 'grad_ckpt'])
+def test_forward_intermediates(name, checkpointing):
+    model = timm.create_model(name).eval()
+    model.set_grad_checkpointing(checkpointing)
+    x = torch.randn(2, 3, 32, 32, requires_grad=checkpointing)
+    final, inter = model.forward_intermediates(x)
+    torch.testing.assert_close(final, model.forward_features(x))
+    assert len(inter) == len(model.feature_info)
+    for info, feat in zip(model.feature_info, inter):
+        assert feat.shape[1] == info['num_chs'] and feat.shape[2] == math.ceil(32 / info['reduction'])
+    nhwc = model.forward_intermediates(x, indices=1, output_fmt='NHWC', intermediates_only=True, norm=True)
+    torch.testing.assert_close(nhwc[0], final)
+    with pytest.raises(ValueError, match='output_fmt'):
+        model.forward_intermediates(x, output_fmt='NLC')
+
+
+@pytest.mark.parametrize('name', ['dinat_test', 'dinat_isotropic_test'])
+def test_grad_checkpointing_same_gradients(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, drop_path_rate=0.)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['nat_test', 'nat_isotropic_test'])
+def test_prune_intermediate_layers(name):
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        kept = model.prune_intermediate_layers([0, 1])
+        pruned = model.forward_intermediates(x, indices=kept, intermediates_only=True)
+    assert kept == [0, 1]
+    for a, b in zip(full, pruned):
+        torch.testing.assert_close(a, b)
+    assert model.num_classes == 0
+
+
+def test_meta_device_and_dtype():
+    model = timm.create_model('dinat_s_test', device='meta', dtype=torch.bfloat16)
+    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_cfg_overlay_and_errors():
+    model = timm.create_model('nat_test', kernel_size=5, drop_path_rate=0.1)
+    assert model.stages[0].blocks[0].attn.rpb.shape[-1] == 9
+    assert model.stages[-1].blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    with pytest.raises(TypeError, match='unexpected keyword'):
+        timm.create_model('nat_test', window_size=7)
+    with pytest.raises(ValueError, match='kernel_size'):
+        timm.create_model('nat_test', kernel_size=4)
+    with pytest.raises(ValueError, match='attn_drop'):
+        timm.create_model('nat_test', attn_drop_rate=0.1)
+    with pytest.raises(ValueError, match='num_heads'):
+        NatCfg(embed_dim=16, depths=(1, 1), num_heads=(3, 2))
+    with pytest.raises(ValueError, match='dilations'):
+        NatCfg(depths=(1, 2), num_heads=(2, 4), dilations=((1,), (1,)))
+    with pytest.raises(ValueError, match='stem'):
+        NatCfg(stem='overlap')
+    with pytest.raises(ValueError, match='isotropic'):
+        Nat(NatCfg(depths=(2,), num_heads=(2,), isotropic=True))
+    with pytest.raises(ValueError, match='drop_path_rate'):
+        NatIsotropic(NatCfg(depths=(2,), num_heads=(2,), isotropic=True), drop_path_rate=1.5)
+
+
+def test_dilation_schedules():
+    cfgs = zoo.models.nat.model_cfgs
+    assert cfgs['dinat_tiny'].dilations[:2] == ((1, 8, 1), (1, 4, 1, 4))
+    assert cfgs['dinat_tiny'].dilations[2] == (1, 2) * 9 and cfgs['dinat_tiny'].dilations[3] == (1,) * 5
+    assert cfgs['dinat_large_384'].dilations[:3] == ((1, 13, 1), (1, 6, 1, 6), (1, 3) * 9)
+    assert cfgs['dinat_large_384_11x11'].dilations == cfgs['dinat_large'].dilations
+    assert cfgs['dinat_s_large_384'].dilations == ((1, 13), (1, 6), (1, 3) * 9, (1, 1))
+    assert cfgs['dinat_isotropic_small'].dilations == ((1, 2) * 6,)
+    assert cfgs['nat_mini'].dilations is None
+    assert [cfgs[n].layer_scale for n in ('nat_small', 'nat_base', 'dinat_small', 'dinat_base')] == [
+        1e-5, 1e-5, None, 1e-5]
+
+
+# official key templates (block indices collapsed to N), from the project's model anchors
+TEMPLATE_NAT = '''
+patch_embed.proj.N.weight patch_embed.proj.N.bias patch_embed.norm.weight patch_embed.norm.bias
+levels.N.blocks.N.gamma1 levels.N.blocks.N.gamma2
+levels.N.blocks.N.norm1.weight levels.N.blocks.N.norm1.bias levels.N.blocks.N.attn.rpb
+levels.N.blocks.N.attn.qkv.weight levels.N.blocks.N.attn.qkv.bias levels.N.blocks.N.attn.proj.weight
+levels.N.blocks.N.attn.proj.bias levels.N.blocks.N.norm2.weight levels.N.blocks.N.norm2.bias
+levels.N.blocks.N.mlp.fc1.weight levels.N.blocks.N.mlp.fc1.bias levels.N.blocks.N.mlp.fc2.weight
+levels.N.blocks.N.mlp.fc2.bias levels.N.downsample.reduction.weight levels.N.downsample.norm.weight
+levels.N.downsample.norm.bias norm.weight norm.bias head.weight head.bias
+'''
+TEMPLATE_DINAT_S = TEMPLATE_NAT.replace('levels.', 'layers.').replace('patch_embed.proj.N.', 'patch_embed.proj.')
+TEMPLATE_ISO = '''
+patch_embed.proj.weight patch_embed.proj.bias patch_embed.norm.weight patch_embed.norm.bias
+layers.N.norm1.weight layers.N.norm1.bias layers.N.attn.rpb layers.N.attn.relative_position_index
+layers.N.attn.qkv.weight layers.N.attn.qkv.bias layers.N.attn.proj.weight layers.N.attn.proj.bias
+layers.N.norm2.weight layers.N.norm2.bias layers.N.mlp.fc1.weight layers.N.mlp.fc1.bias
+layers.N.mlp.fc2.weight layers.N.mlp.fc2.bias norm.weight norm.bias head.weight head.bias
+'''
+
+
+def official_state_dict(name: str, device='cpu'):
+    """A synthetic official-layout state dict for ``name``: template keys expanded over the architecture.
+
+    Shapes follow the official modules (``levels.i.downsample`` maps stage i's width to stage i+1's); values are
+    random so that a wrong mapping shows.
+    """
+    cfg = zoo.models.nat.model_cfgs[name]
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g) if device == 'cpu' else torch.empty(*shape, device=device)
+
+    out = {}
+    dims = [cfg.embed_dim * (1 if cfg.isotropic else 2 ** i) for i in range(len(cfg.depths))]
+    k = cfg.kernel_size
+    c0 = dims[0]
+    if cfg.isotropic:
+        grid = 224 // cfg.patch_size if cfg.img_size == 224 else cfg.img_size // cfg.patch_size
+        for key in TEMPLATE_ISO.split():
+            if key.startswith('layers.'):
+                if 'relative_position_index' in key and cfg.attn != 'global_rpb':
+                    continue
+                for j in range(cfg.depths[0]):
+                    out[key.replace('N', str(j), 1)] = _block_tensor(
+                        key.split('.', 2)[2], dims[0], cfg, cfg.num_heads[0], k, rand, grid)
+    else:
+        for key in TEMPLATE_NAT.split() if cfg.stem == 'conv' else TEMPLATE_DINAT_S.split():
+            if '.blocks.N.' in key:
+                suffix = key.split('.blocks.N.')[1]
+                if suffix.startswith('gamma') and cfg.layer_scale is None:
+                    continue
+                for i, depth in enumerate(cfg.depths):
+                    for j in range(depth):
+                        new = key.replace('N', str(i), 1).replace('N', str(j), 1)
+                        out[new] = _block_tensor(suffix, dims[i], cfg, cfg.num_heads[i], k, rand)
+            elif '.downsample.' in key:
+                for i in range(len(dims) - 1):
+                    dim, nxt = dims[i], dims[i + 1]
+                    shape = {'reduction.weight': (nxt, dim, 3, 3) if cfg.downsample == 'conv' else (nxt, 4 * dim),
+                             'norm.weight': (nxt if cfg.downsample == 'conv' else 4 * dim,)}
+                    shape['norm.bias'] = shape['norm.weight']
+                    out[key.replace('N', str(i))] = rand(*shape[key.split('.downsample.')[1]])
+    for key in (TEMPLATE_ISO if cfg.isotropic else TEMPLATE_NAT).split():
+        if key.startswith('patch_embed.'):
+            if cfg.stem == 'conv':
+                if key.startswith('patch_embed.proj.N'):
+                    for n, (cin, cout) in enumerate(((3, c0 // 2), (c0 // 2, c0))):
+                        shape = (cout, cin, 3, 3) if key.endswith('weight') else (cout,)
+                        out[key.replace('N', str(n))] = rand(*shape)
+                    continue
+            elif key.startswith('patch_embed.proj.N'):
+                continue
+            if key in ('patch_embed.proj.weight',):
+                out[key] = rand(c0, 3, cfg.patch_size, cfg.patch_size)
+            elif key.startswith('patch_embed.'):
+                out[key] = rand(c0)
+    if cfg.stem == 'patch' and not cfg.isotropic:
+        out['patch_embed.proj.weight'] = rand(c0, 3, cfg.patch_size, cfg.patch_size)
+        for key in ('patch_embed.proj.bias', 'patch_embed.norm.weight', 'patch_embed.norm.bias'):
+            out[key] = rand(c0)
+    out['norm.weight'], out['norm.bias'] = rand(dims[-1]), rand(dims[-1])
+    out['head.weight'], out['head.bias'] = rand(1000, dims[-1]), rand(1000)
+    return out
+
+
+def _block_tensor(suffix, dim, cfg, heads, k, rand, grid=None):
+    hidden = int(dim * cfg.mlp_ratio)
+    if suffix == 'attn.rpb':
+        size = 2 * grid - 1 if cfg.attn == 'global_rpb' else 2 * k - 1
+        return rand(heads, size, size)
+    if suffix == 'attn.relative_position_index':
+        return torch.zeros(grid * grid, grid * grid, dtype=torch.long)
+    shapes = {
+        'gamma1': (dim,), 'gamma2': (dim,), 'norm1.weight': (dim,), 'norm1.bias': (dim,),
+        'norm2.weight': (dim,), 'norm2.bias': (dim,), 'attn.qkv.weight': (3 * dim, dim), 'attn.qkv.bias': (3 * dim,),
+        'attn.proj.weight': (dim, dim), 'attn.proj.bias': (dim,), 'mlp.fc1.weight': (hidden, dim),
+        'mlp.fc1.bias': (hidden,), 'mlp.fc2.weight': (dim, hidden), 'mlp.fc2.bias': (dim,),
+    }
+    return rand(*shapes[suffix])
+
+
+@pytest.mark.parametrize('name', ['nat_mini', 'nat_small', 'dinat_s_tiny', 'vitrpb_small', 'dinat_isotropic_base',
+                                  'dinat_large_384_11x11'])
+def test_filter_full_variants_key_sets(name):
+    model = timm.create_model(name, device='meta')
+    official = official_state_dict(name, device='meta')
+    converted = checkpoint_filter_fn(official, model)
+    assert set(converted) == set(model.state_dict())
+    assert all(converted[k].shape == v.shape for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize('name', TINY)
+@pytest.mark.parametrize('wrap', [None, 'model', 'state_dict'])
+def test_filter_tiny_official_in_ours_out(name, wrap):
+    model = timm.create_model(name)
+    official = official_state_dict(name)
+    converted = checkpoint_filter_fn({wrap: official} if wrap else official, model)
+    model.load_state_dict(converted, strict=True)
+    assert all(not k.startswith(('levels.', 'layers.')) for k in converted)
+    if name in HIERARCHICAL_TINY:
+        prefix = 'levels' if name == 'nat_test' or name == 'dinat_test' else 'layers'
+        assert torch.equal(model.stages[2].downsample.reduction.weight, official[f'{prefix}.1.downsample.reduction.weight'])
+        assert torch.equal(model.stages[1].blocks[0].attn.rpb, official[f'{prefix}.1.blocks.0.attn.rpb'])
+    else:
+        assert torch.equal(model.blocks[3].attn.qkv.weight, official['layers.3.attn.qkv.weight'])
+    assert torch.equal(model.head.fc.weight, official['head.weight'])
+    # a native dict comes back unchanged
+    native = model.state_dict()
+    again = checkpoint_filter_fn(native, model)
+    assert again.keys() == native.keys() and all(again[k] is native[k] for k in native)
+
+
+def test_pretrained_file_loads_official_layout(tmp_path):
+    official = official_state_dict('dinat_s_test')
+    path = tmp_path / 'official.pth'
+    torch.save({'model': official}, path)
+    model = timm.create_model('dinat_s_test', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.equal(model.stages[3].downsample.reduction.weight, official['layers.2.downsample.reduction.weight'])
+    # a new head for fine-tuning: the classifier is re-initialised, the rest is loaded
+    model = timm.create_model(
+        'dinat_s_test', pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(path)))
+    assert model.head.fc.out_features == 10
+    assert torch.equal(model.norm.weight, official['norm.weight'])
+
+
+@pytest.mark.parametrize(('edit', 'match'), [
+    ('drop', r'missing keys \[stages\.1\.blocks\.0\.attn\.rpb\]'),
+    ('extra', r'unexpected keys \[stages\.0\.blocks\.0\.attn\.extra\]'),
+    ('shape', r'shape mismatches \[stages\.0\.blocks\.0\.attn\.rpb: checkpoint \(1, 9, 9\)'),
+])
+def test_filter_rejects_mismatched_checkpoint(edit, match):
+    model = timm.create_model('nat_test')
+    official = official_state_dict('nat_test')
+    if edit == 'drop':
+        del official['levels.1.blocks.0.attn.rpb']
+    elif edit == 'extra':
+        official['levels.0.blocks.0.attn.extra'] = torch.zeros(1)
+    else:
+        official['levels.0.blocks.0.attn.rpb'] = torch.zeros(1, 9, 9)
+    with pytest.raises(ValueError, match=match):
+        checkpoint_filter_fn(official, model)
+
+
+def test_filter_rejects_other_family():
+    official = official_state_dict('nat_test')
+    with pytest.raises(ValueError, match='does not match'):
+        checkpoint_filter_fn(official, timm.create_model('dinat_s_test'))
+
+
+def test_pretrained_cfgs():
+    names = timm.list_pretrained('*nat*') + timm.list_pretrained('vitrpb*')
+    assert len(names) == 25
+    for name in names:
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert re.match(r'https://shi-labs\.com/projects/(nat|dinat)/checkpoints/', cfg.url), name
+        assert cfg.license == 'mit' and cfg.classifier == 'head.fc'
+        assert cfg.num_classes == (21841 if name.endswith('.in22k') else 1000)
+        assert cfg.crop_pct == (1.0 if '384' in name else 0.875)
