@@ -72,6 +72,7 @@ CASES = [
     # (batch, spatial, heads, heads_kv, dim, dim_v), kernel_size, dilation, stride, is_causal, use_rpb
     pytest.param((2, (37,), 2, 2, 16, 16), (5,), (3,), (1,), (False,), True, id='1d-L37-k5-d3-rpb'),
     pytest.param((1, (37,), 2, 1, 16, 16), (5,), (3,), (2,), (True,), False, id='1d-L37-k5-d3-s2-causal-gqa'),
+    pytest.param((1, (150,), 2, 1, 16, 16), (9,), (2,), (1,), (False,), True, id='1d-L150-k9-d2-rpb-gqa'),
     pytest.param((1, (9, 13), 2, 2, 16, 16), (3, 3), (2, 2), (1, 1), (False, False), False, id='2d-9x13-k3-d2'),
     pytest.param((2, (7, 7), 1, 1, 16, 16), (7, 7), (1, 1), (1, 1), (False, False), False, id='2d-7x7-k7-full'),
     pytest.param((1, (13, 10), 2, 2, 32, 32), (5, 3), (2, 3), (1, 1), (False, False), True,
@@ -115,7 +116,7 @@ def test_triton_bias_without_gradient_and_other_dtype(nan_poisoning):
 
 
 def test_triton_float16(nan_poisoning):
-    q, k, v, _ = make_inputs(2, (9, 10), 2, 32, dtype=torch.float16)
+    q, k, v, _ = make_inputs(1, (9, 10), 2, 32, dtype=torch.float16)
     check_against_reference(q, k, v, None, 3, (1, 2))
 
 
@@ -126,7 +127,7 @@ def test_triton_bfloat16_on_cuda():
 
 
 def test_triton_reads_a_packed_qkv_in_place(nan_poisoning):
-    qkv = torch.randn(2, 9, 10, 3, 2, 16, device=DEVICE, requires_grad=True)
+    qkv = torch.randn(1, 9, 10, 3, 2, 16, device=DEVICE, requires_grad=True)
     ref_qkv = qkv.detach().double().requires_grad_()
     out = na2d(*qkv.unbind(3), 3, dilation=(2, 1), backend='triton')
     ref = na2d(*ref_qkv.unbind(3), 3, dilation=(2, 1), backend='reference')
