@@ -16,6 +16,8 @@ that axis and the window offset).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -80,6 +82,7 @@ def na_fwd(
         is_causal: tuple[bool, ...],
         scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward launcher: ``(out, lse)`` of :func:`na_triton` (no autograd); arguments as there."""
     query, key, value = _unit_last(query), _unit_last(key), _unit_last(value)
     batch, *spatial, heads, head_dim = query.shape
     heads_kv, head_dim_v = key.shape[-2], value.shape[-1]
@@ -92,7 +95,7 @@ def na_fwd(
     na_fwd_kernel[grid](
         query, key, value, rpb if rpb is not None else query, out, lse,
         *_strides(query), *_strides(key), *_strides(value), *_strides(out), *_strides(lse, heads_last=False),
-        *_rpb_strides(rpb, len(spatial)),
+        *_rpb_strides(rpb),
         *_to_3d(spatial, 1), *_to_3d(dilation, 1),
         heads, heads // heads_kv,
         scale,
@@ -120,11 +123,23 @@ def na_bwd(
         scale: float,
         rpb_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Backward launcher: gradients of query, key, value and (when ``rpb_grad``) rpb.
+
+    Args:
+        grad_out: gradient of ``out``, ``[B, *spatial, heads, Dv]``.
+        grad_lse: gradient of ``lse`` (fp32 ``[B, *spatial, heads]``) or None.
+        out: the forward output, or any output whose softmax statistics ``lse`` describes (a merged attention).
+        lse: the forward log-sum-exp.
+        rpb_grad: compute the bias gradient (allocates the ``[B, *spatial, heads, prod(k)]`` fp32 dS buffer).
+        query, key, value, rpb, kernel_size, dilation, stride, is_causal, scale: as in :func:`na_triton`.
+
+    Returns:
+        ``(dq, dk, dv, drpb)`` in the dtypes of their inputs; drpb is None unless ``rpb_grad``.
+    """
     query, key, value, out, grad_out = map(_unit_last, (query, key, value, out, grad_out))
     lse = lse.contiguous()
     batch, *spatial, heads, head_dim = query.shape
     heads_kv, head_dim_v = key.shape[-2], value.shape[-1]
-    rank = len(spatial)
     cfg = na_block_config(kernel_size, stride, head_dim, head_dim_v)
     dq = torch.empty_like(query, memory_format=torch.contiguous_format)
     dk = torch.empty_like(key, memory_format=torch.contiguous_format)
@@ -152,7 +167,7 @@ def na_bwd(
         *_strides(query), *_strides(key), *_strides(value), *_strides(out), *_strides(grad_out),
         *_strides(lse, heads_last=False), *_strides(dq),
         *(_strides(ds) if store_ds else (0,) * 5),
-        *_rpb_strides(rpb, rank),
+        *_rpb_strides(rpb),
         *sizes,
         heads, heads // heads_kv,
         scale,
@@ -165,7 +180,7 @@ def na_bwd(
         query, key, value, rpb_arg, grad_out, lse, delta, dk, dv,
         *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out),
         *_strides(lse, heads_last=False), *_strides(dk), *_strides(dv),
-        *_rpb_strides(rpb, rank),
+        *_rpb_strides(rpb),
         *sizes,
         heads_kv, heads // heads_kv,
         scale,
@@ -208,7 +223,7 @@ def _strides(t: torch.Tensor, heads_last: bool = True) -> tuple[int, ...]:
     return (t.stride(0), *_to_3d(t.stride()[1:1 + rank], 0), t.stride(1 + rank))
 
 
-def _rpb_strides(rpb: torch.Tensor | None, rank: int) -> tuple[int, ...]:
+def _rpb_strides(rpb: torch.Tensor | None) -> tuple[int, ...]:
     if rpb is None:
         return (0,) * 4
     return (rpb.stride(0), *_to_3d(rpb.stride()[1:], 0))
@@ -236,10 +251,16 @@ def _dot_fp32(t: torch.Tensor) -> bool:
 
 
 def _precision(t: torch.Tensor) -> str:
-    # fp32 inputs follow torch's matmul setting: full fp32 products unless TF32 is allowed
+    # fp32 inputs follow torch's matmul setting: about fp32 accuracy (three TF32 products; 'ieee' spills registers
+    # on sm90) unless TF32 is allowed
     if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return 'tf32x3'
     return 'tf32'
+
+
+def _device_of(t: torch.Tensor):
+    # Triton launches on the current CUDA device: make it the tensors' one
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _prod(values) -> int:
@@ -261,7 +282,9 @@ def _na_fwd_op(
         is_causal: list[bool],
         scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return na_fwd(query, key, value, rpb, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal), scale)
+    with _device_of(query):
+        return na_fwd(
+            query, key, value, rpb, tuple(kernel_size), tuple(dilation), tuple(stride), tuple(is_causal), scale)
 
 
 @_na_fwd_op.register_fake
@@ -288,9 +311,10 @@ def _na_bwd_op(
         scale: float,
         rpb_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq, dk, dv, drpb = na_bwd(
-        grad_out, grad_lse, query, key, value, rpb, out, lse, tuple(kernel_size), tuple(dilation), tuple(stride),
-        tuple(is_causal), scale, rpb_grad)
+    with _device_of(query):
+        dq, dk, dv, drpb = na_bwd(
+            grad_out, grad_lse, query, key, value, rpb, out, lse, tuple(kernel_size), tuple(dilation), tuple(stride),
+            tuple(is_causal), scale, rpb_grad)
     # an op cannot return None: an empty tensor stands for "no bias gradient"
     return dq, dk, dv, drpb if drpb is not None else query.new_empty(0)
 
