@@ -1,6 +1,6 @@
 """Fast neighborhood attention in plain PyTorch (the default backend without Triton), autograd by PyTorch.
 
-Algorithm ("tiled box", see ``README.md``):
+Algorithm ("tiled box"):
 
 1. Dilation groups become a batch-like dimension: on an axis of length L with dilation d, group ``g = x mod d``
    holds the in-group positions ``x' = x // d < ceil((L - g) / d)``; groups may differ in length by one.
@@ -17,6 +17,7 @@ of the mask is empty; their outputs are never read back.
 Tile size is the only policy: a tile covering the whole group gives one dense masked attention per group (best
 for small maps), and when the window is the whole map the gathers and the mask disappear (plain attention).
 Index tables and masks depend on shapes and arguments only; they are cached per (shape, arguments, device).
+Everything runs in fp32 (fp64 for fp64 inputs), autocast or not; the output is cast back to the query's dtype.
 """
 from __future__ import annotations
 
