@@ -5,3 +5,6 @@
 from .neighborhood import na1d, na2d, na3d, neighborhood_attention
 
 __all__ = ['na1d', 'na2d', 'na3d', 'neighborhood_attention']
+from .routing import routed_attention  # noqa: E402
+
+__all__ += ['routed_attention']

@@ -1,0 +1,153 @@
+"""Public entry of bi-level routing attention (BiFormer's BRA): validate, normalise, dispatch.
+
+Layout, region-major (what BiFormer's region partition gives after its permute):
+
+* query ``[B, H, nR, M, D]``: ``nR`` query regions of ``M`` tokens each;
+* key ``[B, H, nRk, Mk, D]`` and value ``[B, H, nRk, Mk, Dv]``: ``nRk`` key regions of ``Mk`` tokens;
+* r_idx ``[B, nR, topk]`` (shared by all heads, as BiFormer) or ``[B, H, nR, topk]``: the key regions each query
+  region attends;
+* output ``[B, H, nR, M, Dv]`` in the query's dtype; log-sum-exp ``[B, H, nR, M]`` in fp32.
+
+The semantics (the official gather, soft routing, duplicate indices) are written out in ``README.md`` beside this
+file; ``reference.py`` is the executable specification.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .._utils.backend import resolve_backend, triton_unsupported_reason
+from .._utils.checks import check_same, check_scale, check_tensor
+
+__all__ = ['routed_attention']
+
+INDEX_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_MAX_HEAD_DIM = 128
+# opt-in to the atomic (non-deterministic) dK/dV backward of the Triton backend; ignored while
+# torch.are_deterministic_algorithms_enabled()
+ATOMIC_ENV = 'ZOO_BRA_ATOMIC_BWD'
+
+
+def routed_attention(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        r_idx: torch.Tensor,
+        scale: float | None = None,
+        r_weight: torch.Tensor | None = None,
+        backend: str | None = None,
+        return_lse: bool = False,
+):
+    """Attention of every query region over the tokens of its ``topk`` routed key regions.
+
+    Query region ``r`` (of batch ``b``, head ``h``) attends the ``topk * Mk`` key tokens of key regions
+    ``r_idx[b, (h,) r, 0..topk-1]`` in one softmax, exactly as BiFormer's gather of K/V rows followed by dense
+    attention. With ``r_weight`` ("soft" routing), the key and value rows of routed region ``t`` are multiplied by
+    ``r_weight[b, (h,) r, t]`` before the attention. An index repeated within a row counts as many times as it
+    appears (the gather's semantics; BiFormer's ``topk`` never repeats one).
+
+    Args:
+        query: ``[B, H, nR, M, D]``, float16, bfloat16, float32 or float64; any strides.
+        key: ``[B, H, nRk, Mk, D]``, same dtype and device.
+        value: ``[B, H, nRk, Mk, Dv]``, same dtype and device.
+        r_idx: integer ``[B, nR, topk]`` (shared by the heads) or ``[B, H, nR, topk]``, values in ``[0, nRk)``,
+            ``1 <= topk <= nRk``. Not differentiable.
+        scale: logit scale, default ``D ** -0.5`` (BiFormer passes ``C ** -0.5`` with the full channel count).
+        r_weight: optional floating tensor of the shape of ``r_idx``: soft-routing weights, differentiable.
+        backend: 'reference', 'torch', 'triton' or None (automatic: Triton on CUDA for fp16/bf16/fp32 and head
+            dims <= 128, torch otherwise; the environment variable ``ZOO_BRA_BACKEND`` overrides the automatic
+            choice).
+        return_lse: also return the fp32 log-sum-exp of the scaled logits.
+
+    Returns:
+        ``out`` ``[B, H, nR, M, Dv]`` in the query's dtype, or ``(out, lse)`` with lse ``[B, H, nR, M]`` fp32.
+
+    Raises:
+        TypeError: a tensor of the wrong type or dtype, or an argument of the wrong type.
+        ValueError: shapes, devices or index values that break the rules above; the message names the argument
+            and the value expected. The index range is checked in eager mode only (it needs a device sync); it is
+            skipped while ``torch.compile`` traces.
+    """
+    check_bra_inputs(query, key, value, r_idx, r_weight)
+    check_scale(scale)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f'return_lse must be a bool, got {type(return_lse).__name__}')
+    scale = float(scale) if scale is not None else query.shape[-1] ** -0.5
+
+    chosen = resolve_backend('bra', backend, lambda: _triton_reason(query, value))
+    if chosen == 'reference':
+        from .reference import bra_reference
+        out, lse = bra_reference(query, key, value, r_idx, r_weight, scale)
+    elif chosen == 'torch':
+        from .torch_impl import bra_torch
+        out, lse = bra_torch(query, key, value, r_idx, r_weight, scale)
+    else:
+        from .triton_impl import bra_triton
+        out, lse = bra_triton(query, key, value, r_idx, r_weight, scale, deterministic=_deterministic_bwd())
+    return (out, lse) if return_lse else out
+
+
+def check_bra_inputs(query, key, value, r_idx, r_weight) -> None:
+    """Types, dtypes, devices and shapes of the tensors, and the range of the routing indices (eager only)."""
+    check_tensor('query', query, ndim=5)
+    check_tensor('key', key, ndim=5)
+    check_tensor('value', value, ndim=5)
+    for name, other in (('key', key), ('value', value)):
+        check_same(('query', name), query, other, 'dtype')
+        check_same(('query', name), query, other, 'device')
+    batch, heads, n_q, _, head_dim = query.shape
+    if min(query.shape) < 1 or min(key.shape) < 1 or min(value.shape) < 1:
+        raise ValueError(f'query, key and value must have no empty dimension, got shapes {tuple(query.shape)}, '
+                         f'{tuple(key.shape)}, {tuple(value.shape)}')
+    for name, other in (('key', key), ('value', value)):
+        if tuple(other.shape[:2]) != (batch, heads):
+            raise ValueError(f'{name} must have the batch and heads of query ({batch}, {heads}), '
+                             f'got shape {tuple(other.shape)}')
+    if key.shape[-1] != head_dim:
+        raise ValueError(f'key must have the head_dim of query ({head_dim}), got shape {tuple(key.shape)}')
+    if tuple(value.shape[2:4]) != tuple(key.shape[2:4]):
+        raise ValueError(f'value must have the regions and region size of key {tuple(key.shape[2:4])} '
+                         f'([B, H, nRk, Mk, Dv]), got shape {tuple(value.shape)}')
+    n_k = key.shape[2]
+
+    check_tensor('r_idx', r_idx, dtypes=INDEX_DTYPES)
+    check_same(('query', 'r_idx'), query, r_idx, 'device')
+    if r_idx.dim() not in (3, 4):
+        raise ValueError(f'r_idx must have shape [B, nR, topk] or [B, H, nR, topk], got shape {tuple(r_idx.shape)}')
+    lead = (batch, n_q) if r_idx.dim() == 3 else (batch, heads, n_q)
+    if tuple(r_idx.shape[:-1]) != lead:
+        names = '[B, nR]' if r_idx.dim() == 3 else '[B, H, nR]'
+        raise ValueError(f'r_idx must have shape {names[:-1]}, topk] with {names} = {list(lead)} from query, '
+                         f'got shape {tuple(r_idx.shape)}')
+    topk = r_idx.shape[-1]
+    if not 1 <= topk <= n_k:
+        raise ValueError(f'r_idx must route to 1 <= topk <= nRk = {n_k} key regions, got topk = {topk}')
+    if r_weight is not None:
+        check_tensor('r_weight', r_weight)
+        check_same(('query', 'r_weight'), query, r_weight, 'device')
+        if tuple(r_weight.shape) != tuple(r_idx.shape):
+            raise ValueError(f'r_weight must have the shape of r_idx {tuple(r_idx.shape)}, '
+                             f'got {tuple(r_weight.shape)}')
+    if not torch.compiler.is_compiling():
+        low, high = torch.aminmax(r_idx)
+        if int(low) < 0 or int(high) >= n_k:
+            raise ValueError(f'r_idx values must be in [0, nRk) = [0, {n_k}), got values in [{int(low)}, {int(high)}]')
+
+
+def _deterministic_bwd() -> bool:
+    if torch.are_deterministic_algorithms_enabled():
+        return True
+    return os.environ.get(ATOMIC_ENV, '0') in ('', '0')
+
+
+def _triton_reason(query: torch.Tensor, value: torch.Tensor) -> str | None:
+    reason = triton_unsupported_reason(query)
+    if reason is not None:
+        return reason
+    if query.dtype not in TRITON_DTYPES:
+        return f'triton supports float16, bfloat16 and float32, got {query.dtype}'
+    if max(query.shape[-1], value.shape[-1]) > TRITON_MAX_HEAD_DIM:
+        return f'triton supports head_dim up to {TRITON_MAX_HEAD_DIM}, got {query.shape[-1]}/{value.shape[-1]}'
+    return None
