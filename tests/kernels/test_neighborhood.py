@@ -164,12 +164,11 @@ def test_reference_random_sweep_matches_natten():
             assert_close(f'rank {rank} config {i} {cfg}', expected, out, ratio=1e-6)
 
 
-def _run_backend(backend, q, k, v, cfg, rpb):
+def _run_backend(backend, q, k, v, cfg, rpb, grad_out, grad_lse):
     out, lse = neighborhood_attention(q, k, v, cfg['kernel_size'], cfg['dilation'], cfg['is_causal'], rpb,
                                       backend=backend, stride=cfg['stride'], return_lse=True)
-    grad_out = torch.randn_like(out)
     tensors = [t for t in (q, k, v, rpb) if t is not None]
-    grads = torch.autograd.grad((out * grad_out).sum() + lse.sum(), tensors)
+    grads = torch.autograd.grad((out * grad_out).sum() + (lse * grad_lse).sum(), tensors)
     return out, lse, grads
 
 
@@ -190,8 +189,10 @@ def test_backend_random_sweep_matches_reference(backend, count, max_size, rank, 
         q, k, v, rpb = make_inputs(2 if i % 2 else 1, cfg['spatial'], heads, 16, heads_kv=heads_kv,
                                    dim_v=8 if i % 4 == 3 else None,
                                    rpb_kernel=cfg['kernel_size'] if cfg['use_rpb'] else None, requires_grad=True)
-        expected = _run_backend('reference', q, k, v, cfg, rpb)
-        actual = _run_backend(backend, q, k, v, cfg, rpb)
+        grad_out = torch.randn(*q.shape[:-1], v.shape[-1])
+        grad_lse = torch.randn(q.shape[:-1])
+        expected = _run_backend('reference', q, k, v, cfg, rpb, grad_out, grad_lse)
+        actual = _run_backend(backend, q, k, v, cfg, rpb, grad_out, grad_lse)
         fwd_tol, grad_tol = TOLERANCES[torch.float32]
         label = f'{backend} rank {rank} config {i} {cfg}'
         assert_close(f'{label}: out', expected[0], actual[0], fwd_tol)
