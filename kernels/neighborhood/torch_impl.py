@@ -6,7 +6,8 @@ Algorithm ("tiled box"):
    holds the in-group positions ``x' = x // d < ceil((L - g) / d)``; groups may differ in length by one.
 2. Each group is cut into query tiles of ``T`` in-group positions per axis. Window starts and ends are
    non-decreasing in the query, so the keys of a whole tile lie in one box of ``min(T + k + s - 2, M)`` in-group
-   positions per axis (``M = ceil(L / d)``), the same size for every tile.
+   positions per axis (``M = ceil(L / d)``; ``T + k - s`` when tiles hold whole stride groups), the same size
+   for every tile.
 3. Queries, key boxes and value boxes are gathered with one ``index_select`` each (``[.., tiles, T, D]``), an
    additive ``[tiles, Tq, Tk]`` mask (``-inf`` outside the window, the relative-position bias inside) encodes the
    exact windows, and one batched :func:`torch.nn.functional.scaled_dot_product_attention` does the rest.
@@ -102,24 +103,39 @@ def choose_tile(
     """Query tile per axis, in in-group positions (a tile equal to the group length means no tiling).
 
     Per axis, the tile size among the ``TILE_CHOICES`` sizes up to ``TILE[rank]`` that pads the group least
-    (ties: the largest); an axis whose box would span the whole group is not tiled. When the dense attention of a
+    (ties: the largest), keeping only multiples of the stride (the stride itself when none is in range); an axis
+    whose box would span the whole group is not tiled. When the dense attention of a
     whole group costs at most ``DENSE_WORK_RATIO`` times the tiled work (query slots x box keys), nothing is tiled:
     one large matmul beats many small ones.
     """
     rank = len(spatial)
     longest = tuple(-(-size // d) for size, d in zip(spatial, dilation))
+    high = TILE[rank]
+    low = max(high - TILE_CHOICES[rank] + 1, 1)
     tile, slots, box = [], 1, 1
     for m, k, s in zip(longest, kernel_size, stride):
-        candidates = range(max(TILE[rank] - TILE_CHOICES[rank] + 1, 1), TILE[rank] + 1)
+        # tiles made of whole stride groups need smaller boxes (_box_size)
+        candidates = [c for c in range(low, high + 1) if c % s == 0] or [s * max(high // s, 1)]
         t = min(candidates, key=lambda c: (-(-m // c) * c, -c))
-        if t + k + s - 2 >= m:
+        if _box_size(t, k, s, m) >= m:
             t = m
         tile.append(t)
         slots *= -(-m // t) * t
-        box *= min(t + k + s - 2, m)
+        box *= _box_size(t, k, s, m)
     if math.prod(longest) ** 2 <= DENSE_WORK_RATIO * slots * box:
         return longest
     return tuple(tile)
+
+
+def _box_size(tile: int, kernel_size: int, stride: int, longest: int) -> int:
+    """In-group keys per axis that hold the windows of any ``tile`` consecutive queries starting at a tile border.
+
+    Window starts grow by at most one per query, plus ``stride - 1`` where a tile cuts a stride group; a tile made
+    of whole stride groups spans ``tile - stride`` leaders. Never more than the longest group.
+    """
+    if tile % stride == 0:
+        return min(tile - stride + kernel_size, longest)
+    return min(tile + kernel_size + stride - 2, longest)
 
 
 def _attend(query, key, value, plan: _Plan, rpb, scale, return_lse, compute):
@@ -189,7 +205,7 @@ def _axis_tables(length: int, kernel_size: int, dilation: int, stride: int, is_c
     """
     longest = -(-length // dilation)
     n_tiles = -(-longest // tile)
-    box = min(tile + kernel_size + stride - 2, longest)
+    box = _box_size(tile, kernel_size, stride, longest)
     group = torch.arange(dilation, device=device).view(dilation, 1, 1)
     glen = group_length(length, dilation, group)
     local = torch.arange(n_tiles * tile, device=device).view(1, n_tiles, tile)

@@ -89,6 +89,8 @@ CASES = [
     pytest.param((1, (27, 26), 4, 1, 8, 6), (3, 5), (1, 1), (1, 1), (False, False), True,
                  id='2d-27x26-tiled-rpb-mqa-dv6'),
     pytest.param((1, (25, 22), 2, 2, 8, 8), (5, 3), (1, 2), (1, 1), (True, True), False, id='2d-25x22-tiled-causal'),
+    pytest.param((1, (28, 23), 2, 2, 8, 8), (7, 5), (1, 1), (7, 5), (False, True), False,
+                 id='2d-28x23-blocked-stride-eq-kernel'),
     pytest.param((1, (7, 6, 9), 2, 2, 4, 4), (3, 3, 3), (2, 1, 3), (1, 2, 1), (False, True, False), False,
                  id='3d-7x6x9-d213-causal-stride'),
     pytest.param((1, (11, 10, 9), 2, 2, 4, 4), (3, 3, 3), (1, 1, 1), (1, 1, 1), (False, False, False), True,
@@ -132,11 +134,20 @@ def test_rpb_turns_plain_into_masked():
 
 @pytest.mark.parametrize('rank', [1, 2, 3])
 def test_random_sweep_with_forced_tiles(rank, monkeypatch):
-    """Seeded valid configurations, each with a random tile per axis (from one slot to the whole group)."""
+    """Seeded valid configurations, each with a random tile per axis (from one slot to the whole group).
+
+    Every other strided configuration draws tiles made of whole stride groups, which get the smaller box.
+    """
     rng = random.Random(rank)
-    for cfg in sample_na_configs(8, rank, seed=100 + rank, max_size=12 if rank < 3 else 7):
+    strided = 0
+    for cfg in sample_na_configs(10, rank, seed=100 + rank, max_size=12 if rank < 3 else 7):
         longest = tuple(-(-n // d) for n, d in zip(cfg['spatial'], cfg['dilation']))
-        forced_tile(monkeypatch, tuple(rng.randint(1, m) for m in longest))
+        strided += any(s > 1 for s in cfg['stride'])
+        if strided % 2:
+            tile = tuple(s * rng.randint(1, m // s) for m, s in zip(longest, cfg['stride']))
+        else:
+            tile = tuple(rng.randint(1, m) for m in longest)
+        forced_tile(monkeypatch, tile)
         heads_kv = rng.choice([1, 2])
         q, k, v, rpb = make_inputs(1, cfg['spatial'], 2, 4, heads_kv=heads_kv, dim_v=rng.choice([3, 4]),
                                    rpb_kernel=cfg['kernel_size'] if cfg['use_rpb'] else None)
