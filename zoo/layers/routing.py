@@ -1,0 +1,731 @@
+"""Bi-level routing attention (BRA) and the BiFormer blocks built on it.
+
+Two BRA variants, each reproducing one official module of rayleizhu/BiFormer with its parameter names and shapes:
+
+* :class:`BiLevelRoutingAttention` (channels-last, ``ops/bra_legacy.py``; BiFormer-T/S/B and BiFormer-STL): one
+  ``qkv.qkv`` Linear ``C -> qk_dim + qk_dim + C``, an ``n_win x n_win`` region grid, region descriptors that are
+  the means of q and k over each region (all ``qk_dim`` channels, so routing is shared by the heads), routing logits
+  ``(q_r * scale) k_r^T``, ``torch.topk``, then per-head softmax attention of each query region over the tokens of
+  its ``topk`` routed regions with ``scale = qk_dim ** -0.5`` (the full channel count, not the head dim), plus LePE
+  (a depthwise ``side_dwconv`` conv on v over the whole map) before the ``wo`` Linear. Maps not divisible by
+  ``n_win`` are zero-padded on the right/bottom **before** the projection (padded tokens carry the ``qkv`` bias
+  and are attended, as the official ``auto_pad=True``) and the output is cropped.
+* :class:`BiLevelRoutingAttention2d` (NCHW, ``ops/bra_nchw.py``; BiFormer-STL-nchw): 1x1-conv ``qkv_linear`` and
+  ``output_linear``, region size ``(H // n_win, W // n_win)`` from the unpadded map, descriptors by
+  ``avg_pool2d(ceil_mode=True, count_include_pad=False)`` of the detached q and k (so the region grid is
+  ``ceil(H / rh) x ceil(W / rw)``), unscaled routing logits, q/k/v zero-padded **after** the projection with the
+  padded keys left unmasked (logit 0, value 0), ``scale = C ** -0.5`` and LePE on the unpadded v.
+
+The attention itself is :func:`kernels.routing.routed_attention` on the region-major layout ``[B, heads, regions,
+tokens, head_dim]``; its backend is chosen by the kernel (``ZOO_BRA_BACKEND`` overrides). Routing, LePE, the
+projections and the padding are plain PyTorch here. With ``fused_attn = False`` a layer runs the official
+gather-then-matmul formulation instead; :func:`zoo.models._flops.count_gmacs` switches to it so that fvcore sees the
+attention matmuls, counted as the official models were.
+
+Where the official code cannot run, these layers choose:
+
+* Any input size: the legacy layer pads to a multiple of ``n_win`` (the official asserts unless ``auto_pad``); the
+  nchw layer uses a region size of at least 1 (the official one fails below ``n_win`` tokens) and routes to
+  ``min(topk, regions)`` regions when the grid has fewer regions than ``topk`` (``torch.topk`` fails there).
+* Routing modes of the legacy layer: 'none' (every released model), 'soft' (``soft_routing=True``: the routed key
+  and value rows are scaled by the softmax of the kept routing logits) and 'hard' (``diff_routing=True`` without
+  ``soft_routing``), which the official code leaves unimplemented (``NotImplementedError``). Here 'hard' is
+  straight-through: the forward is exactly 'none' (weights of 1), the backward passes the gradient of the soft
+  weights to the router, so ``diff_routing`` / ``param_routing`` train the routing without changing the outputs.
+
+The other blocks BiFormer needs: :class:`AttentionLePE` / :class:`AttentionLePE2d` (stage-4 full attention with
+LePE, head_dim ** -0.5, bias-free qkv; LePE on the block input for the legacy one and on v for the nchw one) and
+:class:`BiFormerBlock` / :class:`BiFormerBlock2d` (optional depthwise-conv position embedding, pre-norm attention
+and MLP residuals, optional layer scale, DropPath).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm2d, Mlp, use_fused_attn
+
+from kernels.routing import routed_attention
+
+__all__ = [
+    'RegionRouter', 'QkvLinear', 'BiLevelRoutingAttention', 'BiLevelRoutingAttention2d', 'AttentionLePE',
+    'AttentionLePE2d', 'BiFormerBlock', 'BiFormerBlock2d', 'gather_routed_attention',
+]
+
+KV_DOWNSAMPLE_MODES = ('identity', 'avgpool', 'maxpool', 'ada_avgpool', 'ada_maxpool')
+PARAM_ATTENTION = ('qkvo', 'qkv')
+
+
+def gather_routed_attention(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        r_idx: torch.Tensor,
+        scale: float,
+        r_weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Routed attention in the official formulation: gather the routed K/V rows, then two dense matmuls.
+
+    The layers use it only with ``fused_attn = False`` (MAC counting with fvcore, which sees these matmuls but not
+    the fused op). Same arguments and result as :func:`kernels.routing.routed_attention` with ``r_idx`` shared by
+    the heads (``[B, nR, topk]``); memory grows with ``topk``.
+    """
+    B, heads, n_q, M, _ = query.shape
+    n_k, Mk = key.shape[2], key.shape[3]
+    topk = r_idx.shape[-1]
+    index = r_idx.reshape(B, 1, n_q * topk, 1, 1)
+    k_sel = torch.gather(key, 2, index.expand(-1, heads, -1, Mk, key.shape[-1]))
+    v_sel = torch.gather(value, 2, index.expand(-1, heads, -1, Mk, value.shape[-1]))
+    k_sel = k_sel.reshape(B, heads, n_q, topk, Mk, -1)
+    v_sel = v_sel.reshape(B, heads, n_q, topk, Mk, -1)
+    if r_weight is not None:
+        w = r_weight.reshape(B, 1, n_q, topk, 1, 1)
+        k_sel, v_sel = k_sel * w, v_sel * w
+    attn = (query * scale) @ k_sel.flatten(3, 4).transpose(-1, -2)
+    return attn.softmax(dim=-1) @ v_sel.flatten(3, 4)
+
+
+class RegionRouter(nn.Module):
+    """Region-to-region routing: the ``topk`` key regions of highest ``(emb(q_r) * scale) emb(k_r)^T`` per query region.
+
+    Returns the indices and the softmax of the kept logits (used by soft and straight-through hard routing).
+    """
+
+    def __init__(
+            self,
+            qk_dim: int,
+            topk: int,
+            scale: Optional[float] = None,
+            param_routing: bool = False,
+            diff_routing: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            qk_dim: channels of the region descriptors.
+            topk: regions kept per query region (clamped to the number of key regions at run time).
+            scale: multiplier of the query descriptors, or None for unscaled logits (nchw BRA).
+            param_routing: a learned Linear ``emb`` on both descriptors (needs ``diff_routing``).
+            diff_routing: let gradients flow into the descriptors (otherwise they are detached).
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: ``topk < 1``, or ``param_routing`` without ``diff_routing``.
+        """
+        super().__init__()
+        if topk < 1:
+            raise ValueError(f'topk must be >= 1, got topk={topk}')
+        if param_routing and not diff_routing:
+            raise ValueError('param_routing=True needs diff_routing=True: a routing Linear on detached descriptors '
+                             'would never be trained')
+        self.topk = topk
+        self.scale = scale
+        self.diff_routing = diff_routing
+        self.emb = nn.Linear(qk_dim, qk_dim, device=device, dtype=dtype) if param_routing else nn.Identity()
+
+    def forward(self, q_r: torch.Tensor, k_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``q_r [B, nR, c]``, ``k_r [B, nRk, c]`` -> ``(r_weight, r_idx)``, both ``[B, nR, min(topk, nRk)]``."""
+        if not self.diff_routing:
+            q_r, k_r = q_r.detach(), k_r.detach()
+        q_r, k_r = self.emb(q_r), self.emb(k_r)
+        if self.scale is not None:
+            q_r = q_r * self.scale
+        logits = q_r @ k_r.transpose(-2, -1)
+        top_logits, r_idx = torch.topk(logits, k=min(self.topk, logits.shape[-1]), dim=-1)
+        return top_logits.softmax(dim=-1), r_idx
+
+    def extra_repr(self) -> str:
+        return f'topk={self.topk}, scale={self.scale}, diff_routing={self.diff_routing}'
+
+
+class QkvLinear(nn.Module):
+    """One Linear ``dim -> qk_dim + qk_dim + dim`` (q, k, v concatenated), the official ``qkv.qkv`` parameters."""
+
+    def __init__(self, dim: int, qk_dim: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.dim = dim
+        self.qk_dim = qk_dim
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)
+
+
+def _check_common(dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: int, qk_scale: Optional[float]):
+    if dim < 1 or num_heads < 1 or dim % num_heads:
+        raise ValueError(f'num_heads must be >= 1 and divide dim={dim}, got num_heads={num_heads}')
+    if n_win < 1:
+        raise ValueError(f'n_win must be >= 1, got n_win={n_win}')
+    if topk < 1:
+        raise ValueError(f'topk must be >= 1, got topk={topk}')
+    if side_dwconv < 0 or (side_dwconv and side_dwconv % 2 == 0):
+        raise ValueError(f'side_dwconv must be 0 (no LePE) or an odd kernel size, got side_dwconv={side_dwconv}')
+    if qk_scale is not None and not qk_scale > 0:
+        raise ValueError(f'qk_scale must be a positive float or None, got qk_scale={qk_scale}')
+
+
+def _lepe(dim: int, side_dwconv: int, dd: Dict) -> Optional[nn.Conv2d]:
+    if not side_dwconv:
+        return None
+    return nn.Conv2d(dim, dim, kernel_size=side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """Legacy bi-level routing attention over a channels-last map (BiFormer-T/S/B, BiFormer-STL)."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            n_win: int = 7,
+            topk: int = 4,
+            qk_dim: Optional[int] = None,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 3,
+            kv_downsample_mode: str = 'identity',
+            kv_per_win: int = 4,
+            kv_downsample_ratio: int = 4,
+            param_attention: str = 'qkvo',
+            param_routing: bool = False,
+            diff_routing: bool = False,
+            soft_routing: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input, of v and of the output.
+            num_heads: attention heads; must divide ``dim`` and ``qk_dim``.
+            n_win: regions per side (``n_win ** 2`` regions).
+            topk: key regions each query region attends, ``1 <= topk <= n_win ** 2``.
+            qk_dim: channels of q and k (default ``dim``).
+            qk_scale: logit scale, default ``qk_dim ** -0.5`` (used for routing and attention).
+            side_dwconv: LePE depthwise kernel on v (odd), 0 for none.
+            kv_downsample_mode: key/value tokens per region: 'identity' (every released model), 'avgpool' /
+                'maxpool' (pooled by ``kv_downsample_ratio``), 'ada_avgpool' / 'ada_maxpool' (adaptively pooled to
+                ``kv_per_win x kv_per_win``). Routing and LePE always use the full-resolution k and v.
+            kv_per_win: tokens per side of a key region for the 'ada_*' modes.
+            kv_downsample_ratio: pooling kernel and stride for 'avgpool' / 'maxpool'.
+            param_attention: 'qkvo' (output Linear ``wo``) or 'qkv' (no output projection).
+            param_routing: a learned Linear ``router.emb`` on the region descriptors (needs ``diff_routing``).
+            diff_routing: gradients reach the routing; with ``soft_routing=False`` this is straight-through hard
+                routing (see the module docstring).
+            soft_routing: scale the routed key and value rows by the routing softmax.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside the values above, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        qk_dim = qk_dim or dim
+        _check_common(dim, num_heads, n_win, topk, side_dwconv, qk_scale)
+        if qk_dim % num_heads:
+            raise ValueError(f'num_heads must divide qk_dim={qk_dim}, got num_heads={num_heads}')
+        if topk > n_win * n_win:
+            raise ValueError(f'topk must be <= n_win ** 2 = {n_win * n_win} regions, got topk={topk}')
+        if kv_downsample_mode not in KV_DOWNSAMPLE_MODES:
+            raise ValueError(
+                f'kv_downsample_mode must be one of {KV_DOWNSAMPLE_MODES}, got kv_downsample_mode={kv_downsample_mode!r}')
+        if kv_downsample_mode.startswith('ada_') and kv_per_win < 1:
+            raise ValueError(f'kv_per_win must be >= 1, got kv_per_win={kv_per_win}')
+        if kv_downsample_mode in ('avgpool', 'maxpool') and kv_downsample_ratio < 1:
+            raise ValueError(f'kv_downsample_ratio must be >= 1, got kv_downsample_ratio={kv_downsample_ratio}')
+        if param_attention not in PARAM_ATTENTION:
+            raise ValueError(f'param_attention must be one of {PARAM_ATTENTION}, got param_attention={param_attention!r}')
+        self.dim = dim
+        self.qk_dim = qk_dim
+        self.num_heads = num_heads
+        self.n_win = n_win
+        self.topk = topk
+        self.scale = qk_scale or qk_dim ** -0.5
+        self.kv_downsample_mode = kv_downsample_mode
+        self.kv_per_win = kv_per_win
+        self.kv_downsample_ratio = kv_downsample_ratio
+        self.routing_mode = 'soft' if soft_routing else 'hard' if diff_routing else 'none'
+        self.fused_attn = True
+
+        self.lepe = _lepe(dim, side_dwconv, dd)
+        self.router = RegionRouter(
+            qk_dim, topk, scale=self.scale, param_routing=param_routing, diff_routing=diff_routing, **dd)
+        self.qkv = QkvLinear(dim, qk_dim, **dd)
+        self.wo = nn.Linear(dim, dim, **dd) if param_attention == 'qkvo' else nn.Identity()
+
+    def _kv_down(self, kv: torch.Tensor) -> torch.Tensor:
+        """``[B, nR, rh, rw, c]`` -> ``[B, nR, Mk, c]`` key/value tokens per region."""
+        B, n_r, rh, rw, c = kv.shape
+        mode = self.kv_downsample_mode
+        if mode == 'identity' or (mode in ('avgpool', 'maxpool') and self.kv_downsample_ratio == 1):
+            return kv.reshape(B, n_r, rh * rw, c)
+        x = kv.reshape(B * n_r, rh, rw, c).permute(0, 3, 1, 2)
+        if mode == 'avgpool':
+            x = F.avg_pool2d(x, self.kv_downsample_ratio)
+        elif mode == 'maxpool':
+            x = F.max_pool2d(x, self.kv_downsample_ratio)
+        elif mode == 'ada_avgpool':
+            x = F.adaptive_avg_pool2d(x, self.kv_per_win)
+        else:
+            x = F.adaptive_max_pool2d(x, self.kv_per_win)
+        return x.flatten(2).transpose(1, 2).reshape(B, n_r, -1, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Routed attention over the ``n_win x n_win`` regions of ``x``.
+
+        Args:
+            x: ``[B, H, W, dim]``, any ``H, W >= 1``.
+
+        Returns:
+            ``[B, H, W, dim]``.
+        """
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        B, H, W, C = x.shape
+        n = self.n_win
+        pad_b, pad_r = -H % n, -W % n
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        rh, rw = Hp // n, Wp // n
+        heads, qk = self.num_heads, self.qk_dim
+
+        qkv = self.qkv(x)  # [B, Hp, Wp, 2 qk + C]
+        # region-major [B, nR, rh, rw, 2 qk + C]; region id = row * n_win + column
+        qkv_r = qkv.reshape(B, n, rh, n, rw, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, n * n, rh, rw, -1)
+        q, kv = qkv_r.split([qk, qk + C], dim=-1)
+        r_weight, r_idx = self.router(q.mean([2, 3]), kv[..., :qk].mean([2, 3]))
+
+        kv = self._kv_down(kv)
+        q = q.reshape(B, n * n, rh * rw, heads, qk // heads).permute(0, 3, 1, 2, 4)
+        k = kv[..., :qk].unflatten(-1, (heads, qk // heads)).permute(0, 3, 1, 2, 4)
+        v = kv[..., qk:].unflatten(-1, (heads, C // heads)).permute(0, 3, 1, 2, 4)
+        if self.routing_mode == 'soft':
+            weight = r_weight
+        elif self.routing_mode == 'hard':
+            # straight-through: exactly 1 in the forward, the softmax's gradient in the backward
+            weight = 1. + (r_weight - r_weight.detach())
+        else:
+            weight = None
+        if self.fused_attn:
+            out = routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=weight)
+        else:
+            out = gather_routed_attention(q, k, v, r_idx, self.scale, r_weight=weight)
+        # [B, heads, nR, M, C/heads] -> [B, Hp, Wp, C]
+        out = out.reshape(B, heads, n, n, rh, rw, -1).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, Hp, Wp, C)
+
+        if self.lepe is not None:
+            v_map = qkv[..., 2 * qk:].permute(0, 3, 1, 2)
+            out = out + self.lepe(v_map).permute(0, 2, 3, 1)
+        out = self.wo(out)
+        if pad_b or pad_r:
+            out = out[:, :H, :W].contiguous()
+        return out
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, n_win={self.n_win}, '
+                f'topk={self.topk}, routing={self.routing_mode}, kv_downsample_mode={self.kv_downsample_mode}')
+
+
+class BiLevelRoutingAttention2d(nn.Module):
+    """nchw bi-level routing attention (BiFormer-STL-nchw): 1x1-conv projections, pooling-based region descriptors."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            n_win: int = 7,
+            topk: int = 4,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 3,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input and output (q, k and v have ``dim`` channels each).
+            num_heads: attention heads; must divide ``dim``.
+            n_win: the region size is ``(H // n_win, W // n_win)`` (at least 1) of the unpadded map.
+            topk: key regions each query region attends (at most the number of regions of the map).
+            qk_scale: attention logit scale, default ``dim ** -0.5``. Routing logits are never scaled.
+            side_dwconv: LePE depthwise kernel on v (odd), 0 for none.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside the values above, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        _check_common(dim, num_heads, n_win, topk, side_dwconv, qk_scale)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.n_win = n_win
+        self.topk = topk
+        self.scale = qk_scale or dim ** -0.5
+        self.fused_attn = True
+
+        self.lepe = _lepe(dim, side_dwconv, dd)
+        self.router = RegionRouter(dim, topk, scale=None)
+        self.qkv_linear = nn.Conv2d(dim, 3 * dim, kernel_size=1, **dd)
+        self.output_linear = nn.Conv2d(dim, dim, kernel_size=1, **dd)
+
+    def _to_regions(self, x: torch.Tensor, grid: Tuple[int, int], region: Tuple[int, int]) -> torch.Tensor:
+        """``[B, C, gh*rh, gw*rw]`` -> ``[B, heads, gh*gw, rh*rw, C/heads]``."""
+        B, C = x.shape[:2]
+        x = x.reshape(B, self.num_heads, C // self.num_heads, grid[0], region[0], grid[1], region[1])
+        return x.permute(0, 1, 3, 5, 4, 6, 2).reshape(B, self.num_heads, grid[0] * grid[1], region[0] * region[1], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Routed attention over regions of ``(H // n_win, W // n_win)`` tokens.
+
+        Args:
+            x: ``[B, dim, H, W]``, any ``H, W >= 1``.
+
+        Returns:
+            ``[B, dim, H, W]``.
+        """
+        if x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
+        B, C, H, W = x.shape
+        region = (max(1, H // self.n_win), max(1, W // self.n_win))
+        q, k, v = self.qkv_linear(x).chunk(3, dim=1)
+
+        # region means over the valid tokens only; the grid is ceil(H / rh) x ceil(W / rw)
+        q_r = F.avg_pool2d(q.detach(), kernel_size=region, ceil_mode=True, count_include_pad=False)
+        k_r = F.avg_pool2d(k.detach(), kernel_size=region, ceil_mode=True, count_include_pad=False)
+        grid = (q_r.shape[-2], q_r.shape[-1])
+        _, r_idx = self.router(q_r.permute(0, 2, 3, 1).flatten(1, 2), k_r.flatten(2).transpose(1, 2))
+
+        Hp, Wp = grid[0] * region[0], grid[1] * region[1]
+        if Hp != H or Wp != W:
+            # zero padding after the projection; the padded keys stay unmasked (logit 0, value 0), as official
+            pad = (0, Wp - W, 0, Hp - H)
+            qp, kp, vp = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
+        else:
+            qp, kp, vp = q, k, v
+        qp, kp, vp = (self._to_regions(t, grid, region) for t in (qp, kp, vp))
+        if self.fused_attn:
+            out = routed_attention(qp, kp, vp, r_idx, scale=self.scale)
+        else:
+            out = gather_routed_attention(qp, kp, vp, r_idx, self.scale)
+        # [B, heads, nR, M, C/heads] -> [B, C, Hp, Wp]
+        out = out.reshape(B, self.num_heads, grid[0], grid[1], region[0], region[1], -1)
+        out = out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, C, Hp, Wp)
+        if Hp != H or Wp != W:
+            out = out[:, :, :H, :W]
+        if self.lepe is not None:
+            out = out + self.lepe(v)
+        return self.output_linear(out)
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'
+
+
+class AttentionLePE(nn.Module):
+    """Full multi-head attention with LePE over a channels-last map (BiFormer stage 4, legacy).
+
+    LePE (a depthwise conv) runs on the attention's input ``x``, not on v, and is added before ``proj``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 5,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input and output.
+            num_heads: attention heads (8 in every released model, whatever ``dim``).
+            qkv_bias: bias in ``qkv`` (the official models have none).
+            qk_scale: logit scale, default ``head_dim ** -0.5``.
+            side_dwconv: LePE depthwise kernel (odd), 0 for none.
+            attn_drop: attention-probability dropout.
+            proj_drop: dropout after ``proj``.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside the values above, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        _check_common(dim, num_heads, 1, 1, side_dwconv, qk_scale)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.lepe = _lepe(dim, side_dwconv, dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.scale
+            out = self.attn_drop(attn.softmax(dim=-1)) @ v
+        out = out.transpose(1, 2).reshape(B, H, W, C)
+        if self.lepe is not None:
+            out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}'
+
+
+class AttentionLePE2d(nn.Module):
+    """Full multi-head attention with LePE on v over an NCHW map (BiFormer-STL-nchw stage 4), 1x1-conv projections."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 5,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input and output.
+            num_heads: attention heads (8 in the released model).
+            qkv_bias: bias in ``qkv`` (the official model has none).
+            qk_scale: logit scale, default ``head_dim ** -0.5``.
+            side_dwconv: LePE depthwise kernel on v (odd), 0 for none.
+            attn_drop: attention-probability dropout.
+            proj_drop: dropout after ``proj``.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside the values above, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        _check_common(dim, num_heads, 1, 1, side_dwconv, qk_scale)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+
+        self.qkv = nn.Conv2d(dim, 3 * dim, kernel_size=1, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Conv2d(dim, dim, kernel_size=1, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.lepe = _lepe(dim, side_dwconv, dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        if x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        # heads are contiguous channel chunks: [B, heads, H*W, head_dim]
+        qh, kh, vh = (t.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2) for t in (q, k, v))
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(
+                qh, kh, vh, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
+        else:
+            attn = (qh @ kh.transpose(-2, -1)) * self.scale
+            out = self.attn_drop(attn.softmax(dim=-1)) @ vh
+        out = out.transpose(-1, -2).reshape(B, C, H, W)
+        if self.lepe is not None:
+            out = out + self.lepe(v)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}'
+
+
+def _pos_embed(dim: int, kernel: int, dd: Dict) -> Optional[nn.Conv2d]:
+    if kernel < 0 or (kernel and kernel % 2 == 0):
+        raise ValueError(f'pos_embed_kernel must be 0 (none) or odd, got pos_embed_kernel={kernel}')
+    if not kernel:
+        return None
+    return nn.Conv2d(dim, dim, kernel_size=kernel, padding=kernel // 2, groups=dim, **dd)
+
+
+class _BlockBase(nn.Module):
+    def _init_residuals(self, dim: int, layer_scale: Optional[float], drop_path: float, dd: Dict) -> None:
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        if layer_scale is not None:
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale), **dd))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale), **dd))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def _residuals(self, x: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+        y = self.attn(self.norm1(x))
+        if self.gamma1 is not None:
+            y = self.gamma1.view(shape) * y
+        x = x + self.drop_path1(y)
+        y = self.mlp(self.norm2(x))
+        if self.gamma2 is not None:
+            y = self.gamma2.view(shape) * y
+        return x + self.drop_path2(y)
+
+
+class BiFormerBlock(_BlockBase):
+    """BiFormer block of the legacy models: ``x + DWConv(x)``, then channels-last ``x + attn(LN(x))``, ``x + MLP(LN(x))``.
+
+    Takes and returns NCHW; attention and MLP run channels-last. A block with ``topk = -1`` uses full attention
+    (:class:`AttentionLePE`), otherwise :class:`BiLevelRoutingAttention`.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            topk: int = 4,
+            n_win: int = 7,
+            mlp_ratio: float = 3.,
+            side_dwconv: int = 5,
+            pos_embed_kernel: int = 3,
+            layer_scale: Optional[float] = None,
+            drop_path: float = 0.,
+            attn_kwargs: Optional[Dict[str, Any]] = None,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            norm_layer: Optional[Callable[..., nn.Module]] = None,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: block width.
+            num_heads: attention heads (of the BRA, or of the full attention when ``topk = -1``).
+            topk: routed regions per query region, or -1 for full attention with LePE.
+            n_win: regions per side of the BRA.
+            mlp_ratio: MLP hidden width over ``dim``.
+            side_dwconv: LePE kernel.
+            pos_embed_kernel: depthwise-conv position embedding kernel before attention (0: none).
+            layer_scale: init value of the per-channel residual scales ``gamma1/gamma2``, or None.
+            drop_path: stochastic depth rate of both residual branches.
+            attn_kwargs: further keyword arguments of the attention module (``qk_scale``, ``soft_routing``, ...).
+            act_layer: MLP activation.
+            norm_layer: channels-last norm, default ``nn.LayerNorm`` with eps 1e-6.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside its valid values, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if topk < 1 and topk != -1:
+            raise ValueError(f'topk must be >= 1 (routing) or -1 (full attention), got topk={topk}')
+        norm_layer = norm_layer or _layer_norm_eps6
+        attn_kwargs = dict(attn_kwargs or {})
+        self.pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
+        self.norm1 = norm_layer(dim, **dd)
+        if topk == -1:
+            self.attn = AttentionLePE(dim, num_heads, side_dwconv=side_dwconv, **attn_kwargs, **dd)
+        else:
+            self.attn = BiLevelRoutingAttention(
+                dim, num_heads, n_win=n_win, topk=topk, side_dwconv=side_dwconv, **attn_kwargs, **dd)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, **dd)
+        self._init_residuals(dim, layer_scale, drop_path, dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)
+        x = self._residuals(x.permute(0, 2, 3, 1), (-1,))
+        return x.permute(0, 3, 1, 2)
+
+
+class BiFormerBlock2d(_BlockBase):
+    """BiFormer block of the nchw model: ``x + attn(LN2d(x))``, ``x + MLP1x1(LN2d(x))``, all NCHW.
+
+    A block with ``topk = -1`` uses :class:`AttentionLePE2d`, otherwise :class:`BiLevelRoutingAttention2d`.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            topk: int = 4,
+            n_win: int = 7,
+            mlp_ratio: float = 4.,
+            side_dwconv: int = 5,
+            pos_embed_kernel: int = 0,
+            layer_scale: Optional[float] = None,
+            drop_path: float = 0.,
+            attn_kwargs: Optional[Dict[str, Any]] = None,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            norm_layer: Optional[Callable[..., nn.Module]] = None,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: block width.
+            num_heads: attention heads (of the BRA, or of the full attention when ``topk = -1``).
+            topk: routed regions per query region, or -1 for full attention with LePE on v.
+            n_win: the BRA's region size is ``(H // n_win, W // n_win)``.
+            mlp_ratio: MLP hidden width over ``dim``.
+            side_dwconv: LePE kernel.
+            pos_embed_kernel: depthwise-conv position embedding kernel before attention (0: none, as released).
+            layer_scale: init value of the per-channel residual scales ``gamma1/gamma2``, or None.
+            drop_path: stochastic depth rate of both residual branches.
+            attn_kwargs: further keyword arguments of the attention module (``qk_scale``).
+            act_layer: MLP activation.
+            norm_layer: NCHW norm, default timm ``LayerNorm2d`` with eps 1e-6.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside its valid values, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if topk < 1 and topk != -1:
+            raise ValueError(f'topk must be >= 1 (routing) or -1 (full attention), got topk={topk}')
+        norm_layer = norm_layer or LayerNorm2d
+        attn_kwargs = dict(attn_kwargs or {})
+        self.pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
+        self.norm1 = norm_layer(dim, **dd)
+        if topk == -1:
+            self.attn = AttentionLePE2d(dim, num_heads, side_dwconv=side_dwconv, **attn_kwargs, **dd)
+        else:
+            self.attn = BiLevelRoutingAttention2d(
+                dim, num_heads, n_win=n_win, topk=topk, side_dwconv=side_dwconv, **attn_kwargs, **dd)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, use_conv=True, **dd)
+        self._init_residuals(dim, layer_scale, drop_path, dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)
+        return self._residuals(x, (-1, 1, 1))
+
+
+def _layer_norm_eps6(dim: int, **kwargs) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6, **kwargs)

@@ -1,0 +1,591 @@
+"""BiFormer: Vision Transformer with Bi-Level Routing Attention.
+
+Paper:
+    `BiFormer: Vision Transformer with Bi-Level Routing Attention` - https://arxiv.org/abs/2303.08810 (CVPR 2023)
+
+    @inproceedings{zhu2023biformer,
+        title = {BiFormer: Vision Transformer with Bi-Level Routing Attention},
+        author = {Zhu, Lei and Wang, Xinjiang and Ke, Zhanghan and Zhang, Wayne and Lau, Rynson},
+        booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+        year = {2023},
+    }
+
+Architecture and released weights: https://github.com/rayleizhu/BiFormer (MIT). This is an independent
+implementation on :func:`kernels.routing.routed_attention` (see :mod:`zoo.layers.routing`).
+
+Two layouts, both four stages at strides 4, 8, 16, 32 with NCHW maps between blocks, a BatchNorm2d after the last
+stage and a mean-pool + Linear head:
+
+* 'conv' (BiFormer-T/S/B): stem conv3x3/s2 -> BN -> GELU -> conv3x3/s2 -> BN; downsampling conv3x3/s2 -> BN; blocks
+  with a depthwise 3x3 position embedding, LayerNorm (eps 1e-6), legacy BRA (``n_win`` 7, topk 1/4/16) and MLP
+  ratio 3; stage 4 is full attention with LePE (8 heads).
+* 'patch' (BiFormer-STL, the Swin-T layout of the ablations): stem conv4x4/s4 -> BN; downsampling BN -> conv2x2/s2;
+  no position embedding; MLP ratio 4. ``biformer_stl`` uses the legacy BRA, ``biformer_stl_nchw`` the nchw BRA with
+  LayerNorm2d, 1x1-conv projections and MLP.
+
+Notes:
+    * Any input size runs: the BRA pads to its region grid inside the block (see :mod:`zoo.layers.routing`). The
+      'patch' layout's stride-2 convs floor odd sizes, as the official ones (inputs of at least 32 px).
+    * Parameter names follow the official ones except for containers (``downsample_layers.0`` -> ``stem``,
+      ``downsample_layers.i`` -> ``stages.i.downsample``, the T/S/B blocks ``stages.i.j`` -> ``stages.i.blocks.j``,
+      ``mlp.0`` / ``mlp.2|3`` -> timm's ``mlp.fc1`` / ``mlp.fc2``, ``head`` -> ``head.fc``);
+      :func:`checkpoint_filter_fn` converts official checkpoints by key renames only.
+    * The released checkpoints hold ``model`` and possibly ``model_ema``; the official loader takes ``model``, and
+      so does :meth:`BiFormer.load_pretrained` (``custom_load``: timm's generic loader would prefer the EMA). Their
+      download URLs all end in ``/root/content``, so the cfgs give timm a file name per checkpoint (the official
+      code's ``biformer_*_in1k.pth``); otherwise every download would share one cache file.
+    * ``drop_path_rate`` defaults to 0; the official trainings used 0.1 (T, STL, STL-nchw) and 0.15 (S).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
+from timm.models._manipulate import adapt_input_conv
+
+from zoo.layers.routing import BiFormerBlock, BiFormerBlock2d
+from ._helpers import check_state_dict, feature_take_indices, overlay_cfg, rename_keys, unwrap_state_dict
+
+__all__ = ['BiFormerCfg', 'BiFormerStage', 'BiFormer', 'checkpoint_filter_fn']
+
+_LAYOUTS = ('conv', 'patch')
+_BRAS = ('legacy', 'nchw')
+
+
+@dataclass(frozen=True)
+class BiFormerCfg:
+    """Architecture of one BiFormer variant.
+
+    Attributes:
+        embed_dims: channels of the four stages.
+        depths: blocks per stage.
+        topks: routed regions per query region in each stage; -1 makes the stage full attention with LePE.
+        head_dim: channels per head of the routing stages (heads = width // head_dim).
+        full_attn_heads: heads of the full-attention stages (8 in every released model, whatever the width).
+        n_win: regions per side of the BRA (legacy) / divisor of the region size (nchw).
+        mlp_ratio: MLP hidden width over block width.
+        side_dwconv: LePE depthwise kernel.
+        pos_embed_kernel: depthwise-conv position embedding before attention in every block (0: none).
+        layer_scale: init value of per-channel residual scales, or None (no released model has them).
+        layout: 'conv' (overlapping conv stem and conv3x3 downsampling, BiFormer-T/S/B) or 'patch' (4x4 patch stem,
+            BN + conv2x2 downsampling, BiFormer-STL).
+        bra: 'legacy' (channels-last blocks, :class:`~zoo.layers.routing.BiLevelRoutingAttention`) or 'nchw'
+            (NCHW blocks, :class:`~zoo.layers.routing.BiLevelRoutingAttention2d`).
+        soft_routing: scale routed key/value rows by the routing softmax (legacy only).
+        diff_routing: differentiable routing; without ``soft_routing`` it is straight-through hard routing (legacy).
+        param_routing: learned routing Linear (legacy; needs ``diff_routing``).
+    """
+    embed_dims: Tuple[int, ...] = (64, 128, 256, 512)
+    depths: Tuple[int, ...] = (2, 2, 8, 2)
+    topks: Tuple[int, ...] = (1, 4, 16, -1)
+    head_dim: int = 32
+    full_attn_heads: int = 8
+    n_win: int = 7
+    mlp_ratio: float = 3.
+    side_dwconv: int = 5
+    pos_embed_kernel: int = 3
+    layer_scale: Optional[float] = None
+    layout: str = 'conv'
+    bra: str = 'legacy'
+    soft_routing: bool = False
+    diff_routing: bool = False
+    param_routing: bool = False
+
+    def __post_init__(self):
+        n = len(self.depths)
+        if n < 1 or any(d < 1 for d in self.depths):
+            raise ValueError(f'depths must be a non-empty sequence of ints >= 1, got depths={self.depths}')
+        if len(self.embed_dims) != n or any(c < 1 for c in self.embed_dims):
+            raise ValueError(f'embed_dims must give one int >= 1 per stage ({n}), got embed_dims={self.embed_dims}')
+        if len(self.topks) != n or any(t < 1 and t != -1 for t in self.topks):
+            raise ValueError(f'topks must give one int >= 1 or -1 per stage ({n}), got topks={self.topks}')
+        if self.head_dim < 1 or any(c % self.head_dim for c, t in zip(self.embed_dims, self.topks) if t > 0):
+            raise ValueError(f'head_dim must divide the widths of the routing stages, got head_dim={self.head_dim}')
+        if self.full_attn_heads < 1 or any(
+                c % self.full_attn_heads for c, t in zip(self.embed_dims, self.topks) if t == -1):
+            raise ValueError(f'full_attn_heads must divide the widths of the full-attention stages, '
+                             f'got full_attn_heads={self.full_attn_heads}')
+        if self.n_win < 1:
+            raise ValueError(f'n_win must be >= 1, got n_win={self.n_win}')
+        if self.bra == 'legacy' and any(t > self.n_win ** 2 for t in self.topks):
+            raise ValueError(f'topks must be <= n_win ** 2 = {self.n_win ** 2} with the legacy BRA, '
+                             f'got topks={self.topks}')
+        if self.mlp_ratio <= 0:
+            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        if self.layout not in _LAYOUTS:
+            raise ValueError(f'layout must be one of {_LAYOUTS}, got layout={self.layout!r}')
+        if self.bra not in _BRAS:
+            raise ValueError(f'bra must be one of {_BRAS}, got bra={self.bra!r}')
+        if self.bra == 'nchw' and (self.soft_routing or self.diff_routing or self.param_routing):
+            raise ValueError("soft_routing, diff_routing and param_routing need bra='legacy'; the nchw BRA routes "
+                             "with detached descriptors and no weights")
+        if self.param_routing and not self.diff_routing:
+            raise ValueError('param_routing=True needs diff_routing=True')
+
+    def num_heads(self, stage: int) -> int:
+        if self.topks[stage] == -1:
+            return self.full_attn_heads
+        return self.embed_dims[stage] // self.head_dim
+
+
+class BiFormerStage(nn.Module):
+    """Optional 2x downsampler followed by BiFormer blocks; NCHW in and out."""
+
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int,
+            depth: int,
+            num_heads: int,
+            topk: int,
+            cfg: BiFormerCfg,
+            downsample: bool = True,
+            drop_path: Tuple[float, ...] = (),
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: input channels.
+            out_dim: channels of the blocks.
+            depth: number of blocks.
+            num_heads: attention heads of the blocks.
+            topk: routed regions per query region, -1 for full attention.
+            cfg: the variant (layout, BRA kind, block options).
+            downsample: start with the layout's 2x downsampler (``dim -> out_dim``).
+            drop_path: one stochastic-depth rate per block (default all 0).
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        drop_path = tuple(drop_path) or (0.,) * depth
+        if len(drop_path) != depth:
+            raise ValueError(f'drop_path must have depth={depth} entries, got drop_path={drop_path}')
+        if not downsample:
+            if dim != out_dim:
+                raise ValueError(f'out_dim must equal dim without a downsampler, got dim={dim}, out_dim={out_dim}')
+            self.downsample = nn.Identity()
+        elif cfg.layout == 'conv':
+            self.downsample = nn.Sequential(
+                nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1, **dd),
+                nn.BatchNorm2d(out_dim, **dd),
+            )
+        else:
+            self.downsample = nn.Sequential(
+                nn.BatchNorm2d(dim, **dd),
+                nn.Conv2d(dim, out_dim, kernel_size=2, stride=2, **dd),
+            )
+        if cfg.bra == 'legacy':
+            block_cls = BiFormerBlock
+            attn_kwargs = {} if topk == -1 else dict(
+                soft_routing=cfg.soft_routing, diff_routing=cfg.diff_routing, param_routing=cfg.param_routing)
+        else:
+            block_cls, attn_kwargs = BiFormerBlock2d, {}
+        self.blocks = nn.Sequential(*[
+            block_cls(
+                out_dim, num_heads,
+                topk=topk,
+                n_win=cfg.n_win,
+                mlp_ratio=cfg.mlp_ratio,
+                side_dwconv=cfg.side_dwconv,
+                pos_embed_kernel=cfg.pos_embed_kernel,
+                layer_scale=cfg.layer_scale,
+                drop_path=drop_path[i],
+                attn_kwargs=attn_kwargs,
+                **dd,
+            )
+            for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class BiFormer(nn.Module):
+    """BiFormer-T/S/B and BiFormer-STL(-nchw): a stride-4 stem and four stages at strides 4, 8, 16, 32 (NCHW)."""
+
+    def __init__(
+            self,
+            cfg: BiFormerCfg,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ):
+        """
+        Args:
+            cfg: architecture; fields can be overridden by keyword (``n_win=8``, ``topks=...``).
+            in_chans: image channels.
+            num_classes: classifier outputs (0: no classifier).
+            global_pool: pooling of the head ('avg', 'max', 'avgmax', '' ...).
+            drop_rate: dropout before the classifier.
+            drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+            **kwargs: ``BiFormerCfg`` fields overriding ``cfg``.
+
+        Raises:
+            ValueError: an argument or config field outside its valid values, naming it.
+            TypeError: a keyword that is neither an argument nor a ``BiFormerCfg`` field.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        cfg = overlay_cfg(cfg, kwargs)
+        if kwargs:
+            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; BiFormerCfg fields are '
+                            f'{sorted(BiFormerCfg.__dataclass_fields__)}')
+        if in_chans < 1:
+            raise ValueError(f'in_chans must be >= 1, got in_chans={in_chans}')
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
+        if not 0. <= drop_rate < 1.:
+            raise ValueError(f'drop_rate must be in [0, 1), got drop_rate={drop_rate}')
+        if not 0. <= drop_path_rate < 1.:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got drop_path_rate={drop_path_rate}')
+        self.cfg = cfg
+        dims = cfg.embed_dims
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = False
+
+        if cfg.layout == 'conv':
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, dims[0] // 2, kernel_size=3, stride=2, padding=1, **dd),
+                nn.BatchNorm2d(dims[0] // 2, **dd),
+                nn.GELU(),
+                nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1, **dd),
+                nn.BatchNorm2d(dims[0], **dd),
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
+                nn.BatchNorm2d(dims[0], **dd),
+            )
+
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(cfg.depths))
+        stages = []
+        self.feature_info = []
+        start = 0
+        for i, depth in enumerate(cfg.depths):
+            stages.append(BiFormerStage(
+                dims[max(i - 1, 0)], dims[i], depth, cfg.num_heads(i), cfg.topks[i], cfg,
+                downsample=i > 0,
+                drop_path=dpr[start:start + depth],
+                **dd,
+            ))
+            start += depth
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.BatchNorm2d(self.num_features, **dd)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NCHW', **dd)
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """No parameter is exempt by name (timm still exempts biases and norm weights by shape)."""
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0``: pooled features; ``global_pool=''``: no pooling)."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
+        """Load an official or native checkpoint file, as timm's ``custom_load`` hook.
+
+        The ``model`` entry of an official checkpoint is taken, not ``model_ema`` (the official loader's choice).
+        The classifier is left at its initialisation when ``num_classes`` differs from the pretrained cfg's, and the
+        first conv is adapted when ``in_chans`` differs from 3, as timm's generic loader does.
+
+        Args:
+            checkpoint_path: a ``.pth`` / ``.safetensors`` file.
+            prefix: unused (timm's hook signature).
+
+        Raises:
+            ValueError: the checkpoint does not match this architecture (see :func:`checkpoint_filter_fn`).
+        """
+        state_dict = checkpoint_filter_fn(load_state_dict(checkpoint_path, use_ema=False), self)
+        cfg = getattr(self, 'pretrained_cfg', None) or {}
+        strict = True
+        if self.num_classes != cfg.get('num_classes', 1000):
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.fc.')}
+            strict = False
+        stem_key = 'stem.0.weight'
+        in_chans = self.stem[0].in_channels
+        if stem_key in state_dict and state_dict[stem_key].shape[1] != in_chans:
+            state_dict[stem_key] = adapt_input_conv(in_chans, state_dict[stem_key])
+        self.load_state_dict(state_dict, strict=strict)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns stage outputs.
+
+        Args:
+            x: ``[B, in_chans, H, W]`` images.
+            indices: stages to return: last n if int, all if None, these if a sequence (negative from the end).
+            norm: apply the final norm to the last stage's output when it is returned.
+            stop_early: stop after the last requested stage.
+            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
+            intermediates_only: return only the intermediates.
+
+        Returns:
+            The intermediates, or ``(final features [B, C, H, W], intermediates)``.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got output_fmt={output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        x = self.stem(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        i = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                x_inter = self.norm(x) if norm and i == last else x
+                intermediates.append(x_inter.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else x_inter)
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norm / head) not needed for the ``indices`` intermediates; returns their indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> normed ``[B, num_features, H/32, W/32]`` (ceil for 'conv', floor for 'patch')."""
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the ``[B, C, H, W]`` features and classify (``pre_logits``: return the pooled features)."""
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Convert an official BiFormer / BiFormer-STL / BiFormer-STL-nchw checkpoint to this module's layout.
+
+    Accepts a plain state dict or one wrapped as ``{'model': ...}`` / ``{'state_dict': ...}``. A dict already in
+    this layout (``stem.*`` / ``head.fc.*`` keys) is returned unchanged. Official keys are renamed:
+    ``downsample_layers.0`` -> ``stem``, ``downsample_layers.i`` -> ``stages.i.downsample``, ``stages.i.j`` ->
+    ``stages.i.blocks.j`` (BiFormer-T/S/B), ``mlp.0`` -> ``mlp.fc1``, ``mlp.2`` / ``mlp.3`` -> ``mlp.fc2`` and
+    ``head`` -> ``head.fc``. Nothing is dropped or reshaped.
+
+    Raises:
+        ValueError: the converted dict does not have exactly the model's keys and shapes (the classifier and the
+            first conv excepted: the loaders adapt them to ``num_classes`` / ``in_chans``).
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    if any(k.startswith(('stem.', 'head.fc.')) for k in state_dict):
+        return state_dict
+    rules = [
+        (r'^downsample_layers\.0\.', 'stem.'),
+        (r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.'),
+        (r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),
+        (r'\.mlp\.0\.', '.mlp.fc1.'),
+        (r'\.mlp\.[23]\.', '.mlp.fc2.'),
+        (r'^head\.(weight|bias)$', r'head.fc.\1'),
+    ]
+    out = rename_keys(state_dict, rules)
+    exempt = [r'^head\.fc\.']
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    if first_conv:
+        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
+    check_state_dict(out, model, exempt=exempt)
+    return out
+
+
+def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
+    cfg = model_cfgs[variant]
+    out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
+    return build_model_with_cfg(
+        BiFormer, variant, pretrained,
+        model_cfg=cfg,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _stl(bra: str, **kwargs) -> BiFormerCfg:
+    return BiFormerCfg(
+        embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), mlp_ratio=4., pos_embed_kernel=0, layout='patch',
+        bra=bra, **kwargs)
+
+
+_TEST = dict(embed_dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), topks=(1, 2, 4, -1), head_dim=8, full_attn_heads=4,
+             n_win=2, mlp_ratio=2.)
+
+model_cfgs = dict(
+    biformer_tiny=BiFormerCfg(),
+    biformer_small=BiFormerCfg(depths=(4, 4, 18, 4)),
+    biformer_base=BiFormerCfg(embed_dims=(96, 192, 384, 768), depths=(4, 4, 18, 4)),
+    biformer_stl=_stl('legacy'),
+    biformer_stl_nchw=_stl('nchw'),
+
+    # tiny variants for tests and the CPU demo (32x32 / 64x64 inputs): 2x2 regions, the last stage full attention
+    biformer_test=BiFormerCfg(**_TEST),
+    biformer_stl_test=BiFormerCfg(**dict(_TEST, pos_embed_kernel=0, layout='patch')),
+    biformer_stl_nchw_test=BiFormerCfg(**dict(_TEST, pos_embed_kernel=0, layout='patch', bra='nchw')),
+)
+
+
+_URL = 'https://api.onedrive.com/v1.0/shares/{}/root/content'
+
+
+def _cfg(url: Any = '', **kwargs) -> Dict:
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': .875,
+        'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.0',
+        'classifier': 'head.fc',
+        'license': 'mit',
+        'origin_url': 'https://github.com/rayleizhu/BiFormer',
+        'paper_ids': 'arXiv:2303.08810',
+        'paper_name': 'BiFormer: Vision Transformer with Bi-Level Routing Attention',
+        **kwargs,
+    }
+
+
+def _released(share_id: str, file_name: str) -> Dict:
+    # (url, file name) with custom_load: a cache name per checkpoint and the official 'model' weights
+    return _cfg((_URL.format(share_id), file_name), custom_load=True)
+
+
+_TEST_CFG = dict(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0)
+
+default_cfgs = generate_default_cfgs({
+    'biformer_tiny.in1k': _released('s!AkBbczdRlZvChHEOoGkgwgQzEDlM', 'biformer_tiny_in1k.pth'),
+    'biformer_small.in1k': _released('s!AkBbczdRlZvChHDyM-x9KWRBZ832', 'biformer_small_in1k.pth'),
+    'biformer_base.in1k': _released('s!AkBbczdRlZvChHI_XPhoadjaNxtO', 'biformer_base_in1k.pth'),
+    'biformer_stl.in1k': _released('s!AkBbczdRlZvChSf-m7ujkvx9lIQ1', 'biformer_stl_in1k.pth'),
+    'biformer_stl_nchw.in1k': _released('s!AkBbczdRlZvChWYrKbWbMgqd2Ai0', 'biformer_stl_nchw_in1k.pth'),
+
+    'biformer_test': _cfg(**_TEST_CFG),
+    'biformer_stl_test': _cfg(**_TEST_CFG),
+    'biformer_stl_nchw_test': _cfg(**_TEST_CFG),
+})
+
+
+@register_model
+def biformer_tiny(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_tiny', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def biformer_small(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_small', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_base', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_stl', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def biformer_stl_nchw(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_stl_nchw', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def biformer_test(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_test', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def biformer_stl_test(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_stl_test', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def biformer_stl_nchw_test(pretrained: bool = False, **kwargs) -> BiFormer:
+    return _create_biformer('biformer_stl_nchw_test', pretrained=pretrained, **kwargs)
