@@ -260,7 +260,8 @@ class DigitsDataModule(_TrainLoaderMixin, LightningDataModule):
     @property
     def data_config(self) -> Dict[str, Any]:
         size = self.hparams.img_size
-        return dict(input_size=(3, size, size), mean=self.mean, std=self.std, interpolation='bilinear', crop_pct=1.0)
+        return dict(input_size=[3, size, size], mean=list(self.mean), std=list(self.std), interpolation='bilinear',
+                    crop_pct=1.0)
 
     def _to_input(self, images01: torch.Tensor) -> torch.Tensor:
         """``[N, 1, h, w]`` in [0, 1] -> ``[N, 1, S, S]`` in [0, 1] (antialiased if it shrinks)."""
@@ -438,7 +439,7 @@ class ImageFolderDataModule(_TrainLoaderMixin, LightningDataModule):
     def data_config(self) -> Dict[str, Any]:
         size = self.hparams.img_size
         return dict(
-            input_size=(3, size, size), mean=tuple(self.hparams.mean), std=tuple(self.hparams.std),
+            input_size=[3, size, size], mean=list(self.hparams.mean), std=list(self.hparams.std),
             interpolation=self.hparams.interpolation, crop_pct=self.hparams.crop_pct, crop_mode=self.hparams.crop_mode)
 
     def _transform(self, training: bool):

@@ -167,8 +167,8 @@ class ClassifierModule(LightningModule):
     ):
         super().__init__()
         check_model_name(model_name)
-        if num_classes < 1:
-            raise ConfigError(f'num_classes must be >= 1, got {num_classes}.')
+        if num_classes < 2:
+            raise ConfigError(f'num_classes must be >= 2 (a classifier needs two classes), got {num_classes}.')
         if lr_base_scale not in ('linear', 'sqrt'):
             raise ConfigError(f"lr_base_scale must be 'linear' or 'sqrt', got {lr_base_scale!r}.")
         if label_names is not None and len(label_names) != num_classes:
