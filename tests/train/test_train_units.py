@@ -1,0 +1,148 @@
+"""Unit tests of the training pieces: data modules, sampler, seeding, collate, lr rule, model-name check."""
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.train.data import DigitsDataModule, ImageFolderDataModule, collate_skipping
+from zoo.train.errors import ConfigError
+from zoo.train.module import ClassifierModule, check_model_name, resolve_lr
+from zoo.train.sampling import ResumableSampler, SeededDataset, mix_seed
+
+
+# data
+
+def test_digits_module_split_shapes_and_normalisation():
+    dm = DigitsDataModule(img_size=32, batch_size=64)
+    dm.setup('fit')
+    assert (len(dm._train), len(dm._val)) == (1437, 360)
+    assert dm.num_classes == 10 and dm.label_names == [str(i) for i in range(10)]
+    assert dm.data_config['input_size'] == [3, 32, 32]
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.min() >= -1 and x.max() <= 1 and torch.equal(x[:, 0], x[:, 1])
+    # the split does not depend on the training seed
+    other = DigitsDataModule(img_size=32)
+    other.setup('fit')
+    assert torch.equal(other._val.labels, dm._val.labels)
+    # augmented training batches: drop_last keeps every batch full (even, for Mixup)
+    loader = dm.train_dataloader()
+    assert len(loader) == 1437 // 64
+    assert all(b[0].shape[0] == 64 for b in loader)
+
+
+def test_digits_module_arguments_are_checked():
+    with pytest.raises(ConfigError, match='img_size'):
+        DigitsDataModule(img_size=4)
+    with pytest.raises(ConfigError, match='val_fraction'):
+        DigitsDataModule(val_fraction=1.5)
+
+
+def test_image_folder_transforms(tmp_path):
+    from PIL import Image
+    for split in ('train', 'val'):
+        for c in ('b_dog', 'a_cat'):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(np.full((50, 70, 3), 128, np.uint8)).save(tmp_path / split / c / 'x.jpg')
+    dm = ImageFolderDataModule(str(tmp_path), img_size=32, batch_size=2, num_workers=0, pin_memory=False)
+    assert dm.label_names == ['a_cat', 'b_dog'] and dm.num_classes == 2
+    dm.setup('fit')
+    x, y, skipped = next(iter(dm.val_dataloader()))
+    assert x.shape == (2, 3, 32, 32) and y.tolist() == [0, 1] and int(skipped) == 0
+    x, y, skipped = next(iter(dm.train_dataloader()))
+    assert x.shape == (2, 3, 32, 32)
+
+
+def test_collate_skipping_drops_and_counts():
+    items = [(torch.zeros(3), 1), None, (torch.ones(3), 2), None]
+    x, y, skipped = collate_skipping(items)
+    assert x.shape == (2, 3) and y.tolist() == [1, 2] and int(skipped) == 2
+    assert collate_skipping([None, None]) is None
+
+
+# sampling
+
+def test_resumable_sampler_is_epoch_seeded_sharded_and_skips():
+    data = list(range(10))
+    a = ResumableSampler(data, seed=3)
+    a.set_epoch(1)
+    b = ResumableSampler(data, seed=3)
+    b.set_epoch(1)
+    assert list(a) == list(b) and sorted(a) == data
+    b.set_epoch(2)
+    assert list(a) != list(b)
+    ranks = [ResumableSampler(data, num_replicas=2, rank=r, seed=3) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(1)
+    assert sorted(list(ranks[0]) + list(ranks[1])) == data
+    order = list(a)
+    a.skip_batches(1, 2, 3)
+    assert len(a) == 10 and list(a) == order[6:]  # once: the next pass is whole again
+    assert list(a) == order
+
+
+def test_seeded_dataset_is_deterministic_and_leaves_rng_alone(monkeypatch):
+    monkeypatch.setenv('PL_GLOBAL_SEED', '5')
+
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(2), random.random(), np.random.rand()
+
+    ds = SeededDataset(Noise())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = ds[1]
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(5)
+    again = ds[1]
+    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], first[0])
+    assert mix_seed(1, 2) != mix_seed(2, 1)
+
+
+# module
+
+def test_lr_rule():
+    assert resolve_lr(None, 1e-3, 1024, 'linear', 8 * 128)[0] == pytest.approx(1e-3)
+    assert resolve_lr(None, 1e-3, 1024, 'linear', 4 * 8 * 128)[0] == pytest.approx(4e-3)
+    assert resolve_lr(None, 5e-4, 512, 'sqrt', 2048)[0] == pytest.approx(1e-3)
+    assert resolve_lr(3e-4, 1e-3, 1024, 'linear', 64)[0] == 3e-4
+
+
+def test_model_name_check():
+    check_model_name('nat_test')
+    check_model_name('test_vit')
+    with pytest.raises(ConfigError, match=r"Close names: .*dinat_s_tiny"):
+        check_model_name('dinat_s_tinny')
+
+
+def test_module_optimizer_groups_and_schedule():
+    """No weight decay on biases/norms/rpb (timm's filter), the lr rule, warm-up then cosine stepped per update."""
+    from types import SimpleNamespace
+    module = ClassifierModule(model_name='nat_test', num_classes=10, weight_decay=0.05, warmup_epochs=1,
+                              warmup_lr=1e-6, min_lr=1e-5, lr_base=1e-3, lr_base_size=1024)
+    module._trainer = SimpleNamespace(
+        estimated_stepping_batches=20, accumulate_grad_batches=2, world_size=8, num_devices=4, num_nodes=2,
+        num_training_batches=10, datamodule=SimpleNamespace(batch_size=32))
+    config = module.configure_optimizers()
+    opt, sched = config['optimizer'], config['lr_scheduler']['scheduler']
+    assert config['lr_scheduler']['interval'] == 'step'
+    decay = {id(p) for g in opt.param_groups if g['weight_decay'] > 0 for p in g['params']}
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert decay and all(names[i].endswith('weight') and 'norm' not in names[i] for i in decay)
+    assert any('rpb' in n for i, n in names.items() if i not in decay)
+    peak = 1e-3 * 32 * 8 * 2 / 1024  # global batch 512
+    lrs = []
+    for step in range(20):  # 5 updates per epoch, 4 epochs, 1 of warm-up
+        sched.step_update(num_updates=step)
+        lrs.append(opt.param_groups[0]['lr'])
+    assert lrs[0] == pytest.approx(1e-6) and max(range(20), key=lrs.__getitem__) == 5
+    # timm's cosine counts the warm-up updates too (warmup_prefix=False, as the NAT/DeiT scripts)
+    assert lrs[5] == pytest.approx(1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * 5 / 20)))
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:])) and 1e-5 <= lrs[-1] < peak / 10
