@@ -17,6 +17,7 @@ fvcore is a development dependency (``pip install fvcore``).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator, Sequence, Tuple
 
 import torch
@@ -76,10 +77,13 @@ def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 22
     Raises:
         ImportError: fvcore is not installed.
     """
-    try:
-        from fvcore.nn import FlopCountAnalysis
-    except ImportError as e:
-        raise ImportError('count_gmacs needs fvcore: pip install fvcore') from e
+    with warnings.catch_warnings():
+        # fvcore scripts a helper at import, which recent torch releases flag as deprecated
+        warnings.filterwarnings('ignore', message='.*torch.jit.script.*', category=FutureWarning)
+        try:
+            from fvcore.nn import FlopCountAnalysis
+        except ImportError as e:
+            raise ImportError('count_gmacs needs fvcore: pip install fvcore') from e
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)

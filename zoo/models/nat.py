@@ -355,7 +355,7 @@ class _NatBase(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the ``[B, H, W, C]`` features and classify (``pre_logits``: return the pooled features)."""
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
@@ -823,8 +823,8 @@ model_cfgs = dict(
     vitrpb_base=_iso(768, 24, attn='global_rpb'),
 
     # tiny variants for tests and the CPU demo (32x32 / 64x64 inputs); the late stages run padded NA
-    nat_test=_nat(16, (1, 1, 2, 1), (1, 2, 4, 8), 2., kernel_size=3),
-    dinat_test=_nat(16, (1, 1, 2, 1), (1, 2, 4, 8), 2., (2, 2, 2, 1), kernel_size=3),
+    nat_test=_nat(16, (2, 2, 2, 1), (1, 2, 4, 8), 2., kernel_size=3),
+    dinat_test=_nat(16, (2, 2, 2, 1), (1, 2, 4, 8), 2., (2, 2, 2, 1), kernel_size=3),
     dinat_s_test=_dinat_s(16, (2, 1, 2, 1), (1, 2, 4, 8), (2, 2, 2, 1), mlp_ratio=2., kernel_size=3),
     nat_isotropic_test=_iso(64, 2, depth=4, patch_size=4, mlp_ratio=2., kernel_size=3),
     dinat_isotropic_test=_iso(64, 2, depth=4, dilate=2, patch_size=4, mlp_ratio=2., kernel_size=3),
