@@ -52,7 +52,8 @@ from timm.models._manipulate import adapt_input_conv
 from zoo.layers.routing import BiFormerBlock, BiFormerBlock2d
 from ._helpers import check_state_dict, feature_take_indices, overlay_cfg, rename_keys, unwrap_state_dict
 
-__all__ = ['BiFormerCfg', 'BiFormerStage', 'BiFormer', 'checkpoint_filter_fn']
+# checkpoint_filter_fn stays out of __all__: zoo.models star-imports every family and NAT exports that name too
+__all__ = ['BiFormerCfg', 'BiFormerStage', 'BiFormer']
 
 _LAYOUTS = ('conv', 'patch')
 _BRAS = ('legacy', 'nchw')
