@@ -188,7 +188,7 @@ def bench_cuda(shapes, backend: str, repeats: int, peak_bw: float, peak_flops: f
         t_fwd = time_fns(fwd, device, warmup=3, repeats=repeats)
         t_fb = time_fns(fwd_bwd, device, warmup=3, repeats=repeats)
         t_bwd = time_fns({'ours': backward}, device, warmup=3, repeats=repeats)['ours']
-        del out, grad
+        out = grad = None  # free them before the memory measurement
         mem = {name: peak_memory(fn, device) for name, fn in fwd_bwd.items()}
 
         flops_fwd = 4 * b * h * n * t * mk * d

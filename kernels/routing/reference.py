@@ -13,7 +13,8 @@ __all__ = ['bra_reference', 'gather_regions']
 
 
 def gather_regions(x: torch.Tensor, r_idx: torch.Tensor) -> torch.Tensor:
-    """Rows of the routed regions: ``x [B, H, nRk, Mk, C]``, ``r_idx [B, H, nR, topk]`` -> ``[B, H, nR, topk, Mk, C]``."""
+    """Rows of the routed regions: ``x [B, H, nRk, Mk, C]``, ``r_idx [B, H, nR, topk]`` -> ``[B, H, nR, topk, Mk,
+    C]``."""
     batch, heads = x.shape[:2]
     b = torch.arange(batch, device=x.device).view(batch, 1, 1, 1)
     h = torch.arange(heads, device=x.device).view(1, heads, 1, 1)

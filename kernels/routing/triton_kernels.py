@@ -181,7 +181,6 @@ def bra_bwd_kernel_dq(
     i_b = i_bh // NH
     i_h = i_bh % NH
     r0, i_mt, q_slot, q_tok, q_valid = _stationary_rows(tl.program_id(0), NR, M, G, BM, NMT, PACK)
-    qk_scale = scale * LOG2E
 
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
