@@ -101,7 +101,8 @@ class ClassifierModule(LightningModule):
             recorded by exports).
         grad_checkpointing: ``model.set_grad_checkpointing()`` (less memory, about 30% more compute).
         channels_last: NHWC memory format for the model and the inputs (faster convolutions on GPUs).
-        compile: ``torch.compile`` the model's forward (``nn.Module.compile``: the state-dict keys do not change).
+        compile: ``torch.compile`` the model's forward (``nn.Module.compile(dynamic=False)``: the state-dict keys do
+            not change; the first steps are slow while it compiles, and a last smaller eval batch recompiles once).
         opt: timm optimizer name ('adamw', 'lamb', 'sgd', ...).
         lr: absolute learning rate; None derives it from ``lr_base`` and the global batch.
         lr_base: learning rate at the reference global batch ``lr_base_size``.
@@ -129,7 +130,7 @@ class ClassifierModule(LightningModule):
 
     def __init__(
             self,
-            model_name: str = 'test_vit',
+            model_name: str = 'nat_test',
             num_classes: int = 1000,
             pretrained: Optional[str] = None,
             pretrained_num_classes: Optional[int] = None,
@@ -182,7 +183,8 @@ class ClassifierModule(LightningModule):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
-            self.model.compile()
+            # static shapes: training batches have one size (drop_last); dynamic shapes trip Inductor on NA's padding
+            self.model.compile(dynamic=False)
 
         self.mixup_fn = None
         if mixup > 0 or cutmix > 0:
