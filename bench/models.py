@@ -34,6 +34,7 @@ PEER_SHORT = {'swin_tiny_patch4_window7_224': 'swin_t', 'convnext_tiny': 'convne
 def _build(name: str, device: str, img_size: int) -> torch.nn.Module:
     import timm
     import zoo  # noqa: F401  (registers the zoo models)
+    import zoo.models.biformer  # noqa: F401
     kwargs = {}
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is not None and cfg.fixed_input_size:
@@ -107,7 +108,7 @@ def _mb(value: Optional[float]) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=('cpu', 'cuda'))
-    parser.add_argument('--models', nargs='+', default=['nat_mini', 'dinat_mini'])
+    parser.add_argument('--models', nargs='+', default=['nat_mini', 'dinat_mini', 'biformer_tiny'])
     parser.add_argument('--peers', nargs='+', default=list(PEERS))
     parser.add_argument('--batch', type=int, default=None, help='throughput batch (default 8 on CPU, 64 on CUDA)')
     parser.add_argument('--img-size', type=int, default=224)

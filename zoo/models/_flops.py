@@ -96,3 +96,10 @@ def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 22
     finally:
         model.train(was_training)
     return total / 1e9
+
+
+# Bi-level routing attention (zoo.layers.routing) needs no placeholder op: its layers carry ``fused_attn`` like timm's
+# attention, so ``na_counting`` switches them to ``gather_routed_attention``, the official gather followed by two
+# matmuls that fvcore counts as ``B * heads * regions * M * topk * Mk * (head_dim + head_dim_v)`` MACs over the padded
+# map, plus the routing-logit matmul ``B * regions * regions * qk_dim``; the gather, the region means and top-k are
+# free. That is how the official BiFormer numbers were counted (biformer_tiny 2.228 GMACs at 224 px).
