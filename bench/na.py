@@ -38,7 +38,7 @@ class Shape:
     kernel_size: int
     dilation: int = 1
     rpb: bool = False
-    slow: bool = False  # the peers (reference, natten) take seconds here: skipped by --skip-slow-peers
+    slow: bool = False  # natten takes tens of seconds here on CPU: skipped by --skip-slow-peers
     quick: bool = True  # part of --quick
 
     @property
@@ -159,7 +159,7 @@ def _guarded(fn):
     return fn
 
 
-def bench_cpu(shapes, backend: str, natten, skip_slow_peers: bool, repeats: int) -> str:
+def bench_cpu(shapes, backend: str, natten, skip_slow_peers: bool, repeats: int, stat: str) -> str:
     rows = []
     for shape in shapes:
         print(f'{shape.label()} ...', file=sys.stderr, flush=True)
@@ -173,22 +173,18 @@ def bench_cpu(shapes, backend: str, natten, skip_slow_peers: bool, repeats: int)
         def reference():
             return na_reference(q, k, v, kernel_size, dilation, stride, causal, rpb, scale)[0]
 
-        fwd = {'ours': _no_grad(ours)}
-        fwd_bwd = {'ours': _fwd_bwd(ours, (q, k, v, rpb))}
-        with_peers = not (skip_slow_peers and shape.slow)
-        if with_peers:
-            fwd['reference'] = _no_grad(reference)
-            fwd_bwd['reference'] = _fwd_bwd(reference, (q, k, v, rpb))
-            if natten is not None and not shape.rpb:
-                na = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape.spatial)]
-                # natten's CPU path refuses inputs that require grad (no backward there)
-                qn, kn, vn = q.detach(), k.detach(), v.detach()
-                peer = _guarded(lambda: na(qn, kn, vn, kernel_size, dilation=dilation, scale=scale))
-                if peer is not None:
-                    fwd['natten'] = peer
+        fwd = {'ours': _no_grad(ours), 'reference': _no_grad(reference)}
+        fwd_bwd = {'ours': _fwd_bwd(ours, (q, k, v, rpb)), 'reference': _fwd_bwd(reference, (q, k, v, rpb))}
+        if natten is not None and not shape.rpb and not (skip_slow_peers and shape.slow):
+            na = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape.spatial)]
+            # natten's CPU path refuses inputs that require grad (no backward there)
+            qn, kn, vn = q.detach(), k.detach(), v.detach()
+            peer = _guarded(lambda: na(qn, kn, vn, kernel_size, dilation=dilation, scale=scale))
+            if peer is not None:
+                fwd['natten'] = peer
         budget = 60.0 if shape.slow else 10.0
-        t_fwd = time_fns(fwd, 'cpu', warmup=1, repeats=repeats, budget_s=budget)
-        t_fb = time_fns(fwd_bwd, 'cpu', warmup=1, repeats=repeats, budget_s=budget)
+        t_fwd = time_fns(fwd, 'cpu', warmup=1, repeats=repeats, budget_s=budget, stat=stat)
+        t_fb = time_fns(fwd_bwd, 'cpu', warmup=1, repeats=repeats, budget_s=budget, stat=stat)
         rows.append([
             shape.label(), fmt_ms(t_fwd['ours']), fmt_ms(t_fb['ours']),
             fmt_ms(t_fwd.get('reference')), fmt_ms(t_fb.get('reference')), fmt_ms(t_fwd.get('natten')),
@@ -207,9 +203,9 @@ def _no_grad(fn):
     return run
 
 
-def bench_cuda(shapes, backend: str, natten, repeats: int, peak_bw: float, peak_flops: float) -> str:
-    device = torch.device('cuda')
-    dtype = torch.bfloat16
+def bench_cuda(shapes, backend: str, natten, repeats: int, stat: str, peak_bw: float, peak_flops: float,
+               device='cuda', dtype=torch.bfloat16) -> str:
+    device = torch.device(device)
     elt = torch.finfo(dtype).bits // 8
     rows = []
     for shape in shapes:
@@ -249,16 +245,17 @@ def bench_cuda(shapes, backend: str, natten, repeats: int, peak_bw: float, peak_
                    'window': _fwd_bwd(window_sdpa, (qw, kw, vw))}
         if natten is not None and not shape.rpb:
             na = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(shape.spatial)]
-            peer = _guarded(_no_grad(lambda: na(q, k, v, kernel_size, dilation=dilation, scale=scale)))
+            qn, kn, vn = q.detach(), k.detach(), v.detach()
+            peer = _guarded(lambda: na(qn, kn, vn, kernel_size, dilation=dilation, scale=scale))
             if peer is not None:
                 fwd['natten'] = peer
                 peer_fb = _guarded(_fwd_bwd(lambda: na(q, k, v, kernel_size, dilation=dilation, scale=scale),
                                             leaves))
                 if peer_fb is not None:
                     fwd_bwd['natten'] = peer_fb
-        t_fwd = time_fns(fwd, device, warmup=3, repeats=repeats)
-        t_fb = time_fns(fwd_bwd, device, warmup=3, repeats=repeats)
-        t_bwd = time_fns({'ours': backward}, device, warmup=3, repeats=repeats)['ours']
+        t_fwd = time_fns(fwd, device, warmup=3, repeats=repeats, stat=stat)
+        t_fb = time_fns(fwd_bwd, device, warmup=3, repeats=repeats, stat=stat)
+        t_bwd = time_fns({'ours': backward}, device, warmup=3, repeats=repeats, stat=stat)['ours']
         memory = peak_memory(fwd_bwd['ours'], device)
 
         flops_fwd = 4 * b * h * n * window * d
@@ -276,7 +273,7 @@ def bench_cuda(shapes, backend: str, natten, repeats: int, peak_bw: float, peak_
             f'{memory / 2 ** 20:.0f}' if memory is not None else 'n/a',
         ])
         del out, grad
-    headers = ['shape (bf16)', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'fwd TFLOP/s', 'bwd TFLOP/s', 'fwd GB/s',
+    headers = [f'shape ({str(dtype).replace("torch.", "")})', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'fwd TFLOP/s', 'bwd TFLOP/s', 'fwd GB/s',
                'fwd SOL', 'bwd SOL', 'vs SDPA all tokens fwd', 'vs window SDPA fwd', 'vs window SDPA fwd+bwd',
                'vs natten fwd', 'peak MiB fwd+bwd']
     return markdown_table(headers, rows)
@@ -288,25 +285,31 @@ def main(argv=None) -> None:
     parser.add_argument('--backend', default=None, help="ours: default 'torch' on CPU, 'triton' on CUDA")
     parser.add_argument('--quick', action='store_true', help='fewer shapes and repeats')
     parser.add_argument('--skip-slow-peers', action='store_true',
-                        help='skip the reference and natten where they take seconds (large maps)')
+                        help='skip natten on CPU where it takes tens of seconds (large maps)')
     parser.add_argument('--no-natten', action='store_true')
     parser.add_argument('--repeats', type=int, default=None)
+    parser.add_argument('--stat', choices=('median', 'min'), default='median',
+                        help="'min' on a machine shared with other jobs")
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     parser.add_argument('--peak-bw', type=float, default=3.35e12, help='peak memory bandwidth, bytes/s (H100 SXM)')
     parser.add_argument('--peak-flops', type=float, default=989e12, help='peak dense bf16 FLOP/s (H100 SXM)')
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     natten = None if args.no_natten else import_natten()
     repeats = args.repeats or (5 if args.quick else 15)
     if args.device == 'cpu':
         shapes = [s for s in CPU_SHAPES if s.quick or not args.quick]
-        table = bench_cpu(shapes, args.backend or 'torch', natten, args.skip_slow_peers, repeats)
+        table = bench_cpu(shapes, args.backend or 'torch', natten, args.skip_slow_peers, repeats, args.stat)
     else:
         shapes = [s for s in CUDA_SHAPES if s.quick or not args.quick]
-        table = bench_cuda(shapes, args.backend or 'triton', natten, repeats, args.peak_bw, args.peak_flops)
+        table = bench_cuda(shapes, args.backend or 'triton', natten, repeats, args.stat, args.peak_bw,
+                           args.peak_flops)
     natten_version = getattr(natten, '__version__', 'not available')
-    print(f'Neighborhood attention, {machine(args.device)}; natten {natten_version}; median of up to {repeats} '
-          f'round-robin repeats after warm-up\n')
+    print(f'Neighborhood attention, {machine(args.device)}; natten {natten_version}; {args.stat} of up to '
+          f'{repeats} round-robin repeats after warm-up\n')
     print(table)
 
 
