@@ -28,7 +28,7 @@ import triton
 from .._utils.backend import triton_interpreting
 from .triton_kernels import bra_bwd_kernel_dkv, bra_bwd_kernel_dq, bra_fwd_kernel
 
-__all__ = ['bra_triton', 'bra_fwd', 'bra_bwd', 'bra_block_config', 'routing_csr']
+__all__ = ['bra_triton', 'bra_fwd', 'bra_bwd', 'bra_block_config', 'routing_csr', 'work_order']
 
 # rows of a tile: tl.dot needs 16; regions below that are packed into one program
 _MIN_ROWS = 16
@@ -61,6 +61,9 @@ def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_si
     block_dv = max(16, triton.next_power_of_2(head_dim_v))
     row_bytes = max(block_d, block_dv) * element_size
     max_rows = _MAX_ROWS if row_bytes <= 128 else _MAX_ROWS // 2 if row_bytes <= 256 else _MAX_ROWS // 4
+    if element_size == 4:
+        # fp32 products are three TF32 ones, with split operands: half the rows keep them out of local memory
+        max_rows = max(_MIN_ROWS, max_rows // 2)
 
     def side(stat: int, stream: int) -> tuple[bool, int, int, int]:
         # (pack, g, stationary rows, streamed rows)
@@ -77,8 +80,7 @@ def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_si
     dkv = dict(pack=pack, g=g, bm=bm, bn=bn, nkt=1 if pack else triton.cdiv(mk, bn), nqc=1 if pack else
                triton.cdiv(m, bm))
     big = max(fwd['bm'] * fwd['bn'], dkv['bm'] * dkv['bn']) >= 64 * 64 or row_bytes > 128
-    # fp32 products are three TF32 ones: twice the warps keep them out of local memory
-    num_warps = 8 if row_bytes > 256 or (big and element_size == 4) else 4 if big else 2
+    num_warps = 8 if row_bytes > 256 else 4 if big or element_size == 4 else 2
     return dict(fwd=fwd, dkv=dkv, block_d=block_d, block_dv=block_dv, num_warps=num_warps, num_stages=2)
 
 
@@ -103,6 +105,27 @@ def routing_csr(r_idx: torch.Tensor, n_k: int) -> tuple[torch.Tensor, torch.Tens
     bounds = torch.arange(lists * n_k + 1, device=r_idx.device)
     offsets = torch.searchsorted(sorted_keys, bounds).to(torch.int32)
     return offsets, pairs
+
+
+def work_order(offsets: torch.Tensor, n_k: int) -> torch.Tensor:
+    """Order in which the dK/dV kernel takes the (list, key region) items of the inverse index.
+
+    Lists stay contiguous (their programs read the same query rows, which then stay in L2); within a list, key
+    regions come by decreasing in-degree, so long lists start early, the launch ends with short ones, and packed
+    programs group regions of similar in-degree. Built with a stable sort: deterministic.
+
+    Args:
+        offsets: the CSR offsets of :func:`routing_csr`, ``[lists * n_k + 1]``.
+        n_k: number of key regions.
+
+    Returns:
+        int32 ``[lists * n_k]``: item ``l * n_k + kr`` in processing order.
+    """
+    degree = (offsets[1:] - offsets[:-1]).long()
+    items = torch.arange(degree.numel(), device=offsets.device)
+    most = int(offsets.numel())
+    keys = (items // n_k) * most + (most - 1 - degree)
+    return torch.sort(keys, stable=True).indices.to(torch.int32)
 
 
 def bra_fwd(
@@ -209,14 +232,19 @@ def bra_bwd(
     )
     if deterministic:
         offsets, pairs = routing_csr(ridx, n_k)
-        grid = (triton.cdiv(n_k, b['g']) if b['pack'] else n_k * b['nkt'], batch * heads)
+        order = work_order(offsets, n_k)
+        shared = ridx.dim() == 3
+        n_items = order.numel()
+        # the heads of shared routing share a list, and run on the second grid axis
+        grid = (triton.cdiv(n_items, b['g']) if b['pack'] else n_items * b['nkt'], heads if shared else 1)
         bra_bwd_kernel_dkv[grid](
-            query, key, value, rw if rw is not None else query, grad_out, lse, delta, offsets, pairs, dk, dv,
+            query, key, value, rw if rw is not None else query, grad_out, lse, delta, offsets, pairs, order, dk, dv,
             *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out), *_strides(dk), *_strides(dv),
             *lse.stride()[:3], *_index_strides(ridx),
-            heads, heads if ridx.dim() == 4 else 1, n_q, n_k, topk,
+            heads, n_items, n_k, topk,
             scale,
-            M=m, MK=mk, G=b['g'], BM=b['bm'], BN=b['bn'], NKT=b['nkt'], NQC=b['nqc'], PACK=b['pack'], **common,
+            M=m, MK=mk, G=b['g'], BM=b['bm'], BN=b['bn'], NKT=b['nkt'], NQC=b['nqc'], SHARED=shared,
+            PACK=b['pack'], **common,
         )
     else:
         dk, dv = dk32.to(key.dtype), dv32.to(value.dtype)

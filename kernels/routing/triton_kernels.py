@@ -25,7 +25,7 @@ NEG_INIT = tl.constexpr(-1.0e30)
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-RUNTIME_SIZES = ['NR', 'NRK', 'TOPK']
+RUNTIME_SIZES = ['NR', 'NRK', 'NITEMS', 'TOPK']
 
 
 @triton.jit
@@ -281,7 +281,7 @@ def bra_bwd_kernel_dq(
 
 @triton.jit(do_not_specialize=RUNTIME_SIZES)
 def bra_bwd_kernel_dkv(
-    q, k, v, rw, do, lse, delta, offsets, pairs, dk, dv,
+    q, k, v, rw, do, lse, delta, offsets, pairs, order, dk, dv,
     stride_qb, stride_qh, stride_qr, stride_qm,
     stride_kb, stride_kh, stride_kr, stride_km,
     stride_vb, stride_vh, stride_vr, stride_vm,
@@ -290,56 +290,68 @@ def bra_bwd_kernel_dkv(
     stride_dvb, stride_dvh, stride_dvr, stride_dvm,
     stride_lb, stride_lh, stride_lr,
     stride_ib, stride_ih, stride_ir,
-    NH, HR, NR, NRK, TOPK,
+    NH, NITEMS, NRK, TOPK,
     scale,
     M: tl.constexpr, MK: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-    NKT: tl.constexpr, NQC: tl.constexpr,
+    NKT: tl.constexpr, NQC: tl.constexpr, SHARED: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PACK: tl.constexpr, HAS_W: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # KV-stationary and deterministic: a program owns key rows of one key region (or G packed small ones) and walks
     # the (query region, t) pairs that route to it, in the order of the CSR lists (sorted by r * TOPK + t), for
-    # every query tile; dK and dV accumulate in registers and are written once
-    i_bh = tl.program_id(1)
-    i_b = i_bh // NH
-    i_h = i_bh % NH
-    # routing lists are per head, or shared by the heads (HR == 1)
-    i_hr = i_h % HR
-    r0, i_kt, k_slot, k_tok, k_valid = _stationary_rows(tl.program_id(0), NRK, MK, G, BN, NKT, PACK)
+    # every query tile; dK and dV accumulate in registers and are written once. Work items (list, key region) come
+    # in `order`, by decreasing in-degree, so the longest lists start first and share a program with similar ones;
+    # a list is a batch (routing shared by the heads, the head is program_id(1)) or a (batch, head)
+    p0, i_kt, k_slot, k_tok, k_ok = _stationary_rows(tl.program_id(0), NITEMS, MK, G, BN, NKT, PACK)
     qk_scale = scale * LOG2E
+
+    # [BN] work item, batch, head and key region of each key row
+    k_item = tl.load(order + p0 + k_slot, mask=k_ok, other=0)
+    if SHARED:
+        k_b = k_item // NRK
+        k_h = k_slot * 0 + tl.program_id(1)
+    else:
+        k_b = k_item // NRK // NH
+        k_h = (k_item // NRK) % NH
+    k_reg = k_item % NRK
+    k_valid = k_ok & (k_tok < MK)
 
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
     m_d = k_valid[:, None] & (o_d[None, :] < DK)
     m_dv = k_valid[:, None] & (o_dv[None, :] < DV)
-    row_k = _offsets(i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh, r0 + k_slot, k_tok,
-                     stride_kr, stride_km)
-    row_v = _offsets(i_b.to(tl.int64) * stride_vb + i_h.to(tl.int64) * stride_vh, r0 + k_slot, k_tok,
-                     stride_vr, stride_vm)
+    row_k = _offsets(k_b.to(tl.int64) * stride_kb + k_h.to(tl.int64) * stride_kh, k_reg, k_tok, stride_kr, stride_km)
+    row_v = _offsets(k_b.to(tl.int64) * stride_vb + k_h.to(tl.int64) * stride_vh, k_reg, k_tok, stride_vr, stride_vm)
     # [BN, BD]
     b_k = tl.load(k + row_k[:, None] + o_d[None, :], mask=m_d, other=0.)
     # [BN, BDV]
     b_v = tl.load(v + row_v[:, None] + o_dv[None, :], mask=m_dv, other=0.)
 
-    # slot and token of each query column; the CSR list of each column's slot
+    # the same per query column (slot of the column); the CSR list of each column's slot
     cols = tl.arange(0, BM)
     if PACK:
         q_slot = cols // M
         q_tok0 = cols % M
-        slot_ok = (q_slot < G) & (r0 + q_slot < NRK)
+        slot_ok = (q_slot < G) & (p0 + q_slot < NITEMS)
     else:
         q_slot = cols * 0
         q_tok0 = cols
         slot_ok = cols < BM
-    seg = (i_b * HR + i_hr).to(tl.int64) * NRK + r0 + q_slot
-    b_start = tl.load(offsets + seg, mask=slot_ok, other=0)
-    b_end = tl.load(offsets + seg + 1, mask=slot_ok, other=0)
+    q_item = tl.load(order + p0 + q_slot, mask=slot_ok, other=0)
+    if SHARED:
+        q_b = q_item // NRK
+        q_h = q_slot * 0 + tl.program_id(1)
+    else:
+        q_b = q_item // NRK // NH
+        q_h = (q_item // NRK) % NH
+    b_start = tl.load(offsets + q_item, mask=slot_ok, other=0)
+    b_end = tl.load(offsets + q_item + 1, mask=slot_ok, other=0)
     n_pairs = tl.max(b_end - b_start, 0)
 
-    base_q = i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh
-    base_do = i_b.to(tl.int64) * stride_dob + i_h.to(tl.int64) * stride_doh
-    base_l = i_b.to(tl.int64) * stride_lb + i_h.to(tl.int64) * stride_lh
-    base_i = i_b.to(tl.int64) * stride_ib + i_hr.to(tl.int64) * stride_ih
+    base_q = q_b.to(tl.int64) * stride_qb + q_h.to(tl.int64) * stride_qh
+    base_do = q_b.to(tl.int64) * stride_dob + q_h.to(tl.int64) * stride_doh
+    base_l = q_b.to(tl.int64) * stride_lb + q_h.to(tl.int64) * stride_lh
+    base_i = q_b.to(tl.int64) * stride_ib + q_h.to(tl.int64) * stride_ih
 
     b_dk = tl.zeros([BN, BD], dtype=tl.float32)
     b_dv = tl.zeros([BN, BDV], dtype=tl.float32)
@@ -384,9 +396,9 @@ def bra_bwd_kernel_dkv(
             # [BN, BD]
             b_dk += _dot(b_dst.to(b_q.dtype), b_q, DOT_FP32, PRECISION)
 
-    row_dk = _offsets(i_b.to(tl.int64) * stride_dkb + i_h.to(tl.int64) * stride_dkh, r0 + k_slot, k_tok,
+    row_dk = _offsets(k_b.to(tl.int64) * stride_dkb + k_h.to(tl.int64) * stride_dkh, k_reg, k_tok,
                       stride_dkr, stride_dkm)
-    row_dv = _offsets(i_b.to(tl.int64) * stride_dvb + i_h.to(tl.int64) * stride_dvh, r0 + k_slot, k_tok,
+    row_dv = _offsets(k_b.to(tl.int64) * stride_dvb + k_h.to(tl.int64) * stride_dvh, k_reg, k_tok,
                       stride_dvr, stride_dvm)
     tl.store(dk + row_dk[:, None] + o_d[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=m_d)
     tl.store(dv + row_dv[:, None] + o_dv[None, :], b_dv.to(dv.dtype.element_ty), mask=m_dv)

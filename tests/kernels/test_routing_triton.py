@@ -59,6 +59,26 @@ def test_triton_matches_reference(kwargs, nan_poisoning):
     check_backend('triton', *inputs(**kwargs), scale=0.3)
 
 
+@pytest.mark.parametrize(('m', 'per_head'), [(4, False), (4, True), (16, True)], ids=['packed-shared',
+                                                                               'packed-per-head', 'tiled-per-head'])
+def test_triton_skewed_routing_over_batches(m, per_head, nan_poisoning):
+    # most query regions route to key region 2: in-degrees 0 to 5, inverse lists of several batches (and heads)
+    # packed into one program, taken by decreasing in-degree
+    q, k, v, r_idx, r_weight = inputs(batch=2, heads=2, n_q=5, n_k=7, m=m, mk=m, topk=2, per_head=per_head, soft=True)
+    r_idx = r_idx.clone()
+    r_idx[..., 0] = torch.where(r_idx[..., 1] == 2, 4, 2)
+    check_backend('triton', q, k, v, r_idx, r_weight, scale=0.3)
+
+
+def test_work_order_is_list_major_by_decreasing_degree():
+    from kernels.routing.triton_impl import work_order
+
+    r_idx = torch.tensor([[[2, 0], [2, 1], [0, 2]], [[1, 2], [1, 0], [0, 1]]])
+    offsets, _ = routing_csr(r_idx, 3)
+    # degrees: list 0 -> (2, 1, 3), list 1 -> (2, 3, 1)
+    assert work_order(offsets, 3).tolist() == [2, 0, 1, 4, 3, 5]
+
+
 def test_triton_multiple_tiles_per_region(nan_poisoning):
     # 70 query tokens = two 64-row tiles (the soft-routing gradient is summed over them), 70 key tokens = two
     # streamed tiles per routed region, D 16
