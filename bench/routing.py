@@ -155,8 +155,8 @@ def bench_cpu(shapes, backend: str, repeats: int) -> str:
     return markdown_table(headers, rows)
 
 
-def bench_cuda(shapes, backend: str, repeats: int, peak_bw: float, peak_flops: float) -> str:
-    device = torch.device('cuda')
+def bench_cuda(shapes, backend: str, repeats: int, peak_bw: float, peak_flops: float, device='cuda') -> str:
+    device = torch.device(device)
     dtype = torch.bfloat16
     elt = torch.finfo(dtype).bits // 8
     rows = []
@@ -203,7 +203,7 @@ def bench_cuda(shapes, backend: str, repeats: int, peak_bw: float, peak_flops: f
             f'{sol_fwd:.0%}', f'{sol_bwd:.0%}',
             fmt_ratio(t_fwd['gather'], t_fwd['ours']), fmt_ratio(t_fb['gather'], t_fb['ours']),
             fmt_ratio(t_fwd['sdpa'], t_fwd['ours']), fmt_ratio(t_fb['sdpa'], t_fb['ours']),
-            ' / '.join(f'{mem[name] / MIB:.0f}' for name in ('ours', 'gather', 'sdpa')),
+            ' / '.join('n/a' if mem[n] is None else f'{mem[n] / MIB:.0f}' for n in ('ours', 'gather', 'sdpa')),
         ])
     headers = ['shape (bf16)', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'fwd TFLOP/s', 'fwd GB/s', 'fwd SOL', 'bwd SOL',
                'vs gather fwd', 'vs gather fwd+bwd', 'vs gather+SDPA fwd', 'vs gather+SDPA fwd+bwd',
