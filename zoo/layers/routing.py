@@ -231,13 +231,15 @@ class BiLevelRoutingAttention(nn.Module):
             raise ValueError(f'topk must be <= n_win ** 2 = {n_win * n_win} regions, got topk={topk}')
         if kv_downsample_mode not in KV_DOWNSAMPLE_MODES:
             raise ValueError(
-                f'kv_downsample_mode must be one of {KV_DOWNSAMPLE_MODES}, got kv_downsample_mode={kv_downsample_mode!r}')
+                f'kv_downsample_mode must be one of {KV_DOWNSAMPLE_MODES}, '
+                f'got kv_downsample_mode={kv_downsample_mode!r}')
         if kv_downsample_mode.startswith('ada_') and kv_per_win < 1:
             raise ValueError(f'kv_per_win must be >= 1, got kv_per_win={kv_per_win}')
         if kv_downsample_mode in ('avgpool', 'maxpool') and kv_downsample_ratio < 1:
             raise ValueError(f'kv_downsample_ratio must be >= 1, got kv_downsample_ratio={kv_downsample_ratio}')
         if param_attention not in PARAM_ATTENTION:
-            raise ValueError(f'param_attention must be one of {PARAM_ATTENTION}, got param_attention={param_attention!r}')
+            raise ValueError(
+                f'param_attention must be one of {PARAM_ATTENTION}, got param_attention={param_attention!r}')
         self.dim = dim
         self.qk_dim = qk_dim
         self.num_heads = num_heads
@@ -570,6 +572,10 @@ def _pos_embed(dim: int, kernel: int, dd: Dict) -> Optional[nn.Conv2d]:
     return nn.Conv2d(dim, dim, kernel_size=kernel, padding=kernel // 2, groups=dim, **dd)
 
 
+def _layer_norm_eps6(dim: int, **kwargs) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6, **kwargs)
+
+
 class _BlockBase(nn.Module):
     def _init_residuals(self, dim: int, layer_scale: Optional[float], drop_path: float, dd: Dict) -> None:
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -592,7 +598,7 @@ class _BlockBase(nn.Module):
 
 
 class BiFormerBlock(_BlockBase):
-    """BiFormer block of the legacy models: ``x + DWConv(x)``, then channels-last ``x + attn(LN(x))``, ``x + MLP(LN(x))``.
+    """Legacy BiFormer block: ``x + DWConv(x)``, then channels-last ``x + attn(LN(x))`` and ``x + MLP(LN(x))``.
 
     Takes and returns NCHW; attention and MLP run channels-last. A block with ``topk = -1`` uses full attention
     (:class:`AttentionLePE`), otherwise :class:`BiLevelRoutingAttention`.
@@ -726,6 +732,3 @@ class BiFormerBlock2d(_BlockBase):
             x = x + self.pos_embed(x)
         return self._residuals(x, (-1, 1, 1))
 
-
-def _layer_norm_eps6(dim: int, **kwargs) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6, **kwargs)
