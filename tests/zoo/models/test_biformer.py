@@ -103,6 +103,20 @@ def test_backends_agree(name, monkeypatch):
     torch.testing.assert_close(outs['torch'], outs['reference'], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize('name', ['biformer_test', 'biformer_stl_nchw_test'])
+def test_triton_backend_agrees_interpreted(name, monkeypatch):
+    pytest.importorskip('triton')
+    model = timm.create_model(name, num_classes=5).eval()
+    x = torch.randn(1, 3, 40, 36)
+    outs = {}
+    for backend in ('reference', 'triton'):
+        monkeypatch.setenv('ZOO_BRA_BACKEND', backend)
+        with torch.no_grad():
+            outs[backend] = model(x)
+    torch.testing.assert_close(outs['triton'], outs['reference'], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize('name', TINY)
 def test_classifier_contract(name):
     model = timm.create_model(name).eval()
