@@ -33,7 +33,10 @@ Notes:
     * The released checkpoints hold ``model`` and possibly ``model_ema``; the official loader takes ``model``, and
       so does :meth:`BiFormer.load_pretrained` (``custom_load``: timm's generic loader would prefer the EMA). Their
       download URLs all end in ``/root/content``, so the cfgs give timm a file name per checkpoint (the official
-      code's ``biformer_*_in1k.pth``); otherwise every download would share one cache file.
+      code's ``biformer_*_in1k.pth``); otherwise every download would share one cache file. timm resets
+      ``custom_load`` when ``pretrained_cfg_overlay`` names a ``file``: pass
+      ``pretrained_cfg_overlay=dict(file=path, custom_load=True)`` for a downloaded official file that may hold an
+      EMA, plain ``dict(file=path)`` for a native export.
     * ``drop_path_rate`` defaults to 0; the official trainings used 0.1 (T, STL, STL-nchw) and 0.15 (S).
 """
 from __future__ import annotations
