@@ -34,7 +34,6 @@ PEER_SHORT = {'swin_tiny_patch4_window7_224': 'swin_t', 'convnext_tiny': 'convne
 def _build(name: str, device: str, img_size: int) -> torch.nn.Module:
     import timm
     import zoo  # noqa: F401  (registers the zoo models)
-    import zoo.models.biformer  # noqa: F401
     kwargs = {}
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is not None and cfg.fixed_input_size:

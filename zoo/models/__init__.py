@@ -1,2 +1,3 @@
 """Model families; importing this package registers every zoo model with timm."""
+from .biformer import *
 from .nat import *

@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 
-import zoo.models.biformer  # noqa: F401  (registers the models)
 from zoo.models.biformer import BiFormer, BiFormerCfg, checkpoint_filter_fn, model_cfgs
 
 # sum(p.numel() for p in official_model.parameters()), 1000-class head, from the official code

@@ -13,6 +13,11 @@ NAT_NAMES = {
     'vitrpb_small', 'vitrpb_base',
     'nat_test', 'dinat_test', 'dinat_s_test', 'nat_isotropic_test', 'dinat_isotropic_test', 'vitrpb_test',
 }
+BIFORMER_NAMES = {
+    'biformer_tiny', 'biformer_small', 'biformer_base', 'biformer_stl', 'biformer_stl_nchw',
+    'biformer_test', 'biformer_stl_test', 'biformer_stl_nchw_test',
+}
+FAMILIES = {'nat': NAT_NAMES, 'biformer': BIFORMER_NAMES}
 
 _PROBE = textwrap.dedent('''
     import json, sys, warnings
@@ -26,7 +31,7 @@ _PROBE = textwrap.dedent('''
     changed = sorted(n for n, cfg in before_cfgs.items() if timm.models.get_pretrained_cfg(n) != cfg)
     print(json.dumps(dict(
         before=sorted(before), after=sorted(after), changed=changed,
-        nat_module=sorted(timm.list_models(module='nat')),
+        modules={m: sorted(timm.list_models(module=m)) for m in ('nat', 'biformer')},
         lightning=sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')),
     )))
 ''')
@@ -43,9 +48,10 @@ def test_import_zoo_registers_without_overwriting_timm():
     before, after = set(probe['before']), set(probe['after'])
     assert before <= after
     ours = after - before
-    assert NAT_NAMES <= ours
-    assert not NAT_NAMES & before
-    assert set(probe['nat_module']) == NAT_NAMES
+    for module, names in FAMILIES.items():
+        assert names <= ours, module
+        assert not names & before, module
+        assert set(probe['modules'][module]) == names, module
     assert probe['changed'] == []
     # the tiny-variant suffix is ours alone
     assert not [n for n in before if '_test' in n]
