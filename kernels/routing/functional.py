@@ -61,6 +61,10 @@ def routed_attention(
             choice).
         return_lse: also return the fp32 log-sum-exp of the scaled logits.
 
+    The Triton backward is deterministic (bitwise reproducible dK/dV). Setting the environment variable
+    ``ZOO_BRA_ATOMIC_BWD=1`` opts in to a faster variant that adds dK/dV with fp32 atomics; it is ignored while
+    ``torch.are_deterministic_algorithms_enabled()``.
+
     Returns:
         ``out`` ``[B, H, nR, M, Dv]`` in the query's dtype, or ``(out, lse)`` with lse ``[B, H, nR, M]`` fp32.
 
