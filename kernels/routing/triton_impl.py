@@ -145,12 +145,12 @@ def bra_fwd(
     ridx, rw = _routing(r_idx, r_weight)
     out = query.new_empty(batch, heads, n_q, m, head_dim_v)
     lse = query.new_empty(batch, heads, n_q, m, dtype=torch.float32)
-    grid = (triton.cdiv(n_q, f['g']) if f['pack'] else n_q * f['nmt'], batch * heads)
-    bra_fwd_kernel[grid](
+    n_tiles = triton.cdiv(n_q, f['g']) if f['pack'] else n_q * f['nmt']
+    bra_fwd_kernel[(n_tiles * batch * heads,)](
         query, key, value, ridx, rw if rw is not None else query, out, lse,
         *_strides(query), *_strides(key), *_strides(value), *_strides(out), *lse.stride()[:3],
         *_index_strides(ridx),
-        heads, n_q, ridx.shape[-1],
+        heads, n_q, n_tiles, ridx.shape[-1],
         scale,
         M=m, MK=mk, G=f['g'], BM=f['bm'], BN=f['bn'], NMT=f['nmt'], NKC=f['nkc'],
         DK=head_dim, DV=head_dim_v, BD=cfg['block_d'], BDV=cfg['block_dv'],
@@ -217,14 +217,14 @@ def bra_bwd(
         DOT_FP32=_dot_fp32(query), PRECISION=_precision(query), num_warps=cfg['num_warps'],
         num_stages=cfg['num_stages'])
 
-    grid = (triton.cdiv(n_q, f['g']) if f['pack'] else n_q * f['nmt'], batch * heads)
-    bra_bwd_kernel_dq[grid](
+    n_tiles = triton.cdiv(n_q, f['g']) if f['pack'] else n_q * f['nmt']
+    bra_bwd_kernel_dq[(n_tiles * batch * heads,)](
         query, key, value, ridx, rw if rw is not None else query, out, grad_out, lse,
         grad_lse if grad_lse is not None else lse, delta, dq, dw if dw is not None else lse, dk32, dv32,
         *_strides(query), *_strides(key), *_strides(value), *_strides(out), *_strides(grad_out), *_strides(dq),
         *(_strides(dk32) if not deterministic else (0,) * 4),
         *lse.stride()[:3], *_index_strides(ridx), *(dw.stride()[:4] if dw is not None else (0,) * 4),
-        heads, n_q, topk,
+        heads, n_q, n_tiles, topk,
         scale,
         M=m, MK=mk, G=f['g'], GP=triton.next_power_of_2(f['g']), BM=f['bm'], BN=f['bn'], NMT=f['nmt'],
         NKC=f['nkc'], PACK=f['pack'], HAS_DLSE=grad_lse is not None, STORE_DW=weight_grad,

@@ -25,7 +25,7 @@ NEG_INIT = tl.constexpr(-1.0e30)
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
-RUNTIME_SIZES = ['NR', 'NRK', 'NITEMS', 'TOPK']
+RUNTIME_SIZES = ['NR', 'NRK', 'NQT', 'NITEMS', 'TOPK']
 
 
 @triton.jit
@@ -72,7 +72,7 @@ def bra_fwd_kernel(
     stride_ob, stride_oh, stride_or, stride_om,
     stride_lb, stride_lh, stride_lr,
     stride_ib, stride_ih, stride_ir,
-    NH, NR, TOPK,
+    NH, NR, NQT, TOPK,
     scale,
     M: tl.constexpr, MK: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     NMT: tl.constexpr, NKC: tl.constexpr,
@@ -80,10 +80,13 @@ def bra_fwd_kernel(
     PACK: tl.constexpr, HAS_W: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # Q-stationary: for t in 0..TOPK-1, the t-th routed region of every slot streams through an online softmax
-    i_bh = tl.program_id(1)
+    # one grid axis (B * H may exceed the 65535 of the second one); query tiles of one (batch, head) are adjacent,
+    # so the routed regions they share stay in L2
+    pid = tl.program_id(0)
+    i_bh = pid // NQT
     i_b = i_bh // NH
     i_h = i_bh % NH
-    r0, i_mt, q_slot, q_tok, q_valid = _stationary_rows(tl.program_id(0), NR, M, G, BM, NMT, PACK)
+    r0, i_mt, q_slot, q_tok, q_valid = _stationary_rows(pid % NQT, NR, M, G, BM, NMT, PACK)
     qk_scale = scale * LOG2E
 
     o_d = tl.arange(0, BD)
@@ -166,7 +169,7 @@ def bra_bwd_kernel_dq(
     stride_lb, stride_lh, stride_lr,
     stride_ib, stride_ih, stride_ir,
     stride_wb, stride_wh, stride_wr, stride_wm,
-    NH, NR, TOPK,
+    NH, NR, NQT, TOPK,
     scale,
     M: tl.constexpr, MK: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     NMT: tl.constexpr, NKC: tl.constexpr,
@@ -177,10 +180,13 @@ def bra_bwd_kernel_dq(
     # Q-stationary over the forward loop. Writes dQ, delta = rowsum(dO * O) - dLSE (for the dK/dV kernel), the
     # soft-routing gradient of every (query region, query tile, t) (summed over tiles by the launcher) and, when
     # ATOMIC, adds dK and dV into fp32 buffers (the non-deterministic single-pass variant)
-    i_bh = tl.program_id(1)
+    # one grid axis (B * H may exceed the 65535 of the second one); query tiles of one (batch, head) are adjacent,
+    # so the routed regions they share stay in L2
+    pid = tl.program_id(0)
+    i_bh = pid // NQT
     i_b = i_bh // NH
     i_h = i_bh % NH
-    r0, i_mt, q_slot, q_tok, q_valid = _stationary_rows(tl.program_id(0), NR, M, G, BM, NMT, PACK)
+    r0, i_mt, q_slot, q_tok, q_valid = _stationary_rows(pid % NQT, NR, M, G, BM, NMT, PACK)
 
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
