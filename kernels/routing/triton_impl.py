@@ -42,9 +42,10 @@ def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_si
 
     The stationary side (query tokens in the forward and dQ kernels, key tokens in the dK/dV kernel) takes
     ``BM``/``BN = min(next_pow2(size), 64)`` tokens of one region (32 when a row of the head dim exceeds 128 bytes,
-    16 above 256 bytes: 64-row tiles of fp32 x 128 need more shared memory than an H100 has and spill registers),
-    or, for regions of fewer than 16 tokens, packs ``G = 16 // size`` regions (fewer when ``G`` streamed regions
-    would exceed 128 rows) into a 16-row tile. The streamed side comes in tiles of the same size, or ``G`` whole regions when packing.
+    16 above 256 bytes, half that for fp32: 64-row tiles of fp32 x 128 need more shared memory than an H100 has and
+    spill registers), or, for regions of fewer than 16 tokens, packs ``G = 16 // size`` regions (fewer when ``G``
+    streamed regions would exceed 128 rows) into a 16-row tile. The streamed side comes in tiles of the same size,
+    or ``G`` whole regions when packing.
 
     Args:
         m: tokens per query region.
