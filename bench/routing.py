@@ -1,6 +1,6 @@
 """Bi-level routing attention: our default backend against the official-style gather.
 
-    python -m bench.routing [--device cpu|cuda] [--quick] [--backend NAME] [--repeats N] [--threads N]
+    python -m bench.routing [--device cpu|cuda] [--quick] [--backend NAME] [--repeats N] [--threads N] [--stat min]
 
 Shapes (kernels.md §5.5): BiFormer at 224 px (n_win 7: 56x56 / 28x28 / 14x14 maps, M = 64 / 16 / 4 tokens per
 region, topk 1 / 4 / 16, 3 / 6 / 12 heads of 32 as BiFormer-B) and ADE20K at 512 px (n_win 8: 128x128 / 64x64 /
@@ -127,7 +127,7 @@ def _no_grad(fn):
     return run
 
 
-def bench_cpu(shapes, backend: str, repeats: int) -> str:
+def bench_cpu(shapes, backend: str, repeats: int, stat: str = 'median') -> str:
     from kernels.routing.torch_impl import _CHUNK_BYTES
     rows = []
     for shape in shapes:
@@ -141,9 +141,10 @@ def bench_cpu(shapes, backend: str, repeats: int) -> str:
         def gather():
             return bra_reference(q, k, v, r_idx, None, scale)[0]
 
-        t_fwd = time_fns({'ours': _no_grad(ours), 'gather': _no_grad(gather)}, 'cpu', warmup=1, repeats=repeats)
+        t_fwd = time_fns({'ours': _no_grad(ours), 'gather': _no_grad(gather)}, 'cpu', warmup=1, repeats=repeats,
+                         stat=stat)
         t_fb = time_fns({'ours': _fwd_bwd(ours, (q, k, v)), 'gather': _fwd_bwd(gather, (q, k, v))}, 'cpu',
-                        warmup=1, repeats=repeats)
+                        warmup=1, repeats=repeats, stat=stat)
         kv, logits = gather_bytes(shape, 4)
         rows.append([
             shape.label(), fmt_ms(t_fwd['ours']), fmt_ms(t_fwd['gather']), fmt_ratio(t_fwd['gather'], t_fwd['ours']),
@@ -155,7 +156,8 @@ def bench_cpu(shapes, backend: str, repeats: int) -> str:
     return markdown_table(headers, rows)
 
 
-def bench_cuda(shapes, backend: str, repeats: int, peak_bw: float, peak_flops: float, device='cuda') -> str:
+def bench_cuda(shapes, backend: str, repeats: int, peak_bw: float, peak_flops: float, device='cuda',
+               stat: str = 'median') -> str:
     device = torch.device(device)
     dtype = torch.bfloat16
     elt = torch.finfo(dtype).bits // 8
@@ -185,9 +187,9 @@ def bench_cuda(shapes, backend: str, repeats: int, peak_bw: float, peak_flops: f
         fwd = {'ours': _no_grad(ours), 'gather': _no_grad(gather), 'sdpa': _no_grad(sdpa)}
         fwd_bwd = {'ours': _fwd_bwd(ours, (q, k, v)), 'gather': _fwd_bwd(gather, (q, k, v)),
                    'sdpa': _fwd_bwd(sdpa, (q, k, v))}
-        t_fwd = time_fns(fwd, device, warmup=3, repeats=repeats)
-        t_fb = time_fns(fwd_bwd, device, warmup=3, repeats=repeats)
-        t_bwd = time_fns({'ours': backward}, device, warmup=3, repeats=repeats)['ours']
+        t_fwd = time_fns(fwd, device, warmup=3, repeats=repeats, stat=stat)
+        t_fb = time_fns(fwd_bwd, device, warmup=3, repeats=repeats, stat=stat)
+        t_bwd = time_fns({'ours': backward}, device, warmup=3, repeats=repeats, stat=stat)['ours']
         out = grad = None  # free them before the memory measurement
         mem = {name: peak_memory(fn, device) for name, fn in fwd_bwd.items()}
 
@@ -217,6 +219,8 @@ def main(argv=None) -> None:
     parser.add_argument('--backend', default=None, help="ours: default 'torch' on CPU, 'triton' on CUDA")
     parser.add_argument('--quick', action='store_true', help='fewer shapes and repeats')
     parser.add_argument('--repeats', type=int, default=None)
+    parser.add_argument('--stat', choices=('median', 'min'), default='median',
+                        help="statistic of the repeats; 'min' on a machine shared with other jobs")
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads (default: torch\'s); 1 gives stable numbers on a shared machine')
     parser.add_argument('--peak-bw', type=float, default=3.35e12, help='peak memory bandwidth, bytes/s (H100 SXM)')
@@ -229,12 +233,12 @@ def main(argv=None) -> None:
     repeats = args.repeats or (5 if args.quick else 15)
     if args.device == 'cpu':
         shapes = [s for s in CPU_SHAPES if s.quick or not args.quick]
-        table = bench_cpu(shapes, args.backend or 'torch', repeats)
+        table = bench_cpu(shapes, args.backend or 'torch', repeats, args.stat)
     else:
         shapes = [s for s in CUDA_SHAPES if s.quick or not args.quick]
-        table = bench_cuda(shapes, args.backend or 'triton', repeats, args.peak_bw, args.peak_flops)
-    print(f'Bi-level routing attention, {machine(args.device)}; median of up to {repeats} round-robin repeats after '
-          f'warm-up\n')
+        table = bench_cuda(shapes, args.backend or 'triton', repeats, args.peak_bw, args.peak_flops, stat=args.stat)
+    print(f'Bi-level routing attention, {machine(args.device)}; {args.stat} of up to {repeats} round-robin repeats '
+          f'after warm-up\n')
     print(table)
 
 
