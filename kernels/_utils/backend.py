@@ -59,7 +59,8 @@ def resolve_backend(op: str, backend: str | None, triton_reason: Callable[[], st
         reason = triton_reason()
         if reason is None and not triton_interpreting():
             return 'triton'
-        logger.debug('%s: using the torch backend (%s)', op, reason or 'Triton would only be interpreted')
+        if not torch.compiler.is_compiling():  # logging would break the graph under torch.compile
+            logger.debug('%s: using the torch backend (%s)', op, reason or 'Triton would only be interpreted')
         return 'torch'
     if backend not in BACKENDS:
         raise ValueError(f'{source} must be one of {BACKENDS} or None, got {backend!r}')

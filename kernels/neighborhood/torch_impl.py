@@ -116,7 +116,11 @@ def choose_tile(
     for m, k, s in zip(longest, kernel_size, stride):
         # tiles made of whole stride groups need smaller boxes (_box_size)
         candidates = [c for c in range(low, high + 1) if c % s == 0] or [s * max(high // s, 1)]
-        t = min(candidates, key=lambda c: (-(-m // c) * c, -c))
+        # the tile that pads the group least, the largest on ties (a loop: sizes may be symbolic under torch.compile)
+        t = candidates[0]
+        for c in candidates[1:]:
+            if -(-m // c) * c <= -(-m // t) * t:
+                t = c
         if _box_size(t, k, s, m) >= m:
             t = m
         tile.append(t)

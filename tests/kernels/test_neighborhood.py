@@ -307,3 +307,37 @@ def test_device_mismatch_is_rejected():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match='key must have the same device'):
         na2d(q.cuda(), k, v.cuda(), 3)
+
+
+class _NAModule(torch.nn.Module):
+    def __init__(self, dim=8, heads=2, kernel_size=3, dilation=2):
+        super().__init__()
+        self.heads, self.kernel_size, self.dilation = heads, kernel_size, dilation
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.rpb = torch.nn.Parameter(torch.randn(heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, h, w, 3, self.heads, c // self.heads).unbind(3)
+        return na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb).reshape(b, h, w, c)
+
+
+@pytest.mark.parametrize(('compiler', 'sizes'), [
+    # dynamo + AOT autograd is where graph breaks would happen; the second size traces symbolic shapes
+    pytest.param('aot_eager', ((9, 10), (12, 7)), id='aot_eager-two-resolutions'),
+    pytest.param('inductor', ((9, 10),), id='inductor'),
+])
+def test_torch_compile_fullgraph_module_with_automatic_backend(monkeypatch, compiler, sizes):
+    """A module calling na2d with backend=None compiles without graph breaks, forward and backward."""
+    monkeypatch.delenv('ZOO_NA_BACKEND', raising=False)
+    torch._dynamo.reset()
+    module = _NAModule()
+    compiled = torch.compile(module, fullgraph=True, backend=compiler)
+    for size in sizes:
+        x = torch.randn(2, *size, 8, requires_grad=True)
+        expected = module(x)
+        out = compiled(x)
+        assert_close(f'out {size}', expected, out, 1e-5)
+        grads = torch.autograd.grad(out.square().sum(), (x, module.rpb))
+        for name, e, g in zip(('dx', 'drpb'), torch.autograd.grad(expected.square().sum(), (x, module.rpb)), grads):
+            assert_close(f'{name} {size}', e, g, 1e-4)
