@@ -3,8 +3,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from train_helpers import DEMO, QUIET, logger_args, run_cli
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    """The in-process runs use one intra-op thread (see train_helpers.subprocess_env); restored after each module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +35,8 @@ def trained_run(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp('trained_run')
     saved = os.environ.pop('PL_GLOBAL_SEED', None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures start before the module-scoped _one_thread
     try:
         cli = run_cli([
             'fit', '-c', DEMO, *QUIET, *logger_args(root / 'logs', 'base', 'v0'),
@@ -32,6 +44,7 @@ def trained_run(tmp_path_factory):
             '--trainer.num_sanity_val_steps', '0', '--data.init_args.batch_size', '32',
         ])
     finally:
+        torch.set_num_threads(threads)
         os.environ.pop('PL_GLOBAL_SEED', None)
         if saved is not None:
             os.environ['PL_GLOBAL_SEED'] = saved

@@ -44,7 +44,7 @@ def test_export_cli_and_local_dir_roundtrip_bit_exact(trained_run, tmp_path):
         assert torch.equal(by_dir(x), expected)
         assert torch.equal(by_file(x), expected)
     assert by_dir.pretrained_cfg['label_names'] == [str(i) for i in range(10)]
-    assert timm.data.resolve_data_config({}, model=by_dir)['input_size'] == (3, 32, 32)
+    assert tuple(timm.data.resolve_data_config({}, model=by_dir)['input_size']) == (3, 32, 32)
 
 
 def test_checkpoint_loads_weights_only(trained_run):

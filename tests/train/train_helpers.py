@@ -36,6 +36,9 @@ def subprocess_env() -> dict:
     env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
     env.pop('PL_GLOBAL_SEED', None)
     env.setdefault('HF_HUB_OFFLINE', '1')
+    # one intra-op thread per process: on a shared CI machine two OpenMP threads on two busy cores stall at every
+    # barrier (a 0.05 s demo step took 1-4 s); the DDP test's two processes then use the two cores
+    env.setdefault('OMP_NUM_THREADS', '1')
     return env
 
 

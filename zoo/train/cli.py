@@ -39,6 +39,7 @@ def find_last_checkpoint(log_root: str, dirpath: Optional[str] = None) -> Option
     """The most recently written ``last*.ckpt`` in ``dirpath`` or in ``<log_root>/version_*/checkpoints``."""
     patterns = [os.path.join(dirpath, 'last*.ckpt')] if dirpath else []
     patterns.append(os.path.join(log_root, '*', 'checkpoints', 'last*.ckpt'))
+    patterns.append(os.path.join(log_root, 'checkpoints', 'last*.ckpt'))  # no logger: default_root_dir/checkpoints
     found = [p for pattern in patterns for p in glob.glob(pattern)]
     return max(found, key=os.path.getmtime) if found else None
 
