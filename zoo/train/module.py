@@ -291,7 +291,8 @@ class ClassifierModule(LightningModule):
         accumulate = trainer.accumulate_grad_batches
         if batch_size is None:
             if h.lr is None:
-                raise ConfigError('lr: cannot scale lr_base without a data module exposing batch_size; give --model.lr.')
+                raise ConfigError(
+                    'lr: cannot scale lr_base without a data module exposing batch_size; give --model.lr.')
             global_batch = -1
         else:
             global_batch = batch_size * trainer.world_size * accumulate

@@ -106,7 +106,7 @@ class ResumableSampler(DistributedSampler):
 
 
 class SeededDataset(Dataset):
-    """Wrap a map-style dataset so that item ``i`` of epoch ``e`` is loaded with generators seeded from ``(seed, e, i)``.
+    """Wrap a map-style dataset so that item ``i`` of epoch ``e`` is loaded with generators seeded by ``(seed, e, i)``.
 
     The caller's generator states are restored afterwards, so loading in the main process (``num_workers=0``)
     leaves the training randomness untouched. :class:`ResumableSampler` forwards ``set_epoch`` here; workers
