@@ -72,6 +72,12 @@ def build_model(hparams: Dict[str, Any]) -> torch.nn.Module:
     import timm
     import zoo  # noqa: F401  (registers the zoo's models)
     name = hparams['model_name']
+    if ':' not in name and not timm.is_model(name):
+        hint = ('is this the zoo version that trained it?' if getattr(zoo, '__file__', None) else
+                f'zoo was imported as a namespace package from {list(zoo.__path__)}, without running its __init__: '
+                f'reinstall it (pip install -e .) or run from the repository root.')
+        raise ValueError(f'the checkpoint\'s model_name={name!r} is not registered with timm after `import zoo`; '
+                         f'{hint}')
     kwargs = dict(hparams.get('model_kwargs') or {})
     img_size = hparams.get('img_size')
     cfg = timm.get_pretrained_cfg(name, allow_unregistered=True) if ':' not in name else None
