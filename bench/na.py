@@ -287,6 +287,8 @@ def main(argv=None) -> None:
     parser.add_argument('--skip-slow-peers', action='store_true',
                         help='skip natten on CPU where it takes tens of seconds (large maps)')
     parser.add_argument('--no-natten', action='store_true')
+    parser.add_argument('--only', nargs='+', default=None, metavar='TEXT',
+                        help='only the shapes whose label contains one of these strings')
     parser.add_argument('--repeats', type=int, default=None)
     parser.add_argument('--stat', choices=('median', 'min'), default='median',
                         help="'min' on a machine shared with other jobs")
@@ -300,14 +302,17 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     natten = None if args.no_natten else import_natten()
     repeats = args.repeats or (5 if args.quick else 15)
+    selected = [s for s in (CPU_SHAPES if args.device == 'cpu' else CUDA_SHAPES) if s.quick or not args.quick]
+    if args.only:
+        selected = [s for s in selected if any(text in s.label() for text in args.only)]
     if args.device == 'cpu':
-        shapes = [s for s in CPU_SHAPES if s.quick or not args.quick]
+        shapes = selected
         table = bench_cpu(shapes, args.backend or 'torch', natten, args.skip_slow_peers, repeats, args.stat)
     else:
-        shapes = [s for s in CUDA_SHAPES if s.quick or not args.quick]
+        shapes = selected
         table = bench_cuda(shapes, args.backend or 'triton', natten, repeats, args.stat, args.peak_bw,
                            args.peak_flops)
-    natten_version = getattr(natten, '__version__', 'not available')
+    natten_version = getattr(natten, '__version__', 'not used')
     print(f'Neighborhood attention, {machine(args.device)}; natten {natten_version}; {args.stat} of up to '
           f'{repeats} round-robin repeats after warm-up\n')
     print(table)
