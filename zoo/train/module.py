@@ -53,6 +53,10 @@ def check_model_name(model_name: str) -> None:
     if len(stem) >= 3:
         close += [n for n in names if n.startswith(stem) and n not in close][:max(0, 8 - len(close))]
     hint = f' Close names: {", ".join(close)}.' if close else ''
+    if getattr(zoo, '__file__', None) is None:
+        hint += (f' Note: zoo was imported as a namespace package from {list(zoo.__path__)} without running its '
+                 f'__init__ (a stale editable install?), so its models are not registered: reinstall it '
+                 f'(pip install -e .) or run from the repository root.')
     raise ConfigError(
         f'model_name={model_name!r} is not a registered timm/zoo model.{hint} '
         f'List them with: python -c "import zoo, timm; print(timm.list_models(\'*{stem}*\'))"')
