@@ -179,12 +179,13 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     (root / 'train' / 'b' / 'empty.jpg').write_bytes(b'')
     (root / 'val' / 'b' / 'bad.jpg').write_bytes(b'GIF89a nonsense')
     cli = run_cli(['fit', '-c', DEMO, *QUIET, *logger_args(tmp_path / 'logs', 'x'), *IMAGE_FOLDER,
-                   '--data.init_args.root', str(root), '--data.init_args.batch_size', '6',
+                   '--data.init_args.root', str(root), '--data.init_args.batch_size', '6', '--model.mixup', '0.8',
                    '--trainer.max_epochs', '1', '--trainer.num_sanity_val_steps', '0'])
     rows = _metrics(Path(cli.trainer.log_dir))
     train_skipped = [float(r['train_skipped']) for r in rows if r.get('train_skipped')]
     val_skipped = [float(r['val_skipped']) for r in rows if r.get('val_skipped')]
-    # 12 training files in 2 full batches of 6 (every file read once); 11 validation files in batches of 6
+    # 12 training files in 2 full batches of 6 (every file read once; an odd remainder is trimmed for Mixup);
+    # 11 validation files in batches of 6
     assert train_skipped == [2.0]
     assert val_skipped == [1.0]
 

@@ -37,7 +37,9 @@ def collate_skipping(items: Sequence[Any]):
 
     Returns the default collation of the readable items with the number dropped appended
     (``(*collated, torch.tensor(n_dropped))``), or None when no item of the batch could be read
-    (Lightning skips a None training batch with a warning).
+    (Lightning skips a None training batch with a warning; under DDP that rank would then miss a gradient
+    all-reduce the others wait for, so a dataset whose corrupt files fill whole batches must be cleaned first).
+    A batch can come out one sample short of even; the model drops one more sample when Mixup needs pairs.
     """
     valid = [item for item in items if item is not None]
     skipped = torch.tensor(len(items) - len(valid))

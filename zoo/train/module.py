@@ -234,6 +234,8 @@ class ClassifierModule(LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y, skipped = _unpack(batch)
         if self.mixup_fn is not None:
+            if x.shape[0] % 2:  # an unreadable image was dropped from an even batch: Mixup pairs samples
+                x, y = x[:-1], y[:-1]
             x, y = self.mixup_fn(x, y)
         logits = self(x)
         loss = self.train_loss_fn(logits, y)
