@@ -1,16 +1,19 @@
-"""Helpers shared by the model families: config overlays, intermediate-feature indices and checkpoint filters."""
+"""Helpers shared by the model families: config overlays, argument checks, the timm classifier / feature interface
+of staged models, intermediate-feature indices and checkpoint filters."""
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 import torch.nn as nn
+from timm.layers import ClassifierHead
 from timm.models._features import feature_take_indices
 
 __all__ = [
-    'feature_take_indices', 'overlay_cfg', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
+    'feature_take_indices', 'overlay_cfg', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
+    'StagedModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
 ]
 
 CfgT = TypeVar('CfgT')
@@ -27,6 +30,199 @@ def overlay_cfg(cfg: CfgT, kwargs: Dict[str, Any]) -> CfgT:
     names = {f.name for f in dataclasses.fields(cfg)}
     overlay = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     return dataclasses.replace(cfg, **overlay) if overlay else cfg
+
+
+def check_model_args(in_chans: int, num_classes: int, drop_rate: float, drop_path_rate: float) -> None:
+    """Validate the constructor arguments every classification model takes.
+
+    Raises:
+        ValueError: an argument outside its valid values, naming it.
+    """
+    if in_chans < 1:
+        raise ValueError(f'in_chans must be >= 1, got in_chans={in_chans}')
+    if num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
+    if not 0. <= drop_rate < 1.:
+        raise ValueError(f'drop_rate must be in [0, 1), got drop_rate={drop_rate}')
+    if not 0. <= drop_path_rate < 1.:
+        raise ValueError(f'drop_path_rate must be in [0, 1), got drop_path_rate={drop_path_rate}')
+
+
+def check_output_fmt(output_fmt: str) -> None:
+    """Raise ``ValueError`` unless ``output_fmt`` is 'NCHW' or 'NHWC'."""
+    if output_fmt not in ('NCHW', 'NHWC'):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got output_fmt={output_fmt!r}")
+
+
+class ClassifierMixin:
+    """timm's classifier interface for a model whose ``forward_features`` feeds a ``ClassifierHead`` ``self.head``.
+
+    The features are laid out as ``stage_fmt`` ('NCHW' or 'NHWC'); the host sets ``num_features`` before
+    :meth:`_init_head`.
+    """
+
+    stage_fmt: str = 'NCHW'
+
+    def _init_head(self, num_classes: int, global_pool: str, drop_rate: float, dd: Dict) -> None:
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.head_hidden_size = self.num_features
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.stage_fmt,
+            **dd)
+
+    def _to_output_fmt(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
+        """``x`` (laid out as ``stage_fmt``) in ``output_fmt``."""
+        if output_fmt == self.stage_fmt:
+            return x
+        return x.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else x.permute(0, 3, 1, 2).contiguous()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The final Linear (or ``nn.Identity`` without a classifier)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0``: pooled features; ``global_pool=''``: no pooling).
+
+        Args:
+            num_classes: new number of outputs.
+            global_pool: new pooling type; None keeps the current one.
+        """
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the features and classify.
+
+        Args:
+            x: features from ``forward_features``, laid out as ``stage_fmt``.
+            pre_logits: return the pooled features instead of the logits.
+
+        Returns:
+            ``[B, num_classes]`` logits, or ``[B, num_features]`` pooled features.
+        """
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` images -> ``[B, num_classes]`` logits."""
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+class StagedModelMixin(ClassifierMixin):
+    """timm's feature interface for a "stem -> stages -> norm -> head" model.
+
+    The host defines the stem module named by ``stem_name``, ``stages`` (an ``nn.Sequential`` of modules with a
+    ``grad_checkpointing`` flag, each ``stages.i`` made of ``downsample`` and ``blocks``), ``norm``, ``head`` (see
+    :class:`ClassifierMixin`) and ``feature_info`` (one entry per stage).
+    """
+
+    stem_name: str = 'stem'
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Parameter groups for layer-wise learning-rate decay.
+
+        Args:
+            coarse: one group per stage instead of one per block.
+
+        Returns:
+            timm's ``dict(stem=..., blocks=...)`` matcher.
+        """
+        return dict(
+            stem=rf'^{self.stem_name}',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Run the blocks of every stage under activation checkpointing (``enable=False`` turns it off)."""
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns stage outputs.
+
+        Args:
+            x: ``[B, in_chans, H, W]`` images.
+            indices: stages to return: last n if int, all if None, these if a sequence (negative from the end).
+            norm: apply the final norm to the last stage's output when it is returned.
+            stop_early: stop after the last requested stage.
+            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
+            intermediates_only: return only the intermediates.
+
+        Returns:
+            The intermediates, or ``(final features laid out as stage_fmt, intermediates)``.
+
+        Raises:
+            ValueError: ``output_fmt`` is neither 'NCHW' nor 'NHWC'.
+        """
+        check_output_fmt(output_fmt)
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        x = getattr(self, self.stem_name)(x)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        i = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                x_inter = self.norm(x) if norm and i == last else x
+                intermediates.append(self._to_output_fmt(x_inter, output_fmt))
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norm / head) not needed for the ``indices`` intermediates.
+
+        Args:
+            indices: the intermediates to keep, as for :meth:`forward_intermediates`.
+            prune_norm: replace the final norm by ``nn.Identity`` even when the last stage is kept.
+            prune_head: remove the classifier even when the last stage is kept.
+
+        Returns:
+            The stage indices taken.
+        """
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` images -> normed last-stage features, laid out as ``stage_fmt``."""
+        x = getattr(self, self.stem_name)(x)
+        x = self.stages(x)
+        return self.norm(x)
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:

@@ -43,17 +43,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, calculate_drop_path_rates, trunc_normal_
+from timm.layers import calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
 from timm.models._manipulate import adapt_input_conv
 
 from zoo.layers.routing import BiFormerBlock, BiFormerBlock2d
-from ._helpers import check_state_dict, feature_take_indices, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import (
+    StagedModelMixin, check_model_args, check_state_dict, overlay_cfg, rename_keys, unwrap_state_dict,
+)
 
 # checkpoint_filter_fn stays out of __all__: zoo.models star-imports every family and NAT exports that name too
 __all__ = ['BiFormerCfg', 'BiFormerStage', 'BiFormer']
@@ -226,8 +228,15 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class BiFormer(nn.Module):
-    """BiFormer-T/S/B and BiFormer-STL(-nchw): a stride-4 stem and four stages at strides 4, 8, 16, 32 (NCHW)."""
+class BiFormer(StagedModelMixin, nn.Module):
+    """BiFormer-T/S/B and BiFormer-STL(-nchw): a stride-4 stem and four stages at strides 4, 8, 16, 32 (NCHW).
+
+    ``forward_features`` maps ``[B, in_chans, H, W]`` to normed ``[B, num_features, H/32, W/32]`` (ceil for 'conv',
+    floor for 'patch'); the classifier and feature interface come from :class:`StagedModelMixin`.
+    """
+
+    stage_fmt = 'NCHW'
+    stem_name = 'stem'
 
     def __init__(
             self,
@@ -263,19 +272,10 @@ class BiFormer(nn.Module):
         if kwargs:
             raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; BiFormerCfg fields are '
                             f'{sorted(BiFormerCfg.__dataclass_fields__)}')
-        if in_chans < 1:
-            raise ValueError(f'in_chans must be >= 1, got in_chans={in_chans}')
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
-        if not 0. <= drop_rate < 1.:
-            raise ValueError(f'drop_rate must be in [0, 1), got drop_rate={drop_rate}')
-        if not 0. <= drop_path_rate < 1.:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got drop_path_rate={drop_path_rate}')
+        check_model_args(in_chans, num_classes, drop_rate, drop_path_rate)
         self.cfg = cfg
         dims = cfg.embed_dims
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = dims[-1]
+        self.num_features = dims[-1]
         self.grad_checkpointing = False
 
         if cfg.layout == 'conv':
@@ -307,42 +307,13 @@ class BiFormer(nn.Module):
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(self.num_features, **dd)
-        self.head = ClassifierHead(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NCHW', **dd)
+        self._init_head(num_classes, global_pool, drop_rate, dd)
         self.apply(_init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         """No parameter is exempt by name (timm still exempts biases and norm weights by shape)."""
         return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (``num_classes=0``: pooled features; ``global_pool=''``: no pooling)."""
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
 
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
@@ -370,78 +341,6 @@ class BiFormer(nn.Module):
         if stem_key in state_dict and state_dict[stem_key].shape[1] != in_chans:
             state_dict[stem_key] = adapt_input_conv(in_chans, state_dict[stem_key])
         self.load_state_dict(state_dict, strict=strict)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward that also returns stage outputs.
-
-        Args:
-            x: ``[B, in_chans, H, W]`` images.
-            indices: stages to return: last n if int, all if None, these if a sequence (negative from the end).
-            norm: apply the final norm to the last stage's output when it is returned.
-            stop_early: stop after the last requested stage.
-            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
-            intermediates_only: return only the intermediates.
-
-        Returns:
-            The intermediates, or ``(final features [B, C, H, W], intermediates)``.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got output_fmt={output_fmt!r}")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        x = self.stem(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        i = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                x_inter = self.norm(x) if norm and i == last else x
-                intermediates.append(x_inter.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else x_inter)
-        if intermediates_only:
-            return intermediates
-        if i == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norm / head) not needed for the ``indices`` intermediates; returns their indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` -> normed ``[B, num_features, H/32, W/32]`` (ceil for 'conv', floor for 'patch')."""
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the ``[B, C, H, W]`` features and classify (``pre_logits``: return the pooled features)."""
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:

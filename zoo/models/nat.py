@@ -53,13 +53,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import (
     ConvDownsampleCl, ConvStemCl, NeighborhoodAttention2d, PatchEmbedCl, PatchMergingCl, RpbAttention2d,
 )
-from ._helpers import check_state_dict, feature_take_indices, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import (
+    ClassifierMixin, StagedModelMixin, check_model_args, check_output_fmt, check_state_dict, feature_take_indices,
+    overlay_cfg, rename_keys, unwrap_state_dict,
+)
 
 __all__ = ['NatCfg', 'NatBlock', 'NatStage', 'Nat', 'NatIsotropic', 'checkpoint_filter_fn']
 
@@ -307,75 +310,57 @@ def _norm_layer(norm_layer: Optional[Callable[..., nn.Module]]) -> Callable[...,
     return norm_layer or partial(nn.LayerNorm, eps=1e-5)
 
 
-def _check_common(num_classes: int, in_chans: int, drop_rate: float, drop_path_rate: float) -> None:
-    if in_chans < 1:
-        raise ValueError(f'in_chans must be >= 1, got in_chans={in_chans}')
-    if num_classes < 0:
-        raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
-    if not 0. <= drop_rate < 1.:
-        raise ValueError(f'drop_rate must be in [0, 1), got drop_rate={drop_rate}')
-    if not 0. <= drop_path_rate < 1.:
-        raise ValueError(f'drop_path_rate must be in [0, 1), got drop_path_rate={drop_path_rate}')
-
-
-def _check_kwargs(kwargs: Dict) -> None:
-    if kwargs:
-        raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; NatCfg fields are '
-                        f'{sorted(NatCfg.__dataclass_fields__)}')
-
-
-class _NatBase(nn.Module):
-    """The classifier interface shared by the hierarchical and isotropic models."""
+class _NatBase(ClassifierMixin, nn.Module):
+    """The constructor checks, stem and classifier interface shared by the hierarchical and isotropic models."""
 
     output_fmt = 'NHWC'
+    stage_fmt = 'NHWC'
+    stem_name = 'patch_embed'
+    _isotropic = False
 
-    def _init_head(self, num_classes: int, global_pool: str, drop_rate: float, dd: Dict) -> None:
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.head_hidden_size = self.num_features
-        self.head = ClassifierHead(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt,
-            **dd)
+    def _init_cfg(
+            self,
+            cfg: NatCfg,
+            kwargs: Dict,
+            in_chans: int,
+            num_classes: int,
+            drop_rate: float,
+            drop_path_rate: float,
+    ) -> NatCfg:
+        """Overlay ``kwargs`` on ``cfg``, validate the arguments and store the config as ``self.cfg``."""
+        cfg = overlay_cfg(cfg, kwargs)
+        if kwargs:
+            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; NatCfg fields are '
+                            f'{sorted(NatCfg.__dataclass_fields__)}')
+        check_model_args(in_chans, num_classes, drop_rate, drop_path_rate)
+        if cfg.isotropic != self._isotropic:
+            raise ValueError('cfg.isotropic must be True for NatIsotropic; use Nat' if self._isotropic else
+                             'cfg.isotropic must be False for Nat; use NatIsotropic')
+        self.cfg = cfg
+        return cfg
+
+    def _init_stem(self, in_chans: int, norm_layer: Callable[..., nn.Module], dd: Dict) -> int:
+        """Build ``self.patch_embed`` from ``self.cfg.stem``; returns its stride."""
+        cfg = self.cfg
+        if cfg.stem == 'conv':
+            self.patch_embed = ConvStemCl(in_chans, cfg.embed_dim, norm_layer=norm_layer, **dd)
+            return 4
+        self.patch_embed = PatchEmbedCl(cfg.patch_size, in_chans, cfg.embed_dim, norm_layer=norm_layer, **dd)
+        return cfg.patch_size
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         """Names of the relative-position-bias tables."""
         return {name for name, _ in self.named_parameters() if name.endswith('.rpb')}
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (``num_classes=0``: pooled features; ``global_pool=''``: no pooling)."""
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the ``[B, H, W, C]`` features and classify (``pre_logits``: return the pooled features)."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
-
-
-def _to_fmt(x: torch.Tensor, output_fmt: str) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else x
-
-
-def _check_output_fmt(output_fmt: str) -> None:
-    if output_fmt not in ('NCHW', 'NHWC'):
-        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got output_fmt={output_fmt!r}")
-
-
-class Nat(_NatBase):
+class Nat(_NatBase, StagedModelMixin):
     """Hierarchical NAT / DiNAT / DiNAT_s: stem at stride 4, four stages at strides 4, 8, 16, 32.
 
     Features stay channels-last (``[B, H, W, C]``) through the network; ``forward_intermediates`` and
-    ``features_only`` return NCHW by default.
+    ``features_only`` return NCHW by default. ``forward_features`` maps ``[B, in_chans, H, W]`` to normed
+    ``[B, ceil(H/32), ceil(W/32), num_features]``; the classifier and feature interface come from
+    :class:`StagedModelMixin`.
     """
 
     def __init__(
@@ -418,24 +403,14 @@ class Nat(_NatBase):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        cfg = overlay_cfg(cfg, kwargs)
-        _check_kwargs(kwargs)
-        _check_common(num_classes, in_chans, drop_rate, drop_path_rate)
-        if cfg.isotropic:
-            raise ValueError('cfg.isotropic must be False for Nat; use NatIsotropic')
+        cfg = self._init_cfg(cfg, kwargs, in_chans, num_classes, drop_rate, drop_path_rate)
         norm_layer = _norm_layer(norm_layer)
-        self.cfg = cfg
         num_stages = len(cfg.depths)
         dims = [cfg.embed_dim * 2 ** i for i in range(num_stages)]
         self.num_features = dims[-1]
         self.grad_checkpointing = False
 
-        if cfg.stem == 'conv':
-            self.patch_embed = ConvStemCl(in_chans, cfg.embed_dim, norm_layer=norm_layer, **dd)
-            stem_stride = 4
-        else:
-            self.patch_embed = PatchEmbedCl(cfg.patch_size, in_chans, cfg.embed_dim, norm_layer=norm_layer, **dd)
-            stem_stride = cfg.patch_size
+        stem_stride = self._init_stem(in_chans, norm_layer, dd)
 
         dpr = calculate_drop_path_rates(drop_path_rate, sum(cfg.depths))
         stages = []
@@ -464,90 +439,11 @@ class Nat(_NatBase):
         self._init_head(num_classes, global_pool, drop_rate, dd)
         self.apply(_init_weights)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward that also returns stage outputs.
-
-        Args:
-            x: ``[B, in_chans, H, W]`` images.
-            indices: stages to return: last n if int, all if None, these if a sequence (negative from the end).
-            norm: apply the final norm to the last stage's output when it is returned.
-            stop_early: stop after the last requested stage.
-            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
-            intermediates_only: return only the intermediates.
-
-        Returns:
-            The intermediates, or ``(final features [B, H, W, C], intermediates)``.
-        """
-        _check_output_fmt(output_fmt)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        x = self.patch_embed(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        i = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                x_inter = self.norm(x) if norm and i == last else x
-                intermediates.append(_to_fmt(x_inter, output_fmt))
-        if intermediates_only:
-            return intermediates
-        if i == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norm / head) not needed for the ``indices`` intermediates; returns their indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` -> normed ``[B, ceil(H/32), ceil(W/32), num_features]``."""
-        x = self.patch_embed(x)
-        x = self.stages(x)
-        return self.norm(x)
-
 
 class NatIsotropic(_NatBase):
     """Isotropic NAT / DiNAT / ViT-RPB: a patch stem and one sequence of blocks at a single resolution."""
+
+    _isotropic = True
 
     def __init__(
             self,
@@ -589,13 +485,8 @@ class NatIsotropic(_NatBase):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        cfg = overlay_cfg(cfg, kwargs)
-        _check_kwargs(kwargs)
-        _check_common(num_classes, in_chans, drop_rate, drop_path_rate)
-        if not cfg.isotropic:
-            raise ValueError('cfg.isotropic must be True for NatIsotropic; use Nat')
+        cfg = self._init_cfg(cfg, kwargs, in_chans, num_classes, drop_rate, drop_path_rate)
         norm_layer = _norm_layer(norm_layer)
-        self.cfg = cfg
         depth = cfg.depths[0]
         img_size = to_2tuple(cfg.img_size)
         grid_size = (img_size[0] // cfg.patch_size, img_size[1] // cfg.patch_size)
@@ -604,12 +495,7 @@ class NatIsotropic(_NatBase):
         self.num_features = cfg.embed_dim
         self.grad_checkpointing = False
 
-        if cfg.stem == 'conv':
-            self.patch_embed = ConvStemCl(in_chans, cfg.embed_dim, norm_layer=norm_layer, **dd)
-            reduction = 4
-        else:
-            self.patch_embed = PatchEmbedCl(cfg.patch_size, in_chans, cfg.embed_dim, norm_layer=norm_layer, **dd)
-            reduction = cfg.patch_size
+        reduction = self._init_stem(in_chans, norm_layer, dd)
         dilations = cfg.stage_dilations(0)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.Sequential(*[
@@ -667,7 +553,7 @@ class NatIsotropic(_NatBase):
         Returns:
             The intermediates, or ``(final features [B, H, W, C], intermediates)``.
         """
-        _check_output_fmt(output_fmt)
+        check_output_fmt(output_fmt)
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x = self.patch_embed(x)
@@ -678,7 +564,7 @@ class NatIsotropic(_NatBase):
             else:
                 x = block(x)
             if i in take_indices:
-                intermediates.append(_to_fmt(self.norm(x) if norm else x, output_fmt))
+                intermediates.append(self._to_output_fmt(self.norm(x) if norm else x, output_fmt))
         if intermediates_only:
             return intermediates
         x = self.norm(x)
