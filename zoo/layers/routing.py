@@ -40,6 +40,7 @@ and MLP residuals, optional layer scale, DropPath).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -427,11 +428,54 @@ class BiLevelRoutingAttention2d(nn.Module):
         return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'
 
 
-class AttentionLePE(nn.Module):
+class _AttentionLePEBase(nn.Module):
+    """Full multi-head attention with LePE; subclasses pick the projection layer and the token layout."""
+
+    proj_layer: Callable[..., nn.Module]
+
+    def _init_attn(
+            self,
+            dim: int,
+            num_heads: int,
+            qkv_bias: bool,
+            qk_scale: Optional[float],
+            side_dwconv: int,
+            attn_drop: float,
+            proj_drop: float,
+            dd: Dict,
+    ) -> None:
+        _check_common(dim, num_heads, 1, 1, side_dwconv, qk_scale)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+
+        self.qkv = self.proj_layer(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = self.proj_layer(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.lepe = _lepe(dim, side_dwconv, dd)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``[B, heads, N, head_dim]`` q, k, v -> attention output of the same shape."""
+        if self.fused_attn:
+            return F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        return self.attn_drop(attn.softmax(dim=-1)) @ v
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}'
+
+
+class AttentionLePE(_AttentionLePEBase):
     """Full multi-head attention with LePE over a channels-last map (BiFormer stage 4, legacy).
 
     LePE (a depthwise conv) runs on the attention's input ``x``, not on v, and is added before ``proj``.
     """
+
+    proj_layer = nn.Linear
 
     def __init__(
             self,
@@ -461,19 +505,8 @@ class AttentionLePE(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        _check_common(dim, num_heads, 1, 1, side_dwconv, qk_scale)
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
-
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.lepe = _lepe(dim, side_dwconv, dd)
+        self._init_attn(
+            dim, num_heads, qkv_bias, qk_scale, side_dwconv, attn_drop, proj_drop, {'device': device, 'dtype': dtype})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
@@ -481,23 +514,16 @@ class AttentionLePE(nn.Module):
             raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
         B, H, W, C = x.shape
         q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused_attn:
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
-        else:
-            attn = (q @ k.transpose(-2, -1)) * self.scale
-            out = self.attn_drop(attn.softmax(dim=-1)) @ v
-        out = out.transpose(1, 2).reshape(B, H, W, C)
+        out = self._attend(q, k, v).transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:
             out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj_drop(self.proj(out))
 
-    def extra_repr(self) -> str:
-        return f'dim={self.dim}, num_heads={self.num_heads}'
 
-
-class AttentionLePE2d(nn.Module):
+class AttentionLePE2d(_AttentionLePEBase):
     """Full multi-head attention with LePE on v over an NCHW map (BiFormer-STL-nchw stage 4), 1x1-conv projections."""
+
+    proj_layer = staticmethod(partial(nn.Conv2d, kernel_size=1))
 
     def __init__(
             self,
@@ -527,19 +553,8 @@ class AttentionLePE2d(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        _check_common(dim, num_heads, 1, 1, side_dwconv, qk_scale)
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
-
-        self.qkv = nn.Conv2d(dim, 3 * dim, kernel_size=1, bias=qkv_bias, **dd)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Conv2d(dim, dim, kernel_size=1, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.lepe = _lepe(dim, side_dwconv, dd)
+        self._init_attn(
+            dim, num_heads, qkv_bias, qk_scale, side_dwconv, attn_drop, proj_drop, {'device': device, 'dtype': dtype})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
@@ -549,19 +564,10 @@ class AttentionLePE2d(nn.Module):
         q, k, v = self.qkv(x).chunk(3, dim=1)
         # heads are contiguous channel chunks: [B, heads, H*W, head_dim]
         qh, kh, vh = (t.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2) for t in (q, k, v))
-        if self.fused_attn:
-            out = F.scaled_dot_product_attention(
-                qh, kh, vh, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
-        else:
-            attn = (qh @ kh.transpose(-2, -1)) * self.scale
-            out = self.attn_drop(attn.softmax(dim=-1)) @ vh
-        out = out.transpose(-1, -2).reshape(B, C, H, W)
+        out = self._attend(qh, kh, vh).transpose(-1, -2).reshape(B, C, H, W)
         if self.lepe is not None:
             out = out + self.lepe(v)
         return self.proj_drop(self.proj(out))
-
-    def extra_repr(self) -> str:
-        return f'dim={self.dim}, num_heads={self.num_heads}'
 
 
 def _pos_embed(dim: int, kernel: int, dd: Dict) -> Optional[nn.Conv2d]:
@@ -577,6 +583,44 @@ def _layer_norm_eps6(dim: int, **kwargs) -> nn.LayerNorm:
 
 
 class _BlockBase(nn.Module):
+    """Pre-norm block body shared by the legacy and nchw BiFormer blocks; subclasses name their layers."""
+
+    full_attn_layer: Callable[..., nn.Module]
+    routed_attn_layer: Callable[..., nn.Module]
+    default_norm_layer: Callable[..., nn.Module]
+    mlp_conv: bool
+
+    def _init_block(
+            self,
+            dim: int,
+            num_heads: int,
+            topk: int,
+            n_win: int,
+            mlp_ratio: float,
+            side_dwconv: int,
+            pos_embed_kernel: int,
+            layer_scale: Optional[float],
+            drop_path: float,
+            attn_kwargs: Optional[Dict[str, Any]],
+            act_layer: Callable[..., nn.Module],
+            norm_layer: Optional[Callable[..., nn.Module]],
+            dd: Dict,
+    ) -> None:
+        if topk < 1 and topk != -1:
+            raise ValueError(f'topk must be >= 1 (routing) or -1 (full attention), got topk={topk}')
+        norm_layer = norm_layer or self.default_norm_layer
+        attn_kwargs = dict(attn_kwargs or {})
+        self.pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
+        self.norm1 = norm_layer(dim, **dd)
+        if topk == -1:
+            self.attn = self.full_attn_layer(dim, num_heads, side_dwconv=side_dwconv, **attn_kwargs, **dd)
+        else:
+            self.attn = self.routed_attn_layer(
+                dim, num_heads, n_win=n_win, topk=topk, side_dwconv=side_dwconv, **attn_kwargs, **dd)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, use_conv=self.mlp_conv, **dd)
+        self._init_residuals(dim, layer_scale, drop_path, dd)
+
     def _init_residuals(self, dim: int, layer_scale: Optional[float], drop_path: float, dd: Dict) -> None:
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -603,6 +647,11 @@ class BiFormerBlock(_BlockBase):
     Takes and returns NCHW; attention and MLP run channels-last. A block with ``topk = -1`` uses full attention
     (:class:`AttentionLePE`), otherwise :class:`BiLevelRoutingAttention`.
     """
+
+    full_attn_layer = AttentionLePE
+    routed_attn_layer = BiLevelRoutingAttention
+    default_norm_layer = staticmethod(_layer_norm_eps6)
+    mlp_conv = False
 
     def __init__(
             self,
@@ -642,21 +691,9 @@ class BiFormerBlock(_BlockBase):
             ValueError: an argument outside its valid values, naming it.
         """
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        if topk < 1 and topk != -1:
-            raise ValueError(f'topk must be >= 1 (routing) or -1 (full attention), got topk={topk}')
-        norm_layer = norm_layer or _layer_norm_eps6
-        attn_kwargs = dict(attn_kwargs or {})
-        self.pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
-        self.norm1 = norm_layer(dim, **dd)
-        if topk == -1:
-            self.attn = AttentionLePE(dim, num_heads, side_dwconv=side_dwconv, **attn_kwargs, **dd)
-        else:
-            self.attn = BiLevelRoutingAttention(
-                dim, num_heads, n_win=n_win, topk=topk, side_dwconv=side_dwconv, **attn_kwargs, **dd)
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, **dd)
-        self._init_residuals(dim, layer_scale, drop_path, dd)
+        self._init_block(
+            dim, num_heads, topk, n_win, mlp_ratio, side_dwconv, pos_embed_kernel, layer_scale, drop_path,
+            attn_kwargs, act_layer, norm_layer, {'device': device, 'dtype': dtype})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
@@ -671,6 +708,11 @@ class BiFormerBlock2d(_BlockBase):
 
     A block with ``topk = -1`` uses :class:`AttentionLePE2d`, otherwise :class:`BiLevelRoutingAttention2d`.
     """
+
+    full_attn_layer = AttentionLePE2d
+    routed_attn_layer = BiLevelRoutingAttention2d
+    default_norm_layer = LayerNorm2d
+    mlp_conv = True
 
     def __init__(
             self,
@@ -710,21 +752,9 @@ class BiFormerBlock2d(_BlockBase):
             ValueError: an argument outside its valid values, naming it.
         """
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        if topk < 1 and topk != -1:
-            raise ValueError(f'topk must be >= 1 (routing) or -1 (full attention), got topk={topk}')
-        norm_layer = norm_layer or LayerNorm2d
-        attn_kwargs = dict(attn_kwargs or {})
-        self.pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
-        self.norm1 = norm_layer(dim, **dd)
-        if topk == -1:
-            self.attn = AttentionLePE2d(dim, num_heads, side_dwconv=side_dwconv, **attn_kwargs, **dd)
-        else:
-            self.attn = BiLevelRoutingAttention2d(
-                dim, num_heads, n_win=n_win, topk=topk, side_dwconv=side_dwconv, **attn_kwargs, **dd)
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, use_conv=True, **dd)
-        self._init_residuals(dim, layer_scale, drop_path, dd)
+        self._init_block(
+            dim, num_heads, topk, n_win, mlp_ratio, side_dwconv, pos_embed_kernel, layer_scale, drop_path,
+            attn_kwargs, act_layer, norm_layer, {'device': device, 'dtype': dtype})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
