@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import to_2tuple, trunc_normal_, use_fused_attn
 
+from ._checks import check_channels_last, check_num_heads, check_qk_scale
+
 __all__ = ['RpbAttention2d', 'relative_position_index_2d']
 
 
@@ -67,13 +69,11 @@ class RpbAttention2d(nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if num_heads < 1 or dim % num_heads != 0:
-            raise ValueError(f'num_heads must be >= 1 and divide dim={dim}, got num_heads={num_heads}')
+        check_num_heads(dim, num_heads)
         grid_size = tuple(int(g) for g in to_2tuple(grid_size))
         if any(g < 1 for g in grid_size):
             raise ValueError(f'grid_size must be >= 1, got grid_size={grid_size}')
-        if qk_scale is not None and not qk_scale > 0:
-            raise ValueError(f'qk_scale must be a positive float or None, got qk_scale={qk_scale}')
+        check_qk_scale(qk_scale)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -106,8 +106,7 @@ class RpbAttention2d(nn.Module):
         Returns:
             ``[B, H, W, dim]``.
         """
-        if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        check_channels_last(x, self.dim)
         B, H, W, C = x.shape
         if H > self.grid_size[0] or W > self.grid_size[1]:
             raise ValueError(

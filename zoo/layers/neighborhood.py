@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.layers import to_2tuple, trunc_normal_
 
 from kernels.neighborhood import na2d
+from ._checks import check_channels_last, check_num_heads, check_qk_scale
 
 __all__ = ['NeighborhoodAttention2d', 'na_pad_size']
 
@@ -82,8 +83,7 @@ class NeighborhoodAttention2d(nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if num_heads < 1 or dim % num_heads != 0:
-            raise ValueError(f'num_heads must be >= 1 and divide dim={dim}, got num_heads={num_heads}')
+        check_num_heads(dim, num_heads)
         kernel_size = tuple(int(k) for k in to_2tuple(kernel_size))
         dilation = tuple(int(d) for d in to_2tuple(dilation))
         if any(k < 2 for k in kernel_size) or (rel_pos_bias and any(k % 2 == 0 for k in kernel_size)):
@@ -91,8 +91,7 @@ class NeighborhoodAttention2d(nn.Module):
                 f'kernel_size must be >= 2 (and odd with rel_pos_bias=True), got kernel_size={kernel_size}')
         if any(d < 1 for d in dilation):
             raise ValueError(f'dilation must be >= 1, got dilation={dilation}')
-        if qk_scale is not None and not qk_scale > 0:
-            raise ValueError(f'qk_scale must be a positive float or None, got qk_scale={qk_scale}')
+        check_qk_scale(qk_scale)
         if attn_drop != 0:
             raise ValueError(
                 f'attn_drop must be 0: neighborhood attention runs fused and has no attention dropout, '
@@ -122,8 +121,7 @@ class NeighborhoodAttention2d(nn.Module):
         Returns:
             ``[B, H, W, dim]``.
         """
-        if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        check_channels_last(x, self.dim)
         B, H, W, C = x.shape
         pad_b, pad_r = na_pad_size((H, W), self.kernel_size, self.dilation)
         if pad_b or pad_r:

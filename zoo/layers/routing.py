@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp, use_fused_attn
 
 from kernels.routing import routed_attention
+from ._checks import check_channels_last, check_num_heads, check_qk_scale
 
 __all__ = [
     'RegionRouter', 'QkvLinear', 'BiLevelRoutingAttention', 'BiLevelRoutingAttention2d', 'AttentionLePE',
@@ -157,16 +158,16 @@ class QkvLinear(nn.Module):
 
 
 def _check_common(dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: int, qk_scale: Optional[float]):
-    if dim < 1 or num_heads < 1 or dim % num_heads:
+    if dim < 1:
         raise ValueError(f'num_heads must be >= 1 and divide dim={dim}, got num_heads={num_heads}')
+    check_num_heads(dim, num_heads)
     if n_win < 1:
         raise ValueError(f'n_win must be >= 1, got n_win={n_win}')
     if topk < 1:
         raise ValueError(f'topk must be >= 1, got topk={topk}')
     if side_dwconv < 0 or (side_dwconv and side_dwconv % 2 == 0):
         raise ValueError(f'side_dwconv must be 0 (no LePE) or an odd kernel size, got side_dwconv={side_dwconv}')
-    if qk_scale is not None and not qk_scale > 0:
-        raise ValueError(f'qk_scale must be a positive float or None, got qk_scale={qk_scale}')
+    check_qk_scale(qk_scale)
 
 
 def _lepe(dim: int, side_dwconv: int, dd: Dict) -> Optional[nn.Conv2d]:
@@ -285,8 +286,7 @@ class BiLevelRoutingAttention(nn.Module):
         Returns:
             ``[B, H, W, dim]``.
         """
-        if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        check_channels_last(x, self.dim)
         B, H, W, C = x.shape
         n = self.n_win
         pad_b, pad_r = -H % n, -W % n
@@ -510,8 +510,7 @@ class AttentionLePE(_AttentionLePEBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
-        if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        check_channels_last(x, self.dim)
         B, H, W, C = x.shape
         q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = self._attend(q, k, v).transpose(1, 2).reshape(B, H, W, C)

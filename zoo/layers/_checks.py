@@ -1,0 +1,24 @@
+"""Argument and input checks shared by the attention layers (the messages name the offending argument)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def check_num_heads(dim: int, num_heads: int) -> None:
+    """Raise ``ValueError`` unless ``num_heads >= 1`` divides ``dim``."""
+    if num_heads < 1 or dim % num_heads != 0:
+        raise ValueError(f'num_heads must be >= 1 and divide dim={dim}, got num_heads={num_heads}')
+
+
+def check_qk_scale(qk_scale: Optional[float]) -> None:
+    """Raise ``ValueError`` unless ``qk_scale`` is None or positive."""
+    if qk_scale is not None and not qk_scale > 0:
+        raise ValueError(f'qk_scale must be a positive float or None, got qk_scale={qk_scale}')
+
+
+def check_channels_last(x: torch.Tensor, dim: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[B, H, W, dim]``."""
+    if x.dim() != 4 or x.shape[-1] != dim:
+        raise ValueError(f'x must have shape [B, H, W, {dim}], got {tuple(x.shape)}')
