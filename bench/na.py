@@ -273,7 +273,8 @@ def bench_cuda(shapes, backend: str, natten, repeats: int, stat: str, peak_bw: f
             f'{memory / 2 ** 20:.0f}' if memory is not None else 'n/a',
         ])
         del out, grad
-    headers = [f'shape ({str(dtype).replace("torch.", "")})', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'fwd TFLOP/s', 'bwd TFLOP/s', 'fwd GB/s',
+    dtype_name = str(dtype).replace('torch.', '')
+    headers = [f'shape ({dtype_name})', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'fwd TFLOP/s', 'bwd TFLOP/s', 'fwd GB/s',
                'fwd SOL', 'bwd SOL', 'vs SDPA all tokens fwd', 'vs window SDPA fwd', 'vs window SDPA fwd+bwd',
                'vs natten fwd', 'peak MiB fwd+bwd']
     return markdown_table(headers, rows)
