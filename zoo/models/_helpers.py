@@ -8,11 +8,11 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, trunc_normal_
 from timm.models._features import feature_take_indices
 
 __all__ = [
-    'feature_take_indices', 'overlay_cfg', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
+    'feature_take_indices', 'overlay_cfg', 'init_weights', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
     'StagedModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
 ]
 
@@ -30,6 +30,18 @@ def overlay_cfg(cfg: CfgT, kwargs: Dict[str, Any]) -> CfgT:
     names = {f.name for f in dataclasses.fields(cfg)}
     overlay = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     return dataclasses.replace(cfg, **overlay) if overlay else cfg
+
+
+def init_weights(module: nn.Module) -> None:
+    """timm's ViT-style init, for ``model.apply``: truncated-normal (std 0.02) Linear weights, zero biases, unit
+    LayerNorm."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def check_model_args(in_chans: int, num_classes: int, drop_rate: float, drop_path_rate: float) -> None:

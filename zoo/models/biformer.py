@@ -48,13 +48,13 @@ from typing import Any, Dict, Optional, Set, Tuple
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import calculate_drop_path_rates, trunc_normal_
+from timm.layers import calculate_drop_path_rates
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
 from timm.models._manipulate import adapt_input_conv
 
 from zoo.layers.routing import BiFormerBlock, BiFormerBlock2d
 from ._helpers import (
-    StagedModelMixin, check_model_args, check_state_dict, overlay_cfg, rename_keys, unwrap_state_dict,
+    StagedModelMixin, check_model_args, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
 )
 
 # checkpoint_filter_fn stays out of __all__: zoo.models star-imports every family and NAT exports that name too
@@ -218,16 +218,6 @@ class BiFormerStage(nn.Module):
         return self.blocks(x)
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 class BiFormer(StagedModelMixin, nn.Module):
     """BiFormer-T/S/B and BiFormer-STL(-nchw): a stride-4 stem and four stages at strides 4, 8, 16, 32 (NCHW).
 
@@ -308,7 +298,7 @@ class BiFormer(StagedModelMixin, nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(self.num_features, **dd)
         self._init_head(num_classes, global_pool, drop_rate, dd)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:

@@ -53,7 +53,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, calculate_drop_path_rates, to_2tuple
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import (
@@ -61,7 +61,7 @@ from zoo.layers import (
 )
 from ._helpers import (
     ClassifierMixin, StagedModelMixin, check_model_args, check_output_fmt, check_state_dict, feature_take_indices,
-    overlay_cfg, rename_keys, unwrap_state_dict,
+    init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
 )
 
 __all__ = ['NatCfg', 'NatBlock', 'NatStage', 'Nat', 'NatIsotropic', 'checkpoint_filter_fn']
@@ -295,16 +295,6 @@ class NatStage(nn.Module):
         return self.blocks(x)
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def _norm_layer(norm_layer: Optional[Callable[..., nn.Module]]) -> Callable[..., nn.Module]:
     # official models use torch's LayerNorm (eps 1e-5); timm's LayerNorm defaults to 1e-6
     return norm_layer or partial(nn.LayerNorm, eps=1e-5)
@@ -437,7 +427,7 @@ class Nat(_NatBase, StagedModelMixin):
         self.stages = nn.Sequential(*stages)
         self.norm = norm_layer(self.num_features, **dd)
         self._init_head(num_classes, global_pool, drop_rate, dd)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 class NatIsotropic(_NatBase):
@@ -521,7 +511,7 @@ class NatIsotropic(_NatBase):
             dict(num_chs=cfg.embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
         self.norm = norm_layer(self.num_features, **dd)
         self._init_head(num_classes, global_pool, drop_rate, dd)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
