@@ -16,13 +16,14 @@ that axis and the window offset).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 import triton
 
-from .._utils.backend import triton_interpreting
+from .._utils.triton_launch import dot_fp32 as _dot_fp32
+from .._utils.triton_launch import dot_precision as _precision
+from .._utils.triton_launch import on_device_of as _device_of
+from .._utils.triton_launch import unit_last as _unit_last
 from .indexing import group_length, window_start
 from .triton_kernels import na_bwd_kernel_dkv, na_bwd_kernel_dq, na_fwd_kernel
 
@@ -240,27 +241,6 @@ def _num_tiles(spatial, dilation, tile) -> int:
         n *= triton.cdiv(triton.cdiv(size, d), t) * d
     return n
 
-
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    # the kernels need unit stride on the head dim only; any other layout (strided views of a qkv) is read in place
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
-
-
-def _dot_fp32(t: torch.Tensor) -> bool:
-    return t.dtype == torch.bfloat16 and triton_interpreting()
-
-
-def _precision(t: torch.Tensor) -> str:
-    # fp32 inputs follow torch's matmul setting: about fp32 accuracy (three TF32 products; 'ieee' spills registers
-    # on sm90) unless TF32 is allowed
-    if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return 'tf32x3'
-    return 'tf32'
-
-
-def _device_of(t: torch.Tensor):
-    # Triton launches on the current CUDA device: make it the tensors' one
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _prod(values) -> int:

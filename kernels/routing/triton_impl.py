@@ -20,12 +20,13 @@ the CSR pass and dK/dV kernel are skipped: one pass fewer, but the summation ord
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 
-from .._utils.backend import triton_interpreting
+from .._utils.triton_launch import dot_fp32 as _dot_fp32
+from .._utils.triton_launch import dot_precision as _precision
+from .._utils.triton_launch import on_device_of as _device_of
+from .._utils.triton_launch import unit_last as _unit_last
 from .triton_kernels import bra_bwd_kernel_dkv, bra_bwd_kernel_dq, bra_fwd_kernel
 
 __all__ = ['bra_triton', 'bra_fwd', 'bra_bwd', 'bra_block_config', 'routing_csr', 'work_order']
@@ -276,26 +277,6 @@ def _index_strides(ridx: torch.Tensor) -> tuple[int, int, int]:
         return ridx.stride(0), 0, ridx.stride(1)
     return ridx.stride(0), ridx.stride(1), ridx.stride(2)
 
-
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    # the kernels need unit stride on the head dim only; any other layout is read in place
-    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
-
-
-def _dot_fp32(t: torch.Tensor) -> bool:
-    return t.dtype == torch.bfloat16 and triton_interpreting()
-
-
-def _precision(t: torch.Tensor) -> str:
-    # fp32 inputs follow torch's matmul setting: about fp32 accuracy (three TF32 products) unless TF32 is allowed
-    if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return 'tf32x3'
-    return 'tf32'
-
-
-def _device_of(t: torch.Tensor):
-    # Triton launches on the current CUDA device: make it the tensors' one
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 @torch.library.custom_op('zoo::bra_fwd', mutates_args=())

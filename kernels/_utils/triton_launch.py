@@ -1,0 +1,31 @@
+"""Launch-side helpers shared by the ops' Triton launchers (no ``@triton.jit`` here)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .backend import triton_interpreting
+
+
+def unit_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim has unit stride (strided views are read in place), else a contiguous copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def dot_fp32(t: torch.Tensor) -> bool:
+    """Whether dot operands must be upcast to fp32: the interpreter's bf16 ``tl.dot`` multiplies raw bit patterns."""
+    return t.dtype == torch.bfloat16 and triton_interpreting()
+
+
+def dot_precision(t: torch.Tensor) -> str:
+    """``tl.dot`` input precision: fp32 inputs get about fp32 accuracy (three TF32 products; 'ieee' spills registers
+    on sm90) unless torch allows TF32 matmuls."""
+    if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return 'tf32x3'
+    return 'tf32'
+
+
+def on_device_of(t: torch.Tensor):
+    """Context making ``t``'s CUDA device current: Triton launches on the current device."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
