@@ -91,3 +91,57 @@ def sample_na_configs(count: int, rank: int, seed: int, max_size: int = 12) -> l
             spatial=tuple(spatial), kernel_size=tuple(kernel), dilation=tuple(dilation), stride=tuple(stride),
             is_causal=tuple(causal), use_rpb=rpb_ok and rng.random() < 0.7))
     return configs
+
+
+_GPU_BUILD_PREAMBLE = '''
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+
+class Driver:  # enough of a CUDA driver for `warmup` to compile without launching
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget('cuda', {arch}, 32)
+
+    def get_active_torch_device(self):
+        return torch.device('cpu')
+
+driver.set_active(Driver())
+import importlib
+triton_impl = importlib.import_module({module!r})
+
+class Build:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.fn.warmup(*args, grid=grid, **kwargs)
+
+for name in {kernels!r}:
+    setattr(triton_impl, name, Build(getattr(triton_impl, name)))
+'''
+
+
+def assert_builds_for_gpu(module: str, kernels: tuple[str, ...], calls: str, arch: int = 90) -> None:
+    """Compile an op's Triton kernels for a CUDA target with no GPU present, in a fresh interpreter.
+
+    ``module`` is the launcher module (bound to the name ``triton_impl`` in ``calls``); its ``kernels`` are
+    replaced by wrappers that only ``warmup`` (compile) at launch. ``calls`` is Python source calling the launchers.
+    Catches what the interpreter accepts but the compiler rejects (non-constexpr globals, type errors).
+    """
+    import os
+    import subprocess
+    import textwrap
+
+    source = _GPU_BUILD_PREAMBLE.format(arch=arch, module=module, kernels=kernels) + textwrap.dedent(calls)
+    source += "\nprint('built')\n"
+    env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, '-c', source], env=env, capture_output=True, text=True, timeout=600,
+                            cwd=root)
+    assert result.returncode == 0 and 'built' in result.stdout, result.stderr[-4000:]
