@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -51,8 +53,8 @@ class _Plan(NamedTuple):
     q_src: torch.Tensor | None  # [tiles * tile_q] flat query of each slot
     kv_src: torch.Tensor | None  # [tiles * tile_k] flat key of each box entry
     out_slot: torch.Tensor | None  # [N] slot of each query
-    mask: torch.Tensor | None  # [tiles, tile_q, tile_k] 0 inside the window, -inf outside; None: all inside
-    rpb_index: torch.Tensor | None  # [tiles * tile_q * tile_k] flat index into rpb[h].view(-1)
+    mask: torch.Tensor | None  # [tiles, 1, tile_q, tile_k] 0 inside the window, -inf outside; None: no mask (or rpb)
+    bias_index: torch.Tensor | None  # [tiles * tile_q * tile_k] flat index into rpb[h].view(-1), P (= its size) outside
 
 
 def na_torch(
@@ -143,58 +145,121 @@ def _box_size(tile: int, kernel_size: int, stride: int, longest: int) -> int:
 
 
 def _attend(query, key, value, plan: _Plan, rpb, scale, return_lse, compute):
+    """Gather tiles, batched SDPA, scatter back; every tensor in the heads-last layout of the caller.
+
+    Gathering whole token rows (``heads * D`` contiguous values) tile by tile makes each image's SDPA problems
+    ``[tiles, heads, rows, D]`` plain views, and PyTorch's CPU flash kernel writes its output rows in that same
+    order, so the output gather yields the caller's ``[B, *spatial, heads, Dv]`` directly: one copy in per
+    tensor and one out. One SDPA call per image lets the ``[tiles, heads, Tq, Tk]`` mask serve every image
+    without being copied per image.
+    """
     batch, *spatial, heads, _ = query.shape
     heads_kv = key.shape[-2]
-    rep = heads // heads_kv
     n = math.prod(spatial)
     tiles, tile_q, tile_k = plan.tiles, plan.tile_q, plan.tile_k
+    if heads_kv != heads:
+        # grouped-query attention: each query head gets its own copy of its kv head (same work, simpler layout)
+        rep = heads // heads_kv
+        key, value = (t.unsqueeze(-2).expand(*t.shape[:-1], rep, t.shape[-1]).reshape(*t.shape[:-2], heads, -1)
+                      for t in (key, value))
 
-    # grouped-query heads sharing a kv head join the query rows: [.., tile_q * rep, D] against one box
-    # index_select is several times faster from a contiguous source
-    q = query.to(compute).reshape(batch, n, heads_kv, rep, -1).transpose(1, 2).contiguous()  # [B, Hkv, N, rep, D]
-    k = key.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2).contiguous()  # [B, Hkv, N, D]
-    v = value.to(compute).reshape(batch, n, heads_kv, -1).transpose(1, 2).contiguous()
-    if plan.q_src is not None:
-        q = q.index_select(2, plan.q_src)
-    if plan.kv_src is not None:
-        k = k.index_select(2, plan.kv_src)
-        v = v.index_select(2, plan.kv_src)
-
-    mask = plan.mask
-    if rpb is not None:
-        # [Hkv, rep, tiles, Tq, Tk] -> [1, Hkv * tiles, Tq * rep, Tk]: the bias differs per head
-        bias = rpb.reshape(heads, -1).index_select(1, plan.rpb_index).to(compute)
-        bias = bias.view(heads_kv, rep, tiles, tile_q, tile_k).permute(0, 2, 3, 1, 4)
-        mask = (bias + mask[:, :, None]).reshape(1, heads_kv * tiles, tile_q * rep, tile_k)
-        lead = (batch, heads_kv * tiles)
-    else:
-        if mask is not None:
-            mask = mask[:, :, None].expand(tiles, tile_q, rep, tile_k).reshape(1, tiles, tile_q * rep, tile_k)
-        lead = (batch * heads_kv, tiles)
-    q = q.reshape(*lead, tile_q * rep, q.shape[-1])
-    k = k.reshape(*lead, tile_k, k.shape[-1])
-    v = v.reshape(*lead, tile_k, v.shape[-1])
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-    out = _untile(out, plan, batch, heads_kv, tiles * tile_q, rep)  # [B, N, Hkv, rep, Dv]
-    out = out.reshape(batch, *spatial, heads, out.shape[-1]).to(query.dtype)
+    q, k, v = (
+        _gather_rows(t.to(compute), index, batch, n, heads).view(batch, tiles, rows, heads, -1).transpose(2, 3)
+        for t, index, rows in ((query, plan.q_src, tile_q), (key, plan.kv_src, tile_k), (value, plan.kv_src, tile_k))
+    )  # [B, tiles, heads, rows, D]
+    mask = plan.mask if rpb is None else _BIAS_CACHE.get(rpb, plan, compute)  # [tiles, heads or 1, Tq, Tk]
+    out = [F.scaled_dot_product_attention(q[b], k[b], v[b], attn_mask=mask, scale=scale).transpose(1, 2)
+           for b in range(batch)]  # [tiles, Tq, heads, Dv] each
+    out = out[0].unsqueeze(0) if batch == 1 else torch.stack(out)
+    out = _untile(out, plan, spatial).to(query.dtype)
     if not return_lse:
         return out, None
     # a second pass over the logits keeps the SDPA kernel for the output and autograd for both
     logits = torch.matmul(q, k.transpose(-1, -2)) * scale
     if mask is not None:
         logits = logits + mask
-    lse = torch.logsumexp(logits, dim=-1).unsqueeze(-1)  # [*lead, Tq * rep, 1]
-    lse = _untile(lse, plan, batch, heads_kv, tiles * tile_q, rep)
-    return out, lse.reshape(batch, *spatial, heads).float()
+    lse = torch.logsumexp(logits, dim=-1).unsqueeze(-1)  # [B, tiles, heads, Tq, 1]
+    return out, _untile(lse.transpose(2, 3), plan, spatial).squeeze(-1).float()
 
 
-def _untile(x: torch.Tensor, plan: _Plan, batch: int, heads_kv: int, slots: int, rep: int) -> torch.Tensor:
-    """``[*lead, tile_q * rep, C]`` -> ``[B, N, Hkv, rep, C]``."""
-    x = x.reshape(batch, heads_kv, slots, rep, x.shape[-1])
+def _gather_rows(x: torch.Tensor, index: torch.Tensor | None, batch: int, n: int, heads: int) -> torch.Tensor:
+    """``[B, *spatial, heads, C]`` -> ``[B, len(index), heads, C]``: the token rows at ``index`` (all if None)."""
+    rows = x.reshape(batch, n, heads * x.shape[-1])  # a view for contiguous tensors and slices of a qkv tensor
+    if index is not None:
+        rows = rows.index_select(1, index)
+    return rows.view(batch, -1, heads, x.shape[-1])
+
+
+def _untile(x: torch.Tensor, plan: _Plan, spatial: list) -> torch.Tensor:
+    """``[B, tiles, Tq, heads, C]`` -> ``[B, *spatial, heads, C]``."""
+    batch, _, _, heads, channels = x.shape
+    rows = x.reshape(batch, plan.tiles * plan.tile_q, heads * channels)
     if plan.out_slot is not None:
-        x = x.index_select(2, plan.out_slot)
-    return x.transpose(1, 2)
+        rows = rows.index_select(1, plan.out_slot)
+    return rows.view(batch, *spatial, heads, channels)
+
+
+def _biased_mask(rpb: torch.Tensor, plan: _Plan, compute: torch.dtype) -> torch.Tensor:
+    """The additive attention mask with the relative-position bias inside the windows.
+
+    Returns:
+        ``[tiles, heads, Tq, Tk]``: ``rpb`` at each (slot, box entry) inside the window, ``-inf`` outside.
+    """
+    heads = rpb.shape[0]
+    # one gather from the table extended by a -inf entry: the window mask costs nothing more
+    table = torch.cat([rpb.reshape(heads, -1).to(compute), rpb.new_full((heads, 1), float('-inf'), dtype=compute)], 1)
+    bias = table.index_select(1, plan.bias_index)  # [heads, tiles * Tq * Tk]
+    return bias.view(heads, plan.tiles, plan.tile_q, plan.tile_k).transpose(0, 1).contiguous()
+
+
+class _BiasCache:
+    """Biased masks of the last calls whose ``rpb`` needs no gradient (inference), keyed by the table's values.
+
+    The mask is a pure function of the plan and the table, and building it costs about as much as a small
+    attention; in inference the same few tables come back every call. An entry is found by the table's storage
+    and the plan, then used only if the stored copy of the table is still equal to it: an updated, reloaded or
+    reallocated table can never give a stale mask. Least recently used entries go first once the masks exceed
+    ``max_bytes`` (environment ``ZOO_NA_BIAS_CACHE_MB``, default 256; 0 disables the cache).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict = OrderedDict()  # key -> (plan, table copy, mask)
+        self.bytes = 0
+
+    def get(self, rpb: torch.Tensor, plan: _Plan, compute: torch.dtype) -> torch.Tensor:
+        if (self.max_bytes <= 0 or torch.compiler.is_compiling()
+                or (rpb.requires_grad and torch.is_grad_enabled())):
+            return _biased_mask(rpb, plan, compute)
+        # an entry holds its plan, so the plan's id cannot be reused while the entry lives
+        key = (rpb.data_ptr(), rpb.shape, rpb.dtype, rpb.device, id(plan), compute)
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] is plan and torch.equal(entry[1], rpb):
+            self.entries.move_to_end(key)
+            return entry[2]
+        mask = _biased_mask(rpb, plan, compute)
+        self._put(key, plan, rpb.detach().clone(), mask)
+        return mask
+
+    def _put(self, key, plan: _Plan, table: torch.Tensor, mask: torch.Tensor) -> None:
+        size = mask.numel() * mask.element_size()
+        if size > self.max_bytes:
+            return
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[2].numel() * old[2].element_size()
+        self.entries[key] = (plan, table, mask)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, _, evicted) = self.entries.popitem(last=False)
+            self.bytes -= evicted.numel() * evicted.element_size()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+_BIAS_CACHE = _BiasCache(int(float(os.environ.get('ZOO_NA_BIAS_CACHE_MB', '256')) * 2 ** 20))
 
 
 def _axis_tables(length: int, kernel_size: int, dilation: int, stride: int, is_causal: bool, tile: int,
@@ -278,9 +343,9 @@ def _build_plan(spatial, kernel_size, dilation, stride, is_causal, tile, with_rp
         t == -(-size // d) and size % d == 0 and k * d == size and not c
         for size, k, d, t, c in zip(spatial, kernel_size, dilation, tile, is_causal))
     mask = None
-    if with_rpb or not full_windows:
+    if not with_rpb and not full_windows:
         mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float('-inf'))
-        mask = mask.reshape(tiles, tile_q, tile_k)
+        mask = mask.reshape(tiles, 1, tile_q, tile_k)
     return _Plan(
         tiles=tiles,
         tile_q=tile_q,
@@ -289,7 +354,7 @@ def _build_plan(spatial, kernel_size, dilation, stride, is_causal, tile, with_rp
         kv_src=None if identity_kv else kv_src.reshape(-1),
         out_slot=None if identity_q else out_slot.reshape(-1),
         mask=mask,
-        rpb_index=rpb_index.expand(allowed.shape).reshape(-1) if with_rpb else None,
+        bias_index=torch.where(allowed, rpb_index, rpb_stride).reshape(-1) if with_rpb else None,
     )
 
 

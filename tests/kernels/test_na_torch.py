@@ -66,10 +66,11 @@ def tile_kind(spatial, kernel, dilation, stride, causal=None, use_rpb=False):
     tile = choose_tile(spatial, kernel, dilation, stride)
     plan = torch_impl._build_plan(spatial, kernel, dilation, stride, causal, tile, use_rpb, torch.float32, 'cpu')
     longest = tuple(-(-n // d) for n, d in zip(spatial, dilation))
-    if plan.q_src is None and plan.mask is None:
+    masked = plan.mask is not None or plan.bias_index is not None
+    if plan.q_src is None and not masked:
         return 'plain'
     if tile == longest:
-        return 'groups' if plan.mask is None else 'dense'
+        return 'dense' if masked else 'groups'
     return 'tiled'
 
 
@@ -234,3 +235,58 @@ def test_autocast_keeps_fp32_compute():
     for name, ref_grad, grad in zip(('dq', 'dk', 'dv', 'drpb'), ref_grads,
                                     torch.autograd.grad(out.sum(), (q, k, v, rpb))):
         assert_close(name, ref_grad, grad, TOLERANCES[torch.float32][1])
+
+
+@pytest.fixture
+def fresh_bias_cache(monkeypatch):
+    cache = torch_impl._BiasCache(2 ** 20)
+    monkeypatch.setattr(torch_impl, '_BIAS_CACHE', cache)
+    return cache
+
+
+def reference_out(q, k, v, rpb, kernel):
+    args = (1,) * len(kernel), (1,) * len(kernel), (False,) * len(kernel)
+    return na_reference(q.double(), k.double(), v.double(), kernel, *args, rpb.double(), 0.3)[0]
+
+
+def test_bias_cache_serves_inference_and_never_goes_stale(fresh_bias_cache):
+    q, k, v, rpb = (t.detach() for t in make_inputs(1, (13, 12), 2, 8, rpb_kernel=(5, 5)))
+    args = (5, 5), (1, 1), (1, 1), (False, False)
+    with torch.no_grad():
+        first = na_torch(q, k, v, *args, rpb, 0.3)[0]
+        assert len(fresh_bias_cache.entries) == 1
+        again = na_torch(q, k, v, *args, rpb, 0.3)[0]
+        assert torch.equal(first, again) and len(fresh_bias_cache.entries) == 1
+        # an in-place change that bumps no version counter (through .data) must still be seen
+        rpb.data.add_(torch.randn_like(rpb))
+        changed = na_torch(q, k, v, *args, rpb, 0.3)[0]
+    assert len(fresh_bias_cache.entries) == 1
+    assert_close('out', reference_out(q, k, v, rpb, (5, 5)), changed, TOLERANCES[torch.float32][0])
+    # another map size with the same table is another plan: its own entry, its own correct result
+    q2, k2, v2, _ = (t.detach() if t is not None else t for t in make_inputs(1, (9, 16), 2, 8))
+    with torch.no_grad():
+        other = na_torch(q2, k2, v2, *args, rpb, 0.3)[0]
+    assert len(fresh_bias_cache.entries) == 2
+    assert_close('out', reference_out(q2, k2, v2, rpb, (5, 5)), other, TOLERANCES[torch.float32][0])
+
+
+def test_bias_cache_not_used_when_rpb_needs_grad(fresh_bias_cache):
+    q, k, v, rpb = make_inputs(1, (9, 9), 2, 8, rpb_kernel=(3, 3))
+    out = na_torch(q, k, v, (3, 3), (1, 1), (1, 1), (False, False), rpb, 0.3)[0]
+    assert not fresh_bias_cache.entries
+    (grad,) = torch.autograd.grad(out.sum(), rpb)
+    assert grad.abs().sum() > 0
+
+
+def test_bias_cache_stays_within_its_bound(fresh_bias_cache):
+    tables = []  # kept alive: five distinct tables, five distinct keys
+    with torch.no_grad():
+        for i in range(5):
+            q, k, v, rpb = (t.detach() for t in make_inputs(1, (9, 9), 2, 8, rpb_kernel=(3, 3)))
+            tables.append(rpb)
+            out = na_torch(q, k, v, (3, 3), (1, 1), (1, 1), (False, False), rpb, 0.3)[0]
+            assert_close('out', reference_out(q, k, v, rpb, (3, 3)), out, TOLERANCES[torch.float32][0])
+            if i == 0:  # room for three masks of this size
+                fresh_bias_cache.max_bytes = 3 * fresh_bias_cache.bytes
+    assert len(fresh_bias_cache.entries) == 3
+    assert fresh_bias_cache.bytes <= fresh_bias_cache.max_bytes
