@@ -207,7 +207,7 @@ def test_public_api_torch_backend():
 
 
 def test_torch_compile_fullgraph():
-    q, k, v, rpb = make_inputs(1, (9, 8), 2, 4, rpb_kernel=(3, 3))
+    q, k, v, rpb = make_inputs(2, (9, 8), 2, 4, rpb_kernel=(3, 3))
 
     def fn(q, k, v, rpb):
         out, lse = na_torch(q, k, v, (3, 3), (2, 1), (1, 1), (False, False), rpb, 0.5, return_lse=True)
@@ -290,3 +290,32 @@ def test_bias_cache_stays_within_its_bound(fresh_bias_cache):
                 fresh_bias_cache.max_bytes = 3 * fresh_bias_cache.bytes
     assert len(fresh_bias_cache.entries) == 3
     assert fresh_bias_cache.bytes <= fresh_bias_cache.max_bytes
+
+
+@pytest.mark.parametrize('chunk_bytes', [1, 10 ** 5], ids=['image-by-image', 'two-images'])
+def test_batch_chunks(chunk_bytes, monkeypatch):
+    """Images processed in chunks (one per chunk, or a few with one SDPA call each) give the batch's results."""
+    monkeypatch.setattr(torch_impl, '_CHUNK_BYTES', chunk_bytes)
+    q, k, v, rpb = make_inputs(5, (12, 13), 2, 8, rpb_kernel=(5, 5))
+    check_against_reference(q, k, v, rpb, (5, 5), (1, 2), (1, 1), (False, False))
+    q, k, v, _ = make_inputs(3, (12, 13), 4, 8, heads_kv=2)
+    check_against_reference(q, k, v, None, (5, 3), (2, 1), (1, 1), (False, True))
+
+
+@pytest.mark.parametrize(('spatial', 'kernel', 'dilation'), [
+    pytest.param((40, 37), (7, 7), (1, 1), id='40x37-k7'),
+    pytest.param((29, 31), (5, 7), (2, 3), id='29x31-k57-d23'),
+])
+def test_inference_tiles_match_reference(spatial, kernel, dilation):
+    """Without autograd, 2-D calls take the cost-model tile (a tiled plan here), still exact."""
+    stride = (1, 1)
+    tile = choose_tile(spatial, kernel, dilation, stride, 8, inference=True)
+    longest = tuple(-(-n // d) for n, d in zip(spatial, dilation))
+    assert tile != longest and all(1 <= t <= torch_impl.MAX_TILE or t == m for t, m in zip(tile, longest))
+    q, k, v, rpb = (t.detach() for t in make_inputs(2, spatial, 2, 8, rpb_kernel=kernel))
+    with torch.no_grad():
+        out, lse = na_torch(q, k, v, kernel, dilation, stride, (False, False), rpb, 0.3, return_lse=True)
+    ref_out, ref_lse = na_reference(q.double(), k.double(), v.double(), kernel, dilation, stride, (False, False),
+                                    rpb.double(), 0.3)
+    assert_close('out', ref_out, out, TOLERANCES[torch.float32][0])
+    assert_close('lse', ref_lse, lse, 1e-6)
