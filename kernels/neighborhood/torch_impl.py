@@ -325,8 +325,9 @@ class _BiasCache:
         if entry is not None and entry[0] is plan and torch.equal(entry[1], rpb):
             self.entries.move_to_end(key)
             return entry[2]
-        mask = _biased_mask(rpb, plan, compute)
-        self._put(key, plan, rpb.detach().clone(), mask)
+        with torch.inference_mode(False):  # as _cached_plan: a cached mask may serve a later training call
+            mask = _biased_mask(rpb, plan, compute)
+            self._put(key, plan, rpb.detach().clone(), mask)
         return mask
 
     def _put(self, key, plan: _Plan, table: torch.Tensor, mask: torch.Tensor) -> None:
@@ -446,4 +447,8 @@ def _build_plan(spatial, kernel_size, dilation, stride, is_causal, tile, with_rp
     )
 
 
-_cached_plan = functools.lru_cache(maxsize=16)(_build_plan)
+@functools.lru_cache(maxsize=16)
+def _cached_plan(*args) -> _Plan:
+    # built outside inference mode: a table made inside could not be saved for backward by a later training call
+    with torch.inference_mode(False):
+        return _build_plan(*args)

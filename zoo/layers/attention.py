@@ -93,7 +93,9 @@ class RpbAttention2d(nn.Module):
         key = (size[0], size[1], str(self.rpb.device))
         index = self._index_cache.get(key)
         if index is None:
-            index = relative_position_index_2d(size, self.grid_size, device=self.rpb.device)
+            # made outside inference mode: the cached index must be usable by a later training step
+            with torch.inference_mode(False):
+                index = relative_position_index_2d(size, self.grid_size, device=self.rpb.device)
             self._index_cache[key] = index
         return self.rpb.flatten(1)[:, index]
 

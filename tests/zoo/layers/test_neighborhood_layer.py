@@ -181,3 +181,23 @@ def test_layers_build_on_meta():
     layer = NeighborhoodAttention2d(64, 2, device='meta')
     assert layer.rpb.is_meta and layer.qkv.weight.is_meta
     assert RpbAttention2d(64, 2, device='meta', dtype=torch.float16).rpb.dtype == torch.float16
+
+
+@pytest.mark.parametrize('make_layer', [
+    pytest.param(lambda: NeighborhoodAttention2d(16, 2, kernel_size=3), id='na'),
+    pytest.param(lambda: NeighborhoodAttention2d(16, 2, kernel_size=3, rel_pos_bias=False), id='na-no-rpb'),
+    pytest.param(lambda: RpbAttention2d(16, 2, grid_size=5), id='vit-rpb'),
+])
+@pytest.mark.parametrize('frozen_rpb', [False, True], ids=['train-rpb', 'frozen-rpb'])
+def test_training_after_inference_mode(make_layer, frozen_rpb):
+    """Tables cached during an inference_mode pass (Lightning validates that way first) serve later training."""
+    layer = make_layer()
+    if layer.rpb is not None:
+        layer.rpb.requires_grad_(not frozen_rpb)
+    x = torch.randn(2, 5, 5, 16)
+    with torch.inference_mode():
+        expected = layer(x)
+    out = layer(x.requires_grad_())
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected, atol=1e-6, rtol=1e-6)
+    assert x.grad is not None and layer.qkv.weight.grad is not None
