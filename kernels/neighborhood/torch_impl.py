@@ -53,6 +53,8 @@ COST_LOGIT_US = 0.0032
 COST_ROW_US = 0.0145
 # gathered q/k/v rows of the images processed together (at least one image)
 _CHUNK_BYTES = 8 * 2 ** 20
+# largest mask copied for all images of a chunk (one SDPA call); beyond it, one SDPA call per image
+_MASK_COPY_BYTES = 8 * 2 ** 20
 
 
 class _Plan(NamedTuple):
@@ -238,8 +240,9 @@ def _attend_images(query, key, value, plan: _Plan, mask, scale, return_lse, comp
     Gathering whole token rows (``heads * D`` contiguous values) tile by tile makes an image's SDPA problems
     ``[tiles, heads, rows, D]`` plain views, and PyTorch's CPU flash kernel writes its output rows in that same
     order, so the output gather yields the caller's ``[B, *spatial, heads, Dv]`` directly: one copy in per
-    tensor and one out. One SDPA call per image lets the ``[tiles, heads, Tq, Tk]`` mask serve every image
-    without a copy per image (while compiling: one call, the mask expanded, so the graph does not grow with B).
+    tensor and one out. Where the ``[tiles, heads, Tq, Tk]`` mask of all images together would exceed
+    ``_MASK_COPY_BYTES``, one SDPA call per image lets one mask serve every image without a copy per image; otherwise
+    (and while compiling, so that the graph does not grow with B) one call with the mask expanded.
 
     Returns:
         ``(out, lse)``: out ``[B, *spatial, heads, Dv]`` in the compute dtype, lse fp32 or None.
@@ -251,7 +254,9 @@ def _attend_images(query, key, value, plan: _Plan, mask, scale, return_lse, comp
         _gather_rows(t.to(compute), index, batch, n, heads).view(batch, tiles, rows, heads, -1).transpose(2, 3)
         for t, index, rows in ((query, plan.q_src, tile_q), (key, plan.kv_src, tile_k), (value, plan.kv_src, tile_k))
     )  # [B, tiles, heads, rows, D]
-    if batch == 1 or torch.compiler.is_compiling():
+    mask_bytes = 0 if mask is None else batch * mask.numel() * mask.element_size()
+    if batch == 1 or mask_bytes <= _MASK_COPY_BYTES or torch.compiler.is_compiling():
+        # one call; the mask is copied per image (small maps: cheaper than one call per image)
         flat = [t.reshape(batch * tiles, heads, *t.shape[-2:]) for t in (q, k, v)]
         flat_mask = None if mask is None else mask.expand(batch, *mask.shape).reshape(batch * tiles, *mask.shape[1:])
         out = F.scaled_dot_product_attention(*flat, attn_mask=flat_mask, scale=scale)

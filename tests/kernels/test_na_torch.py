@@ -292,10 +292,12 @@ def test_bias_cache_stays_within_its_bound(fresh_bias_cache):
     assert fresh_bias_cache.bytes <= fresh_bias_cache.max_bytes
 
 
-@pytest.mark.parametrize('chunk_bytes', [1, 10 ** 5], ids=['image-by-image', 'two-images'])
-def test_batch_chunks(chunk_bytes, monkeypatch):
-    """Images processed in chunks (one per chunk, or a few with one SDPA call each) give the batch's results."""
+@pytest.mark.parametrize(('chunk_bytes', 'mask_copy_bytes'), [(1, 0), (10 ** 5, 0), (10 ** 5, 10 ** 9)],
+                         ids=['image-by-image', 'few-images-call-per-image', 'few-images-one-call'])
+def test_batch_chunks(chunk_bytes, mask_copy_bytes, monkeypatch):
+    """Images processed in chunks (one per chunk, or a few: one SDPA call each or one call) give the batch's results."""
     monkeypatch.setattr(torch_impl, '_CHUNK_BYTES', chunk_bytes)
+    monkeypatch.setattr(torch_impl, '_MASK_COPY_BYTES', mask_copy_bytes)
     q, k, v, rpb = make_inputs(5, (12, 13), 2, 8, rpb_kernel=(5, 5))
     check_against_reference(q, k, v, rpb, (5, 5), (1, 2), (1, 1), (False, False))
     q, k, v, _ = make_inputs(3, (12, 13), 4, 8, heads_kv=2)
