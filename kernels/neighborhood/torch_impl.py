@@ -173,8 +173,9 @@ def _least_padding_tile(
 
     Per axis, the tile size among the ``TILE_CHOICES`` sizes up to ``TILE[rank]`` that pads the group least
     (ties: the largest), keeping only multiples of the stride (the stride itself when none is in range); an axis
-    whose box would span the whole group is not tiled. When the dense attention of a whole group costs at most ``DENSE_WORK_RATIO`` times the tiled work (query slots x box keys), nothing is tiled:
-    one large matmul beats many small ones.
+    whose box would span the whole group is not tiled. When the dense attention of a whole group costs at most
+    ``DENSE_WORK_RATIO`` times the tiled work (query slots x box keys), nothing is tiled: one large matmul beats
+    many small ones.
     """
     rank = len(spatial)
     longest = tuple(-(-size // d) for size, d in zip(spatial, dilation))
@@ -225,7 +226,8 @@ def _attend(query, key, value, plan: _Plan, rpb, scale, return_lse, compute):
         key, value = (t.unsqueeze(-2).expand(*t.shape[:-1], rep, t.shape[-1]).reshape(*t.shape[:-2], heads, -1)
                       for t in (key, value))
     mask = plan.mask if rpb is None else _BIAS_CACHE.get(rpb, plan, compute)  # [tiles, heads or 1, Tq, Tk]
-    image_bytes = plan.tiles * (plan.tile_q * dim + plan.tile_k * (dim + value.shape[-1])) * heads * 4
+    itemsize = torch.finfo(compute).bits // 8
+    image_bytes = plan.tiles * (plan.tile_q * dim + plan.tile_k * (dim + value.shape[-1])) * heads * itemsize
     step = batch if torch.compiler.is_compiling() else max(1, min(batch, _CHUNK_BYTES // image_bytes))
     chunks = [_attend_images(query[i:i + step], key[i:i + step], value[i:i + step], plan, mask, scale, return_lse,
                              compute) for i in range(0, batch, step)]
