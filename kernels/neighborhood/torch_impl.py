@@ -350,10 +350,6 @@ class _BiasCache:
             _, (_, _, evicted) = self.entries.popitem(last=False)
             self.bytes -= evicted.numel() * evicted.element_size()
 
-    def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
-
 
 _BIAS_CACHE = _BiasCache(int(float(os.environ.get('ZOO_NA_BIAS_CACHE_MB', '256')) * 2 ** 20))
 
