@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels import neighborhood_attention
-from kernels.neighborhood.reference import na_reference
+from zoo_kernels import neighborhood_attention
+from zoo_kernels.neighborhood.reference import na_reference
 
 from .common import fmt_ms, fmt_ratio, machine, markdown_table, peak_memory, time_fns
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels import routed_attention
-from kernels.routing.reference import bra_reference, gather_regions
+from zoo_kernels import routed_attention
+from zoo_kernels.routing.reference import bra_reference, gather_regions
 
 from .common import fmt_ms, fmt_ratio, machine, markdown_table, peak_memory, time_fns
 
@@ -128,7 +128,7 @@ def _no_grad(fn):
 
 
 def bench_cpu(shapes, backend: str, repeats: int, stat: str = 'median') -> str:
-    from kernels.routing.torch_impl import _CHUNK_BYTES
+    from zoo_kernels.routing.torch_impl import _CHUNK_BYTES
     rows = []
     for shape in shapes:
         print(f'{shape.label()} ...', file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
 * ``HF_HUB_OFFLINE=1``: nothing is downloaded.
 * ``TRITON_INTERPRET=1`` when no GPU is present: Triton reads it when ``@triton.jit`` decorates a kernel,
-  i.e. at import of ``kernels.*.triton_kernels``, so it must be set here, first.
+  i.e. at import of ``zoo_kernels.*.triton_kernels``, so it must be set here, first.
 """
 import os
 
@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from kernels._utils.testing import nan_poisoning  # noqa: E402,F401  (fixture)
+from zoo_kernels._utils.testing import nan_poisoning  # noqa: E402,F401  (fixture)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-logger = logging.getLogger('kernels')
+logger = logging.getLogger('zoo_kernels')
 
 BACKENDS = ('reference', 'torch', 'triton')
 

@@ -39,7 +39,7 @@ def _poisoned(fn):
     def wrapper(*args, **kwargs):
         out = fn(*args, **kwargs)
         caller = sys._getframe(1).f_globals.get('__name__', '')
-        if caller.startswith('kernels.') and isinstance(out, torch.Tensor) and out.is_floating_point():
+        if caller.startswith('zoo_kernels.') and isinstance(out, torch.Tensor) and out.is_floating_point():
             out.fill_(float('nan'))
         return out
     return wrapper

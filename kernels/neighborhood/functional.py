@@ -7,7 +7,7 @@ Layout (the one of NATTEN >= 0.20, "heads last", what a qkv Linear gives after a
 * output ``[B, *spatial, heads, Dv]`` in the query's dtype; log-sum-exp ``[B, *spatial, heads]`` in fp32.
 
 The semantics (window of a query, dilation groups, causal windows, stride, legacy relative-position bias) are
-written out in ``README.md`` beside this file and in :mod:`kernels.neighborhood.indexing`.
+written out in ``README.md`` beside this file and in :mod:`zoo_kernels.neighborhood.indexing`.
 """
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ import random
 import pytest
 import torch
 
-from kernels import na2d
-from kernels._utils.testing import TOLERANCES, assert_close, sample_na_configs
-from kernels.neighborhood import torch_impl
-from kernels.neighborhood.reference import na_reference
-from kernels.neighborhood.torch_impl import choose_tile, na_torch
+from zoo_kernels import na2d
+from zoo_kernels._utils.testing import TOLERANCES, assert_close, sample_na_configs
+from zoo_kernels.neighborhood import torch_impl
+from zoo_kernels.neighborhood.reference import na_reference
+from zoo_kernels.neighborhood.torch_impl import choose_tile, na_torch
 
 
 def make_inputs(batch, spatial, heads, dim, *, heads_kv=None, dim_v=None, rpb_kernel=None, dtype=torch.float32,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import na2d
-from kernels._utils.backend import triton_interpreting
-from kernels._utils.testing import TOLERANCES, assert_builds_for_gpu, assert_close
-from kernels.neighborhood import neighborhood_attention
+from zoo_kernels import na2d
+from zoo_kernels._utils.backend import triton_interpreting
+from zoo_kernels._utils.testing import TOLERANCES, assert_builds_for_gpu, assert_close
+from zoo_kernels.neighborhood import neighborhood_attention
 
 pytestmark = pytest.mark.triton
 
@@ -163,7 +163,7 @@ def test_triton_compiles_without_graph_breaks_and_new_resolutions():
 
 @needs_cuda
 def test_triton_new_resolution_reuses_the_compiled_kernels():
-    from kernels.neighborhood import triton_kernels as tk
+    from zoo_kernels.neighborhood import triton_kernels as tk
 
     def cached():
         device = torch.cuda.current_device()
@@ -205,4 +205,4 @@ _SM90_CALLS = '''
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CUDA tests build and run the kernels')
 def test_triton_kernels_build_for_sm90_without_a_gpu():
     kernels = ('na_fwd_kernel', 'na_bwd_kernel_dq', 'na_bwd_kernel_dkv')
-    assert_builds_for_gpu('kernels.neighborhood.triton_impl', kernels, _SM90_CALLS)
+    assert_builds_for_gpu('zoo_kernels.neighborhood.triton_impl', kernels, _SM90_CALLS)

@@ -12,9 +12,9 @@ import os
 import pytest
 import torch
 
-from kernels import na1d, na2d, na3d, neighborhood_attention
-from kernels._utils.testing import TOLERANCES, assert_close, sample_na_configs
-from kernels.neighborhood.reference import na_reference
+from zoo_kernels import na1d, na2d, na3d, neighborhood_attention
+from zoo_kernels._utils.testing import TOLERANCES, assert_close, sample_na_configs
+from zoo_kernels.neighborhood.reference import na_reference
 
 EXTENDED = os.environ.get('ZOO_EXTENDED_TESTS', '0') == '1'
 
@@ -223,7 +223,7 @@ def test_rank_wrappers_and_default_scale():
 
 
 def test_automatic_backend_on_cpu_is_torch(monkeypatch):
-    import kernels.neighborhood.torch_impl as torch_impl
+    import zoo_kernels.neighborhood.torch_impl as torch_impl
     calls = []
     original = torch_impl.na_torch
     monkeypatch.setattr(torch_impl, 'na_torch', lambda *a, **kw: calls.append(1) or original(*a, **kw))
@@ -233,7 +233,7 @@ def test_automatic_backend_on_cpu_is_torch(monkeypatch):
 
 
 def test_environment_variable_forces_backend(monkeypatch):
-    import kernels.neighborhood.reference as reference
+    import zoo_kernels.neighborhood.reference as reference
     calls = []
     original = reference.na_reference
     monkeypatch.setattr(reference, 'na_reference', lambda *a, **kw: calls.append(1) or original(*a, **kw))

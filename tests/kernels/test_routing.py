@@ -11,9 +11,9 @@ import itertools
 import pytest
 import torch
 
-from kernels import routed_attention
-from kernels._utils.testing import TOLERANCES, assert_close
-from kernels.routing.reference import bra_reference
+from zoo_kernels import routed_attention
+from zoo_kernels._utils.testing import TOLERANCES, assert_close
+from zoo_kernels.routing.reference import bra_reference
 
 
 def make_inputs(batch=2, heads=2, n_q=5, m=4, n_k=7, mk=6, dim=16, dim_v=None, topk=3, per_head=False,
@@ -139,7 +139,7 @@ def test_torch_float16(nan_poisoning):
 
 
 def test_torch_chunks_match_one_chunk(monkeypatch, nan_poisoning):
-    from kernels.routing import torch_impl
+    from zoo_kernels.routing import torch_impl
     q, k, v, r_idx, r_weight = make_inputs(soft=True, per_head=True)
     whole = routed_attention(q, k, v, r_idx, r_weight=r_weight, backend='torch')
     grads = torch.autograd.grad(whole.square().sum(), (q, k, v, r_weight))
@@ -215,7 +215,7 @@ def test_other_device_is_rejected():
 
 
 def test_backend_selection(monkeypatch):
-    from kernels.routing import reference, torch_impl
+    from zoo_kernels.routing import reference, torch_impl
 
     q, k, v, r_idx, _ = make_inputs(requires_grad=False)
     calls = []

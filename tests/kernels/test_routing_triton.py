@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import routed_attention
-from kernels._utils.backend import triton_interpreting
-from kernels._utils.testing import TOLERANCES, assert_builds_for_gpu, assert_close
-from kernels.routing.triton_impl import bra_block_config, bra_triton, routing_csr
+from zoo_kernels import routed_attention
+from zoo_kernels._utils.backend import triton_interpreting
+from zoo_kernels._utils.testing import TOLERANCES, assert_builds_for_gpu, assert_close
+from zoo_kernels.routing.triton_impl import bra_block_config, bra_triton, routing_csr
 
 from test_routing import check_backend, make_inputs
 
@@ -66,7 +66,7 @@ def test_triton_skewed_routing_over_batches(m, per_head, nan_poisoning):
 
 
 def test_work_order_is_list_major_by_decreasing_degree():
-    from kernels.routing.triton_impl import work_order
+    from zoo_kernels.routing.triton_impl import work_order
 
     r_idx = torch.tensor([[[2, 0], [2, 1], [0, 2]], [[1, 2], [1, 0], [0, 1]]])
     offsets, _ = routing_csr(r_idx, 3)
@@ -98,7 +98,7 @@ def test_triton_duplicate_indices_count_twice(nan_poisoning):
 
 def test_triton_atomic_backward(monkeypatch, nan_poisoning):
     # the opt-in of the public API: ZOO_BRA_ATOMIC_BWD=1 while deterministic algorithms are off
-    from kernels.routing import triton_impl
+    from zoo_kernels.routing import triton_impl
 
     chosen = []
     real = triton_impl.bra_bwd
@@ -225,4 +225,4 @@ _SM90_CALLS = '''
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CUDA tests build and run the kernels')
 def test_triton_kernels_build_for_sm90_without_a_gpu():
     kernels = ('bra_fwd_kernel', 'bra_bwd_kernel_dq', 'bra_bwd_kernel_dkv')
-    assert_builds_for_gpu('kernels.routing.triton_impl', kernels, _SM90_CALLS)
+    assert_builds_for_gpu('zoo_kernels.routing.triton_impl', kernels, _SM90_CALLS)

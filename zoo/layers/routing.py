@@ -16,7 +16,7 @@ Two BRA variants, each reproducing one official module of rayleizhu/BiFormer wit
   ``ceil(H / rh) x ceil(W / rw)``), unscaled routing logits, q/k/v zero-padded **after** the projection with the
   padded keys left unmasked (logit 0, value 0), ``scale = C ** -0.5`` and LePE on the unpadded v.
 
-The attention itself is :func:`kernels.routing.routed_attention` on the region-major layout ``[B, heads, regions,
+The attention itself is :func:`zoo_kernels.routing.routed_attention` on the region-major layout ``[B, heads, regions,
 tokens, head_dim]``; its backend is chosen by the kernel (``ZOO_BRA_BACKEND`` overrides). Routing, LePE, the
 projections and the padding are plain PyTorch here. With ``fused_attn = False`` a layer runs the official
 gather-then-matmul formulation instead; :func:`zoo.models._flops.count_gmacs` switches to it so that fvcore sees the
@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp, use_fused_attn
 
-from kernels.routing import routed_attention
+from zoo_kernels.routing import routed_attention
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
 
 __all__ = [
@@ -71,7 +71,7 @@ def gather_routed_attention(
     """Routed attention in the official formulation: gather the routed K/V rows, then two dense matmuls.
 
     The layers use it only with ``fused_attn = False`` (MAC counting with fvcore, which sees these matmuls but not
-    the fused op). Same arguments and result as :func:`kernels.routing.routed_attention` with ``r_idx`` shared by
+    the fused op). Same arguments and result as :func:`zoo_kernels.routing.routed_attention` with ``r_idx`` shared by
     the heads (``[B, nR, topk]``); memory grows with ``topk``.
     """
     B, heads, n_q, M, _ = query.shape

@@ -11,7 +11,7 @@ Paper:
     }
 
 Architecture and released weights: https://github.com/rayleizhu/BiFormer (MIT). This is an independent
-implementation on :func:`kernels.routing.routed_attention` (see :mod:`zoo.layers.routing`).
+implementation on :func:`zoo_kernels.routing.routed_attention` (see :mod:`zoo.layers.routing`).
 
 Two layouts, both four stages at strides 4, 8, 16, 32 with NCHW maps between blocks, a BatchNorm2d after the last
 stage and a mean-pool + Linear head:

@@ -18,7 +18,7 @@ Papers:
     }
 
 Architecture and released weights: https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (MIT). This is an
-independent implementation on :func:`kernels.neighborhood.na2d`; it needs no NATTEN build.
+independent implementation on :func:`zoo_kernels.neighborhood.na2d`; it needs no NATTEN build.
 
 Families, all with pre-norm blocks ``x + NA(LN(x))``, ``x + MLP(LN(x))`` (optional layer scale ``gamma1/gamma2``)
 and a head of LN -> mean over tokens -> Linear:

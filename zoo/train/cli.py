@@ -1,7 +1,10 @@
 """``ZooCLI``: Lightning's CLI for :class:`ClassifierModule` with the zoo's defaults.
 
-``python train.py {fit,validate,test,predict} -c configs/demo.yaml [--section.key value ...]``. Several
-``-c`` files merge left to right (a recipe, then overlays such as ``configs/ddp_cpu.yaml``).
+``python train.py {fit,validate,test,predict} -c configs/demo.yaml [--section.key value ...]``, or ``zoo-train ...``
+(the same CLI, installed as a console command). Several ``-c`` files merge left to right (a recipe, then overlays
+such as ``configs/ddp_cpu.yaml``). A ``-c`` path that does not exist but names one of the configs shipped with the
+package (``configs/demo.yaml``, ``demo.yaml`` or ``demo``) takes the shipped file, so the demo runs from an
+installed wheel without the repository.
 
 What it adds to ``LightningCLI``:
 
@@ -18,9 +21,10 @@ What it adds to ``LightningCLI``:
   a checkpoint whose class count differs from the data, a reused log folder, missing data folders.
 """
 import glob
+import importlib.util
 import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule
@@ -32,7 +36,36 @@ from .callbacks import PredictionCSVWriter, TrainingCurves, ZooSaveConfigCallbac
 from .errors import ConfigError
 from .module import ClassifierModule, check_model_name
 
-__all__ = ['ZooCLI', 'main', 'find_last_checkpoint']
+__all__ = ['ZooCLI', 'main', 'console_main', 'find_last_checkpoint', 'packaged_configs', 'resolve_config_args']
+
+_CONFIG_FLAGS = ('-c', '--config')
+
+
+def packaged_configs() -> Dict[str, str]:
+    """The configs shipped with the package (the repository's ``configs/``, installed as ``zoo.configs``): name -> path."""
+    spec = importlib.util.find_spec('zoo.configs')
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return {os.path.splitext(f)[0]: os.path.join(folder, f)
+            for folder in folders for f in sorted(os.listdir(folder)) if f.endswith('.yaml')}
+
+
+def _packaged_path(value: str) -> str:
+    """``value`` itself when it is an existing file, else the shipped config it names (by file name or stem)."""
+    if os.path.exists(value):
+        return value
+    name = os.path.splitext(os.path.basename(value))[0]
+    return packaged_configs().get(name, value)
+
+
+def resolve_config_args(args: Sequence[str]) -> List[str]:
+    """``args`` with each ``-c``/``--config`` value that is not a file replaced by the shipped config of that name."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg in _CONFIG_FLAGS and i + 1 < len(out):
+            out[i + 1] = _packaged_path(out[i + 1])
+        elif arg.startswith('--config='):
+            out[i] = '--config=' + _packaged_path(arg[len('--config='):])
+    return out
 
 
 def find_last_checkpoint(log_root: str, dirpath: Optional[str] = None) -> Optional[str]:
@@ -112,11 +145,17 @@ class ZooCLI(LightningCLI):
 
 
 def main(args: Optional[List[str]] = None) -> Optional[ZooCLI]:
-    """Entry point of ``train.py``: misconfiguration (:class:`ConfigError`) exits with its message and status 2."""
+    """Entry point of ``train.py`` and ``zoo-train``: misconfiguration (:class:`ConfigError`) exits with its message
+    and status 2."""
     try:
-        return ZooCLI(args=args)
+        return ZooCLI(args=resolve_config_args(sys.argv[1:] if args is None else args))
     except ConfigError as e:
-        print(f'train.py: error: {e}', file=sys.stderr)
+        print(f'{os.path.basename(sys.argv[0]) or "train.py"}: error: {e}', file=sys.stderr)
         if args is not None:  # called from Python: let the caller see the exception
             raise
         sys.exit(2)
+
+
+def console_main() -> None:
+    """Entry point of the ``zoo-train`` console command: :func:`main` on ``sys.argv`` (exit status 0 on success)."""
+    main()

@@ -26,6 +26,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from zoo import DISTRIBUTION
+
 __all__ = ['export_checkpoint', 'load_training_checkpoint', 'model_state_dict', 'count_gmacs', 'register']
 
 
@@ -146,6 +148,8 @@ def _model_card(
     lines += [
         '',
         '## Use',
+        '',
+        f'Needs the `{DISTRIBUTION}` package (`pip install {DISTRIBUTION}`), which registers the architecture with timm:',
         '',
         '```python',
         'import timm, zoo  # zoo registers the architecture',

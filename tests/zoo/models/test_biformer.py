@@ -32,7 +32,7 @@ def _out_size(name, size):
 
 
 def _backend_available(name):
-    from kernels.routing import routed_attention
+    from zoo_kernels.routing import routed_attention
     q = torch.zeros(1, 1, 1, 1, 4)
     try:
         routed_attention(q, q, q, torch.zeros(1, 1, 1, dtype=torch.long), backend=name)
