@@ -42,7 +42,10 @@ _CONFIG_FLAGS = ('-c', '--config')
 
 
 def packaged_configs() -> Dict[str, str]:
-    """The configs shipped with the package (the repository's ``configs/``, installed as ``zoo.configs``): name -> path."""
+    """The configs shipped with the package (the repository's ``configs/``, installed as ``zoo.configs``).
+
+    Returns: config name (file stem) -> path.
+    """
     spec = importlib.util.find_spec('zoo.configs')
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
     return {os.path.splitext(f)[0]: os.path.join(folder, f)

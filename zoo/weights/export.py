@@ -149,7 +149,8 @@ def _model_card(
         '',
         '## Use',
         '',
-        f'Needs the `{DISTRIBUTION}` package (`pip install {DISTRIBUTION}`), which registers the architecture with timm:',
+        f'Needs the `{DISTRIBUTION}` package (`pip install {DISTRIBUTION}`), which registers the architecture with '
+        'timm:',
         '',
         '```python',
         'import timm, zoo  # zoo registers the architecture',
