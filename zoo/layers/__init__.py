@@ -2,6 +2,7 @@
 from .attention import RpbAttention2d, relative_position_index_2d
 from .downsample import ConvDownsampleCl, PatchMergingCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size
+from .pos_conv import Cpe2d, CpeCl, DwConv2d, DwConvCl
 from .routing import (
     AttentionLePE, AttentionLePE2d, BiFormerBlock, BiFormerBlock2d, BiLevelRoutingAttention,
     BiLevelRoutingAttention2d, QkvLinear, RegionRouter, gather_routed_attention,
