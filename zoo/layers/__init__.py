@@ -1,6 +1,8 @@
 """Shared nn.Module blocks of the zoo (flat re-exports, one concept per file)."""
 from .attention import RpbAttention2d, relative_position_index_2d
+from .block import PreNormBlock2d, PreNormBlockCl
 from .downsample import ConvDownsampleCl, PatchMergingCl
+from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size
 from .pos_conv import Cpe2d, CpeCl, DwConv2d, DwConvCl
 from .routing import (
