@@ -4,6 +4,7 @@ from .block import PreNormBlock2d, PreNormBlockCl
 from .downsample import ConvDownsampleCl, PatchMergingCl
 from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size
+from .partition import grid_partition, grid_reverse, padded_size, window_attn_mask, window_partition, window_reverse
 from .pos_conv import Cpe2d, CpeCl, DwConv2d, DwConvCl
 from .routing import (
     AttentionLePE, AttentionLePE2d, BiFormerBlock, BiFormerBlock2d, BiLevelRoutingAttention,
