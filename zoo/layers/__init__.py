@@ -11,4 +11,5 @@ from .routing import (
     AttentionLePE, AttentionLePE2d, BiFormerBlock, BiFormerBlock2d, BiLevelRoutingAttention,
     BiLevelRoutingAttention2d, QkvLinear, RegionRouter, gather_routed_attention,
 )
+from .spatial_reduction import SpatialReductionAttentionCl, spatial_pool_cl
 from .stems import ConvStemCl, PatchEmbedCl
