@@ -1,7 +1,7 @@
 """Shared nn.Module blocks of the zoo (flat re-exports, one concept per file)."""
 from .attention import RpbAttention2d, relative_position_index_2d
 from .block import PreNormBlock2d, PreNormBlockCl
-from .downsample import ConvDownsampleCl, PatchMergingCl
+from .downsample import ConvDownsample2d, ConvDownsampleCl, PatchMergingCl
 from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size
 from .partition import grid_partition, grid_reverse, padded_size, window_attn_mask, window_partition, window_reverse
@@ -12,4 +12,4 @@ from .routing import (
     BiLevelRoutingAttention2d, QkvLinear, RegionRouter, gather_routed_attention,
 )
 from .spatial_reduction import SpatialReductionAttentionCl, spatial_pool_cl
-from .stems import ConvStemCl, PatchEmbedCl
+from .stems import ConvStem2d, ConvStemCl, PatchEmbed2d, PatchEmbedCl

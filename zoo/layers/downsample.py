@@ -1,6 +1,8 @@
-"""2x spatial downsamplers for channels-last (NHWC) token maps.
+"""2x spatial downsamplers for channels-last (``...Cl``) and NCHW (``...2d``) token maps.
 
 * :class:`ConvDownsampleCl`: conv3x3/s2 without bias, then norm (NAT / DiNAT; parameters ``reduction``, ``norm``).
+* :class:`ConvDownsample2d`: the same on NCHW maps, with a conv bias and a BatchNorm2d by default (BiFormer-T/S/B;
+  parameters ``reduction``, ``norm``).
 * :class:`PatchMergingCl`: Swin patch merging, 2x2 neighbours concatenated, norm, then a bias-free Linear
   (DiNAT_s; parameters ``norm``, ``reduction``). Odd sizes are zero-padded on the right/bottom.
 """
@@ -12,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ConvDownsampleCl', 'PatchMergingCl']
+__all__ = ['ConvDownsampleCl', 'ConvDownsample2d', 'PatchMergingCl']
 
 
 class ConvDownsampleCl(nn.Module):
@@ -49,6 +51,43 @@ class ConvDownsampleCl(nn.Module):
         """``[B, H, W, dim]`` -> ``[B, ceil(H/2), ceil(W/2), out_dim]``."""
         x = self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.norm(x)
+
+
+class ConvDownsample2d(nn.Module):
+    """Overlapping 2x downsampling, NCHW: conv3x3, stride 2, padding 1, then a norm."""
+
+    def __init__(
+            self,
+            dim: int,
+            out_dim: Optional[int] = None,
+            norm_layer: Optional[Callable[..., nn.Module]] = nn.BatchNorm2d,
+            bias: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: input channels.
+            out_dim: output channels, default ``2 * dim``.
+            norm_layer: NCHW norm over the output channels (default ``nn.BatchNorm2d``), or None.
+            bias: a bias in the conv.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: a channel count below 1.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        out_dim = out_dim or 2 * dim
+        if dim < 1 or out_dim < 1:
+            raise ValueError(f'dim and out_dim must be >= 1, got dim={dim}, out_dim={out_dim}')
+        self.reduction = nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1, bias=bias, **dd)
+        self.norm = norm_layer(out_dim, **dd) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, dim, H, W]`` -> ``[B, out_dim, ceil(H/2), ceil(W/2)]``."""
+        return self.norm(self.reduction(x))
 
 
 class PatchMergingCl(nn.Module):
