@@ -16,6 +16,7 @@ import torch
 from .._utils.args import to_ntuple
 from .._utils.backend import resolve_backend, triton_unsupported_reason
 from .._utils.checks import check_same, check_scale, check_tensor
+from .._utils.shape_only import is_shape_only, shape_only_attention
 
 __all__ = ['neighborhood_attention', 'na1d', 'na2d', 'na3d']
 
@@ -54,7 +55,9 @@ def neighborhood_attention(
             stride 1. Any floating dtype; differentiable.
         scale: logit scale, default ``D ** -0.5``.
         backend: 'reference', 'torch', 'triton' or None (automatic: Triton on CUDA, torch otherwise; the
-            environment variable ``ZOO_NA_BACKEND`` overrides the automatic choice).
+            environment variable ``ZOO_NA_BACKEND`` overrides the automatic choice). Meta and fake tensors
+            (outside ``torch.compile`` / ``torch.export``) take no backend: their outputs are allocated, not
+            computed, and are differentiable.
         stride: int or one int per axis, ``1 <= stride <= kernel_size``: groups of ``stride`` queries share
             the window of their centre (causal: last) query.
         return_lse: also return the fp32 log-sum-exp of the scaled, biased logits.
@@ -80,6 +83,10 @@ def neighborhood_attention(
         raise TypeError(f'return_lse must be a bool, got {type(return_lse).__name__}')
     scale = float(scale) if scale is not None else query.shape[-1] ** -0.5
 
+    if is_shape_only(query):
+        out, lse = shape_only_attention(
+            (query, key, value, rpb), (*query.shape[:-1], value.shape[-1]), query.shape[:-1])
+        return (out, lse) if return_lse else out
     chosen = resolve_backend('na', backend, lambda: _triton_reason(query, value))
     if chosen == 'reference':
         from .reference import na_reference

@@ -19,6 +19,7 @@ import torch
 
 from .._utils.backend import resolve_backend, triton_unsupported_reason
 from .._utils.checks import check_same, check_scale, check_tensor
+from .._utils.shape_only import is_shape_only, shape_only_attention
 
 __all__ = ['routed_attention']
 
@@ -58,7 +59,8 @@ def routed_attention(
         r_weight: optional floating tensor of the shape of ``r_idx``: soft-routing weights, differentiable.
         backend: 'reference', 'torch', 'triton' or None (automatic: Triton on CUDA for fp16/bf16/fp32 and head
             dims <= 128, torch otherwise; the environment variable ``ZOO_BRA_BACKEND`` overrides the automatic
-            choice).
+            choice). Meta and fake tensors (outside ``torch.compile`` / ``torch.export``) take no backend: their
+            outputs are allocated, not computed, and are differentiable.
         return_lse: also return the fp32 log-sum-exp of the scaled logits.
 
     The Triton backward is deterministic (bitwise reproducible dK/dV). Setting the environment variable
@@ -72,7 +74,7 @@ def routed_attention(
         TypeError: a tensor of the wrong type or dtype, or an argument of the wrong type.
         ValueError: shapes, devices or index values that break the rules above; the message names the argument
             and the value expected. The index range is checked in eager mode only (it needs a device sync); it is
-            skipped while ``torch.compile`` traces.
+            skipped while ``torch.compile`` traces and for meta or fake indices.
     """
     check_bra_inputs(query, key, value, r_idx, r_weight)
     check_scale(scale)
@@ -80,6 +82,10 @@ def routed_attention(
         raise TypeError(f'return_lse must be a bool, got {type(return_lse).__name__}')
     scale = float(scale) if scale is not None else query.shape[-1] ** -0.5
 
+    if is_shape_only(query):
+        out, lse = shape_only_attention(
+            (query, key, value, r_idx, r_weight), (*query.shape[:-1], value.shape[-1]), query.shape[:-1])
+        return (out, lse) if return_lse else out
     chosen = resolve_backend('bra', backend, lambda: _triton_reason(query, value))
     if chosen == 'reference':
         from .reference import bra_reference
@@ -134,7 +140,7 @@ def check_bra_inputs(query, key, value, r_idx, r_weight) -> None:
         if tuple(r_weight.shape) != tuple(r_idx.shape):
             raise ValueError(f'r_weight must have the shape of r_idx {tuple(r_idx.shape)}, '
                              f'got {tuple(r_weight.shape)}')
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not is_shape_only(r_idx):
         low, high = torch.aminmax(r_idx)
         if int(low) < 0 or int(high) >= n_k:
             raise ValueError(f'r_idx values must be in [0, nRk) = [0, {n_k}), got values in [{int(low)}, {int(high)}]')
