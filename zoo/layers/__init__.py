@@ -8,8 +8,11 @@ from .partition import grid_partition, grid_reverse, padded_size, window_attn_ma
 from .pos_conv import Cpe2d, CpeCl, DwConv2d, DwConvCl
 from .pos_embed_rel import RelPosBias, rel_pos_table_from_nat
 from .routing import (
-    AttentionLePE, AttentionLePE2d, BiFormerBlock, BiFormerBlock2d, BiLevelRoutingAttention,
-    BiLevelRoutingAttention2d, QkvLinear, RegionRouter, gather_routed_attention,
+    BiLevelRoutingAttention,
+    BiLevelRoutingAttention2d,
+    QkvLinear,
+    RegionRouter,
+    gather_routed_attention,
 )
 from .spatial_reduction import SpatialReductionAttentionCl, spatial_pool_cl
 from .stems import ConvStem2d, ConvStemCl, PatchEmbed2d, PatchEmbedCl

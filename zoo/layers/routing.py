@@ -1,4 +1,4 @@
-"""Bi-level routing attention (BRA) and the BiFormer blocks built on it.
+"""Bi-level routing attention (BRA).
 
 Two BRA variants, each reproducing one official module of rayleizhu/BiFormer with its parameter names and shapes:
 
@@ -33,27 +33,26 @@ Where the official code cannot run, these layers choose:
   straight-through: the forward is exactly 'none' (weights of 1), the backward passes the gradient of the soft
   weights to the router, so ``diff_routing`` / ``param_routing`` train the routing without changing the outputs.
 
-The other blocks BiFormer needs: :class:`AttentionLePE` / :class:`AttentionLePE2d` (stage-4 full attention with
-LePE, head_dim ** -0.5, bias-free qkv; LePE on the block input for the legacy one and on v for the nchw one) and
-:class:`BiFormerBlock` / :class:`BiFormerBlock2d` (optional depthwise-conv position embedding, pre-norm attention
-and MLP residuals, optional layer scale, DropPath).
+The blocks built on these layers (BiFormer's blocks and its stage-4 full attention with LePE) live next to the model,
+in :mod:`zoo.models.biformer`. LePE is :class:`~zoo.layers.DwConvCl` / :class:`~zoo.layers.DwConv2d` and the
+key/value pooling modes are :func:`~zoo.layers.spatial_pool_cl`, shared with the other families.
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerNorm2d, Mlp, use_fused_attn
 
 from zoo_kernels.routing import routed_attention
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from .pos_conv import DwConv2d, DwConvCl
+from .spatial_reduction import spatial_pool_cl
 
 __all__ = [
-    'RegionRouter', 'QkvLinear', 'BiLevelRoutingAttention', 'BiLevelRoutingAttention2d', 'AttentionLePE',
-    'AttentionLePE2d', 'BiFormerBlock', 'BiFormerBlock2d', 'gather_routed_attention',
+    'RegionRouter', 'QkvLinear', 'BiLevelRoutingAttention', 'BiLevelRoutingAttention2d', 'gather_routed_attention',
+    'check_routing_args',
 ]
 
 KV_DOWNSAMPLE_MODES = ('identity', 'avgpool', 'maxpool', 'ada_avgpool', 'ada_maxpool')
@@ -75,7 +74,7 @@ def gather_routed_attention(
     the heads (``[B, nR, topk]``); memory grows with ``topk``.
     """
     B, heads, n_q, M, _ = query.shape
-    n_k, Mk = key.shape[2], key.shape[3]
+    Mk = key.shape[3]
     topk = r_idx.shape[-1]
     index = r_idx.reshape(B, 1, n_q * topk, 1, 1)
     k_sel = torch.gather(key, 2, index.expand(-1, heads, -1, Mk, key.shape[-1]))
@@ -157,7 +156,9 @@ class QkvLinear(nn.Module):
         return self.qkv(x)
 
 
-def _check_common(dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: int, qk_scale: Optional[float]):
+def check_routing_args(
+        dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: int, qk_scale: Optional[float]) -> None:
+    """Raise ``ValueError`` naming the first of the shared BRA / LePE-attention arguments outside its range."""
     if dim < 1:
         raise ValueError(f'num_heads must be >= 1 and divide dim={dim}, got num_heads={num_heads}')
     check_num_heads(dim, num_heads)
@@ -170,10 +171,13 @@ def _check_common(dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: 
     check_qk_scale(qk_scale)
 
 
-def _lepe(dim: int, side_dwconv: int, dd: Dict) -> Optional[nn.Conv2d]:
+def lepe_conv(
+        dim: int, side_dwconv: int, channels_last: bool = False, device=None, dtype=None,
+) -> Optional[Union[DwConv2d, DwConvCl]]:
+    """The LePE depthwise conv (``side_dwconv`` kernel) in the given layout, or None when ``side_dwconv`` is 0."""
     if not side_dwconv:
         return None
-    return nn.Conv2d(dim, dim, kernel_size=side_dwconv, padding=side_dwconv // 2, groups=dim, **dd)
+    return (DwConvCl if channels_last else DwConv2d)(dim, side_dwconv, device=device, dtype=dtype)
 
 
 class BiLevelRoutingAttention(nn.Module):
@@ -226,7 +230,7 @@ class BiLevelRoutingAttention(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         qk_dim = qk_dim or dim
-        _check_common(dim, num_heads, n_win, topk, side_dwconv, qk_scale)
+        check_routing_args(dim, num_heads, n_win, topk, side_dwconv, qk_scale)
         if qk_dim % num_heads:
             raise ValueError(f'num_heads must divide qk_dim={qk_dim}, got num_heads={num_heads}')
         if topk > n_win * n_win:
@@ -254,7 +258,7 @@ class BiLevelRoutingAttention(nn.Module):
         self.routing_mode = 'soft' if soft_routing else 'hard' if diff_routing else 'none'
         self.fused_attn = True
 
-        self.lepe = _lepe(dim, side_dwconv, dd)
+        self.lepe = lepe_conv(dim, side_dwconv, channels_last=True, **dd)
         self.router = RegionRouter(
             qk_dim, topk, scale=self.scale, param_routing=param_routing, diff_routing=diff_routing, **dd)
         self.qkv = QkvLinear(dim, qk_dim, **dd)
@@ -266,16 +270,9 @@ class BiLevelRoutingAttention(nn.Module):
         mode = self.kv_downsample_mode
         if mode == 'identity' or (mode in ('avgpool', 'maxpool') and self.kv_downsample_ratio == 1):
             return kv.reshape(B, n_r, rh * rw, c)
-        x = kv.reshape(B * n_r, rh, rw, c).permute(0, 3, 1, 2)
-        if mode == 'avgpool':
-            x = F.avg_pool2d(x, self.kv_downsample_ratio)
-        elif mode == 'maxpool':
-            x = F.max_pool2d(x, self.kv_downsample_ratio)
-        elif mode == 'ada_avgpool':
-            x = F.adaptive_avg_pool2d(x, self.kv_per_win)
-        else:
-            x = F.adaptive_max_pool2d(x, self.kv_per_win)
-        return x.flatten(2).transpose(1, 2).reshape(B, n_r, -1, c)
+        size = self.kv_per_win if mode.startswith('ada_') else self.kv_downsample_ratio
+        x = spatial_pool_cl(kv.reshape(B * n_r, rh, rw, c), mode[:-len('pool')], size)
+        return x.reshape(B, n_r, -1, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Routed attention over the ``n_win x n_win`` regions of ``x``.
@@ -321,8 +318,7 @@ class BiLevelRoutingAttention(nn.Module):
         out = out.reshape(B, heads, n, n, rh, rw, -1).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, Hp, Wp, C)
 
         if self.lepe is not None:
-            v_map = qkv[..., 2 * qk:].permute(0, 3, 1, 2)
-            out = out + self.lepe(v_map).permute(0, 2, 3, 1)
+            out = out + self.lepe(qkv[..., 2 * qk:])
         out = self.wo(out)
         if pad_b or pad_r:
             out = out[:, :H, :W].contiguous()
@@ -363,7 +359,7 @@ class BiLevelRoutingAttention2d(nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        _check_common(dim, num_heads, n_win, topk, side_dwconv, qk_scale)
+        check_routing_args(dim, num_heads, n_win, topk, side_dwconv, qk_scale)
         self.dim = dim
         self.num_heads = num_heads
         self.n_win = n_win
@@ -371,7 +367,7 @@ class BiLevelRoutingAttention2d(nn.Module):
         self.scale = qk_scale or dim ** -0.5
         self.fused_attn = True
 
-        self.lepe = _lepe(dim, side_dwconv, dd)
+        self.lepe = lepe_conv(dim, side_dwconv, **dd)
         self.router = RegionRouter(dim, topk, scale=None)
         self.qkv_linear = nn.Conv2d(dim, 3 * dim, kernel_size=1, **dd)
         self.output_linear = nn.Conv2d(dim, dim, kernel_size=1, **dd)
@@ -426,338 +422,3 @@ class BiLevelRoutingAttention2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'
-
-
-class _AttentionLePEBase(nn.Module):
-    """Full multi-head attention with LePE; subclasses pick the projection layer and the token layout."""
-
-    proj_layer: Callable[..., nn.Module]
-
-    def _init_attn(
-            self,
-            dim: int,
-            num_heads: int,
-            qkv_bias: bool,
-            qk_scale: Optional[float],
-            side_dwconv: int,
-            attn_drop: float,
-            proj_drop: float,
-            dd: Dict,
-    ) -> None:
-        _check_common(dim, num_heads, 1, 1, side_dwconv, qk_scale)
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim ** -0.5
-        self.fused_attn = use_fused_attn()
-
-        self.qkv = self.proj_layer(dim, 3 * dim, bias=qkv_bias, **dd)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = self.proj_layer(dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.lepe = _lepe(dim, side_dwconv, dd)
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``[B, heads, N, head_dim]`` q, k, v -> attention output of the same shape."""
-        if self.fused_attn:
-            return F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        return self.attn_drop(attn.softmax(dim=-1)) @ v
-
-    def extra_repr(self) -> str:
-        return f'dim={self.dim}, num_heads={self.num_heads}'
-
-
-class AttentionLePE(_AttentionLePEBase):
-    """Full multi-head attention with LePE over a channels-last map (BiFormer stage 4, legacy).
-
-    LePE (a depthwise conv) runs on the attention's input ``x``, not on v, and is added before ``proj``.
-    """
-
-    proj_layer = nn.Linear
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int = 8,
-            qkv_bias: bool = False,
-            qk_scale: Optional[float] = None,
-            side_dwconv: int = 5,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-            device=None,
-            dtype=None,
-    ):
-        """
-        Args:
-            dim: channels of the input and output.
-            num_heads: attention heads (8 in every released model, whatever ``dim``).
-            qkv_bias: bias in ``qkv`` (the official models have none).
-            qk_scale: logit scale, default ``head_dim ** -0.5``.
-            side_dwconv: LePE depthwise kernel (odd), 0 for none.
-            attn_drop: attention-probability dropout.
-            proj_drop: dropout after ``proj``.
-            device: device of the parameters.
-            dtype: dtype of the parameters.
-
-        Raises:
-            ValueError: an argument outside the values above, naming it.
-        """
-        super().__init__()
-        self._init_attn(
-            dim, num_heads, qkv_bias, qk_scale, side_dwconv, attn_drop, proj_drop, {'device': device, 'dtype': dtype})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
-        check_channels_last(x, self.dim)
-        B, H, W, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = self._attend(q, k, v).transpose(1, 2).reshape(B, H, W, C)
-        if self.lepe is not None:
-            out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.proj_drop(self.proj(out))
-
-
-class AttentionLePE2d(_AttentionLePEBase):
-    """Full multi-head attention with LePE on v over an NCHW map (BiFormer-STL-nchw stage 4), 1x1-conv projections."""
-
-    proj_layer = staticmethod(partial(nn.Conv2d, kernel_size=1))
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int = 8,
-            qkv_bias: bool = False,
-            qk_scale: Optional[float] = None,
-            side_dwconv: int = 5,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-            device=None,
-            dtype=None,
-    ):
-        """
-        Args:
-            dim: channels of the input and output.
-            num_heads: attention heads (8 in the released model).
-            qkv_bias: bias in ``qkv`` (the official model has none).
-            qk_scale: logit scale, default ``head_dim ** -0.5``.
-            side_dwconv: LePE depthwise kernel on v (odd), 0 for none.
-            attn_drop: attention-probability dropout.
-            proj_drop: dropout after ``proj``.
-            device: device of the parameters.
-            dtype: dtype of the parameters.
-
-        Raises:
-            ValueError: an argument outside the values above, naming it.
-        """
-        super().__init__()
-        self._init_attn(
-            dim, num_heads, qkv_bias, qk_scale, side_dwconv, attn_drop, proj_drop, {'device': device, 'dtype': dtype})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
-        B, C, H, W = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=1)
-        # heads are contiguous channel chunks: [B, heads, H*W, head_dim]
-        qh, kh, vh = (t.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2) for t in (q, k, v))
-        out = self._attend(qh, kh, vh).transpose(-1, -2).reshape(B, C, H, W)
-        if self.lepe is not None:
-            out = out + self.lepe(v)
-        return self.proj_drop(self.proj(out))
-
-
-def _pos_embed(dim: int, kernel: int, dd: Dict) -> Optional[nn.Conv2d]:
-    if kernel < 0 or (kernel and kernel % 2 == 0):
-        raise ValueError(f'pos_embed_kernel must be 0 (none) or odd, got pos_embed_kernel={kernel}')
-    if not kernel:
-        return None
-    return nn.Conv2d(dim, dim, kernel_size=kernel, padding=kernel // 2, groups=dim, **dd)
-
-
-def _layer_norm_eps6(dim: int, **kwargs) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6, **kwargs)
-
-
-class _BlockBase(nn.Module):
-    """Pre-norm block body shared by the legacy and nchw BiFormer blocks; subclasses name their layers."""
-
-    full_attn_layer: Callable[..., nn.Module]
-    routed_attn_layer: Callable[..., nn.Module]
-    default_norm_layer: Callable[..., nn.Module]
-    mlp_conv: bool
-
-    def _init_block(
-            self,
-            dim: int,
-            num_heads: int,
-            topk: int,
-            n_win: int,
-            mlp_ratio: float,
-            side_dwconv: int,
-            pos_embed_kernel: int,
-            layer_scale: Optional[float],
-            drop_path: float,
-            attn_kwargs: Optional[Dict[str, Any]],
-            act_layer: Callable[..., nn.Module],
-            norm_layer: Optional[Callable[..., nn.Module]],
-            dd: Dict,
-    ) -> None:
-        if topk < 1 and topk != -1:
-            raise ValueError(f'topk must be >= 1 (routing) or -1 (full attention), got topk={topk}')
-        norm_layer = norm_layer or self.default_norm_layer
-        attn_kwargs = dict(attn_kwargs or {})
-        self.pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
-        self.norm1 = norm_layer(dim, **dd)
-        if topk == -1:
-            self.attn = self.full_attn_layer(dim, num_heads, side_dwconv=side_dwconv, **attn_kwargs, **dd)
-        else:
-            self.attn = self.routed_attn_layer(
-                dim, num_heads, n_win=n_win, topk=topk, side_dwconv=side_dwconv, **attn_kwargs, **dd)
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, use_conv=self.mlp_conv, **dd)
-        self._init_residuals(dim, layer_scale, drop_path, dd)
-
-    def _init_residuals(self, dim: int, layer_scale: Optional[float], drop_path: float, dd: Dict) -> None:
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        if layer_scale is not None:
-            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale), **dd))
-            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale), **dd))
-        else:
-            self.gamma1 = self.gamma2 = None
-
-    def _residuals(self, x: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
-        y = self.attn(self.norm1(x))
-        if self.gamma1 is not None:
-            y = self.gamma1.view(shape) * y
-        x = x + self.drop_path1(y)
-        y = self.mlp(self.norm2(x))
-        if self.gamma2 is not None:
-            y = self.gamma2.view(shape) * y
-        return x + self.drop_path2(y)
-
-
-class BiFormerBlock(_BlockBase):
-    """Legacy BiFormer block: ``x + DWConv(x)``, then channels-last ``x + attn(LN(x))`` and ``x + MLP(LN(x))``.
-
-    Takes and returns NCHW; attention and MLP run channels-last. A block with ``topk = -1`` uses full attention
-    (:class:`AttentionLePE`), otherwise :class:`BiLevelRoutingAttention`.
-    """
-
-    full_attn_layer = AttentionLePE
-    routed_attn_layer = BiLevelRoutingAttention
-    default_norm_layer = staticmethod(_layer_norm_eps6)
-    mlp_conv = False
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            topk: int = 4,
-            n_win: int = 7,
-            mlp_ratio: float = 3.,
-            side_dwconv: int = 5,
-            pos_embed_kernel: int = 3,
-            layer_scale: Optional[float] = None,
-            drop_path: float = 0.,
-            attn_kwargs: Optional[Dict[str, Any]] = None,
-            act_layer: Callable[..., nn.Module] = nn.GELU,
-            norm_layer: Optional[Callable[..., nn.Module]] = None,
-            device=None,
-            dtype=None,
-    ):
-        """
-        Args:
-            dim: block width.
-            num_heads: attention heads (of the BRA, or of the full attention when ``topk = -1``).
-            topk: routed regions per query region, or -1 for full attention with LePE.
-            n_win: regions per side of the BRA.
-            mlp_ratio: MLP hidden width over ``dim``.
-            side_dwconv: LePE kernel.
-            pos_embed_kernel: depthwise-conv position embedding kernel before attention (0: none).
-            layer_scale: init value of the per-channel residual scales ``gamma1/gamma2``, or None.
-            drop_path: stochastic depth rate of both residual branches.
-            attn_kwargs: further keyword arguments of the attention module (``qk_scale``, ``soft_routing``, ...).
-            act_layer: MLP activation.
-            norm_layer: channels-last norm, default ``nn.LayerNorm`` with eps 1e-6.
-            device: device of the parameters.
-            dtype: dtype of the parameters.
-
-        Raises:
-            ValueError: an argument outside its valid values, naming it.
-        """
-        super().__init__()
-        self._init_block(
-            dim, num_heads, topk, n_win, mlp_ratio, side_dwconv, pos_embed_kernel, layer_scale, drop_path,
-            attn_kwargs, act_layer, norm_layer, {'device': device, 'dtype': dtype})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(x)
-        x = self._residuals(x.permute(0, 2, 3, 1), (-1,))
-        return x.permute(0, 3, 1, 2)
-
-
-class BiFormerBlock2d(_BlockBase):
-    """BiFormer block of the nchw model: ``x + attn(LN2d(x))``, ``x + MLP1x1(LN2d(x))``, all NCHW.
-
-    A block with ``topk = -1`` uses :class:`AttentionLePE2d`, otherwise :class:`BiLevelRoutingAttention2d`.
-    """
-
-    full_attn_layer = AttentionLePE2d
-    routed_attn_layer = BiLevelRoutingAttention2d
-    default_norm_layer = LayerNorm2d
-    mlp_conv = True
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            topk: int = 4,
-            n_win: int = 7,
-            mlp_ratio: float = 4.,
-            side_dwconv: int = 5,
-            pos_embed_kernel: int = 0,
-            layer_scale: Optional[float] = None,
-            drop_path: float = 0.,
-            attn_kwargs: Optional[Dict[str, Any]] = None,
-            act_layer: Callable[..., nn.Module] = nn.GELU,
-            norm_layer: Optional[Callable[..., nn.Module]] = None,
-            device=None,
-            dtype=None,
-    ):
-        """
-        Args:
-            dim: block width.
-            num_heads: attention heads (of the BRA, or of the full attention when ``topk = -1``).
-            topk: routed regions per query region, or -1 for full attention with LePE on v.
-            n_win: the BRA's region size is ``(H // n_win, W // n_win)``.
-            mlp_ratio: MLP hidden width over ``dim``.
-            side_dwconv: LePE kernel.
-            pos_embed_kernel: depthwise-conv position embedding kernel before attention (0: none, as released).
-            layer_scale: init value of the per-channel residual scales ``gamma1/gamma2``, or None.
-            drop_path: stochastic depth rate of both residual branches.
-            attn_kwargs: further keyword arguments of the attention module (``qk_scale``).
-            act_layer: MLP activation.
-            norm_layer: NCHW norm, default timm ``LayerNorm2d`` with eps 1e-6.
-            device: device of the parameters.
-            dtype: dtype of the parameters.
-
-        Raises:
-            ValueError: an argument outside its valid values, naming it.
-        """
-        super().__init__()
-        self._init_block(
-            dim, num_heads, topk, n_win, mlp_ratio, side_dwconv, pos_embed_kernel, layer_scale, drop_path,
-            attn_kwargs, act_layer, norm_layer, {'device': device, 'dtype': dtype})
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
-        if self.pos_embed is not None:
-            x = x + self.pos_embed(x)
-        return self._residuals(x, (-1, 1, 1))
-

@@ -11,7 +11,10 @@ Paper:
     }
 
 Architecture and released weights: https://github.com/rayleizhu/BiFormer (MIT). This is an independent
-implementation on :func:`zoo_kernels.routing.routed_attention` (see :mod:`zoo.layers.routing`).
+implementation on :func:`zoo_kernels.routing.routed_attention` (see :mod:`zoo.layers.routing`). The blocks are the
+shared pre-norm blocks (:class:`~zoo.layers.PreNormBlockCl` / :class:`~zoo.layers.PreNormBlock2d`) with a CPE in
+front; the stems and downsamplers are the shared :class:`~zoo.layers.ConvStem2d`, :class:`~zoo.layers.PatchEmbed2d`
+and :class:`~zoo.layers.ConvDownsample2d`.
 
 Two layouts, both four stages at strides 4, 8, 16, 32 with NCHW maps between blocks, a BatchNorm2d after the last
 stage and a mean-pool + Linear head:
@@ -26,10 +29,12 @@ stage and a mean-pool + Linear head:
 Notes:
     * Any input size runs: the BRA pads to its region grid inside the block (see :mod:`zoo.layers.routing`). The
       'patch' layout's stride-2 convs floor odd sizes, as the official ones (inputs of at least 32 px).
-    * Parameter names follow the official ones except for containers (``downsample_layers.0`` -> ``stem``,
-      ``downsample_layers.i`` -> ``stages.i.downsample``, the T/S/B blocks ``stages.i.j`` -> ``stages.i.blocks.j``,
-      ``mlp.0`` / ``mlp.2|3`` -> timm's ``mlp.fc1`` / ``mlp.fc2``, ``head`` -> ``head.fc``);
-      :func:`checkpoint_filter_fn` converts official checkpoints by key renames only.
+    * Parameter names follow the official ones except for containers and the shared layers' names
+      (``downsample_layers.0`` -> ``stem.conv1|norm1|conv2|norm2`` or ``stem.proj|norm``, ``downsample_layers.i`` ->
+      ``stages.i.downsample.reduction|norm`` or ``.norm|proj``, the T/S/B blocks ``stages.i.j`` ->
+      ``stages.i.blocks.j``, ``mlp.0`` / ``mlp.2|3`` -> timm's ``mlp.fc1`` / ``mlp.fc2``, layer scale ``gamma1|2``
+      -> ``ls1|2.gamma``, ``head`` -> ``head.fc``); :func:`checkpoint_filter_fn` converts official checkpoints by
+      key renames only.
     * The released checkpoints hold ``model`` and possibly ``model_ema``; the official loader takes ``model``, and
       so does :meth:`BiFormer.load_pretrained` (``custom_load``: timm's generic loader would prefer the EMA). Their
       download URLs all end in ``/root/content``, so the cfgs give timm a file name per checkpoint (the official
@@ -43,22 +48,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Set, Tuple
+from functools import partial
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import calculate_drop_path_rates
+from timm.layers import ConvMlp, LayerNorm2d, Mlp, calculate_drop_path_rates, use_fused_attn
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
 from timm.models._manipulate import adapt_input_conv
 
-from zoo.layers.routing import BiFormerBlock, BiFormerBlock2d
+from zoo.layers import (
+    BiLevelRoutingAttention, BiLevelRoutingAttention2d, ConvDownsample2d, ConvStem2d, Cpe2d, PatchEmbed2d,
+    PreNormBlock2d, PreNormBlockCl,
+)
+from zoo.layers._checks import check_channels_last
+from zoo.layers.routing import check_routing_args, lepe_conv
 from ._helpers import (
     StagedModelMixin, check_model_args, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
 )
 
 # checkpoint_filter_fn stays out of __all__: zoo.models star-imports every family and NAT exports that name too
-__all__ = ['BiFormerCfg', 'BiFormerStage', 'BiFormer']
+__all__ = [
+    'BiFormerCfg', 'AttentionLePE', 'AttentionLePE2d', 'BiFormerBlock', 'BiFormerBlock2d', 'BiFormerStage', 'BiFormer',
+]
 
 _LAYOUTS = ('conv', 'patch')
 _BRAS = ('legacy', 'nchw')
@@ -140,6 +154,290 @@ class BiFormerCfg:
         return self.embed_dims[stage] // self.head_dim
 
 
+class _AttentionLePEBase(nn.Module):
+    """Full multi-head attention with LePE; the subclasses choose the projection layer and the token layout."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            qkv_bias: bool,
+            qk_scale: Optional[float],
+            side_dwconv: int,
+            attn_drop: float,
+            proj_drop: float,
+            proj_layer: Callable[..., nn.Module],
+            channels_last: bool,
+            dd: Dict,
+    ):
+        super().__init__()
+        check_routing_args(dim, num_heads, 1, 1, side_dwconv, qk_scale)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+
+        self.qkv = proj_layer(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = proj_layer(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.lepe = lepe_conv(dim, side_dwconv, channels_last=channels_last, **dd)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``[B, heads, N, head_dim]`` q, k, v -> attention output of the same shape."""
+        if self.fused_attn:
+            return F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        return self.attn_drop(attn.softmax(dim=-1)) @ v
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}'
+
+
+class AttentionLePE(_AttentionLePEBase):
+    """Full multi-head attention with LePE over a channels-last map (BiFormer stage 4, legacy).
+
+    LePE (a depthwise conv) runs on the attention's input ``x``, not on v, and is added before ``proj``.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 5,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input and output.
+            num_heads: attention heads (8 in every released model, whatever ``dim``).
+            qkv_bias: bias in ``qkv`` (the official models have none).
+            qk_scale: logit scale, default ``head_dim ** -0.5``.
+            side_dwconv: LePE depthwise kernel (odd), 0 for none.
+            attn_drop: attention-probability dropout.
+            proj_drop: dropout after ``proj``.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside the values above, naming it.
+        """
+        super().__init__(
+            dim, num_heads, qkv_bias, qk_scale, side_dwconv, attn_drop, proj_drop, nn.Linear, True,
+            {'device': device, 'dtype': dtype})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
+        check_channels_last(x, self.dim)
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = self._attend(q, k, v).transpose(1, 2).reshape(B, H, W, C)
+        if self.lepe is not None:
+            out = out + self.lepe(x)
+        return self.proj_drop(self.proj(out))
+
+
+class AttentionLePE2d(_AttentionLePEBase):
+    """Full multi-head attention with LePE on v over an NCHW map (BiFormer-STL-nchw stage 4), 1x1-conv projections."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            qk_scale: Optional[float] = None,
+            side_dwconv: int = 5,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input and output.
+            num_heads: attention heads (8 in the released model).
+            qkv_bias: bias in ``qkv`` (the official model has none).
+            qk_scale: logit scale, default ``head_dim ** -0.5``.
+            side_dwconv: LePE depthwise kernel on v (odd), 0 for none.
+            attn_drop: attention-probability dropout.
+            proj_drop: dropout after ``proj``.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside the values above, naming it.
+        """
+        super().__init__(
+            dim, num_heads, qkv_bias, qk_scale, side_dwconv, attn_drop, proj_drop, partial(nn.Conv2d, kernel_size=1),
+            False, {'device': device, 'dtype': dtype})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        if x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        # heads are contiguous channel chunks: [B, heads, H*W, head_dim]
+        qh, kh, vh = (t.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2) for t in (q, k, v))
+        out = self._attend(qh, kh, vh).transpose(-1, -2).reshape(B, C, H, W)
+        if self.lepe is not None:
+            out = out + self.lepe(v)
+        return self.proj_drop(self.proj(out))
+
+
+def _block_attn(
+        topk: int,
+        full_attn_layer: Callable[..., nn.Module],
+        routed_attn_layer: Callable[..., nn.Module],
+        num_heads: int,
+        n_win: int,
+        side_dwconv: int,
+        attn_kwargs: Optional[Dict[str, Any]],
+) -> Tuple[Callable[..., nn.Module], Dict[str, Any]]:
+    """The attention class and its keyword arguments for a block: full attention for ``topk = -1``, else BRA."""
+    if topk < 1 and topk != -1:
+        raise ValueError(f'topk must be >= 1 (routing) or -1 (full attention), got topk={topk}')
+    kwargs = dict(num_heads=num_heads, side_dwconv=side_dwconv, **(attn_kwargs or {}))
+    if topk == -1:
+        return full_attn_layer, kwargs
+    return routed_attn_layer, dict(kwargs, n_win=n_win, topk=topk)
+
+
+def _pos_embed(dim: int, kernel: int, dd: Dict) -> Optional[Cpe2d]:
+    if kernel < 0 or (kernel and kernel % 2 == 0):
+        raise ValueError(f'pos_embed_kernel must be 0 (none) or odd, got pos_embed_kernel={kernel}')
+    return Cpe2d(dim, kernel, **dd) if kernel else None
+
+
+class BiFormerBlock(PreNormBlockCl):
+    """Legacy BiFormer block: ``x + DWConv(x)`` (CPE, NCHW), then channels-last ``x + attn(LN(x))``, ``x + MLP(LN(x))``.
+
+    Takes and returns NCHW; the :class:`~zoo.layers.PreNormBlockCl` residuals run channels-last. A block with
+    ``topk = -1`` uses full attention (:class:`AttentionLePE`), otherwise
+    :class:`~zoo.layers.BiLevelRoutingAttention`.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            topk: int = 4,
+            n_win: int = 7,
+            mlp_ratio: float = 3.,
+            side_dwconv: int = 5,
+            pos_embed_kernel: int = 3,
+            layer_scale: Optional[float] = None,
+            drop_path: float = 0.,
+            attn_kwargs: Optional[Dict[str, Any]] = None,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            norm_layer: Optional[Callable[..., nn.Module]] = None,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: block width.
+            num_heads: attention heads (of the BRA, or of the full attention when ``topk = -1``).
+            topk: routed regions per query region, or -1 for full attention with LePE.
+            n_win: regions per side of the BRA.
+            mlp_ratio: MLP hidden width over ``dim``.
+            side_dwconv: LePE kernel.
+            pos_embed_kernel: depthwise-conv position embedding kernel before attention (0: none).
+            layer_scale: init value of the per-channel residual scales ``ls1.gamma`` / ``ls2.gamma`` (the official
+                ``gamma1`` / ``gamma2``), or None.
+            drop_path: stochastic depth rate of both residual branches.
+            attn_kwargs: further keyword arguments of the attention module (``qk_scale``, ``soft_routing``, ...).
+            act_layer: MLP activation.
+            norm_layer: channels-last norm, default ``nn.LayerNorm`` with eps 1e-6.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside its valid values, naming it.
+        """
+        dd = {'device': device, 'dtype': dtype}
+        attn_layer, attn_kwargs = _block_attn(
+            topk, AttentionLePE, BiLevelRoutingAttention, num_heads, n_win, side_dwconv, attn_kwargs)
+        pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
+        super().__init__(
+            dim, attn_layer, mlp_layer=Mlp, attn_kwargs=attn_kwargs, mlp_ratio=mlp_ratio, init_values=layer_scale,
+            drop_path=drop_path, act_layer=act_layer, norm_layer=norm_layer or partial(nn.LayerNorm, eps=1e-6), **dd)
+        self.pos_embed = pos_embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        if self.pos_embed is not None:
+            x = self.pos_embed(x)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class BiFormerBlock2d(PreNormBlock2d):
+    """BiFormer block of the nchw model: ``x + attn(LN2d(x))``, ``x + MLP1x1(LN2d(x))``, all NCHW.
+
+    A block with ``topk = -1`` uses :class:`AttentionLePE2d`, otherwise :class:`~zoo.layers.BiLevelRoutingAttention2d`.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            topk: int = 4,
+            n_win: int = 7,
+            mlp_ratio: float = 4.,
+            side_dwconv: int = 5,
+            pos_embed_kernel: int = 0,
+            layer_scale: Optional[float] = None,
+            drop_path: float = 0.,
+            attn_kwargs: Optional[Dict[str, Any]] = None,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            norm_layer: Optional[Callable[..., nn.Module]] = None,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: block width.
+            num_heads: attention heads (of the BRA, or of the full attention when ``topk = -1``).
+            topk: routed regions per query region, or -1 for full attention with LePE on v.
+            n_win: the BRA's region size is ``(H // n_win, W // n_win)``.
+            mlp_ratio: MLP hidden width over ``dim``.
+            side_dwconv: LePE kernel.
+            pos_embed_kernel: depthwise-conv position embedding kernel before attention (0: none, as released).
+            layer_scale: init value of the per-channel residual scales ``ls1.gamma`` / ``ls2.gamma``, or None.
+            drop_path: stochastic depth rate of both residual branches.
+            attn_kwargs: further keyword arguments of the attention module (``qk_scale``).
+            act_layer: MLP activation.
+            norm_layer: NCHW norm, default timm ``LayerNorm2d`` with eps 1e-6.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside its valid values, naming it.
+        """
+        dd = {'device': device, 'dtype': dtype}
+        attn_layer, attn_kwargs = _block_attn(
+            topk, AttentionLePE2d, BiLevelRoutingAttention2d, num_heads, n_win, side_dwconv, attn_kwargs)
+        pos_embed = _pos_embed(dim, pos_embed_kernel, dd)
+        super().__init__(
+            dim, attn_layer, mlp_layer=ConvMlp, attn_kwargs=attn_kwargs, mlp_ratio=mlp_ratio,
+            init_values=layer_scale, drop_path=drop_path, act_layer=act_layer, norm_layer=norm_layer or LayerNorm2d,
+            **dd)
+        self.pos_embed = pos_embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        if self.pos_embed is not None:
+            x = self.pos_embed(x)
+        return super().forward(x)
+
+
 class BiFormerStage(nn.Module):
     """Optional 2x downsampler followed by BiFormer blocks; NCHW in and out."""
 
@@ -179,15 +477,9 @@ class BiFormerStage(nn.Module):
                 raise ValueError(f'out_dim must equal dim without a downsampler, got dim={dim}, out_dim={out_dim}')
             self.downsample = nn.Identity()
         elif cfg.layout == 'conv':
-            self.downsample = nn.Sequential(
-                nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1, **dd),
-                nn.BatchNorm2d(out_dim, **dd),
-            )
+            self.downsample = ConvDownsample2d(dim, out_dim, **dd)
         else:
-            self.downsample = nn.Sequential(
-                nn.BatchNorm2d(dim, **dd),
-                nn.Conv2d(dim, out_dim, kernel_size=2, stride=2, **dd),
-            )
+            self.downsample = PatchEmbed2d(2, dim, out_dim, norm_first=True, **dd)
         if cfg.bra == 'legacy':
             block_cls = BiFormerBlock
             attn_kwargs = {} if topk == -1 else dict(
@@ -269,18 +561,9 @@ class BiFormer(StagedModelMixin, nn.Module):
         self.grad_checkpointing = False
 
         if cfg.layout == 'conv':
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, dims[0] // 2, kernel_size=3, stride=2, padding=1, **dd),
-                nn.BatchNorm2d(dims[0] // 2, **dd),
-                nn.GELU(),
-                nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1, **dd),
-                nn.BatchNorm2d(dims[0], **dd),
-            )
+            self.stem = ConvStem2d(in_chans, dims[0], **dd)
         else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
-                nn.BatchNorm2d(dims[0], **dd),
-            )
+            self.stem = PatchEmbed2d(4, in_chans, dims[0], **dd)
 
         dpr = calculate_drop_path_rates(drop_path_rate, sum(cfg.depths))
         stages = []
@@ -326,29 +609,52 @@ class BiFormer(StagedModelMixin, nn.Module):
         if self.num_classes != cfg.get('num_classes', 1000):
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.fc.')}
             strict = False
-        stem_key = 'stem.0.weight'
-        in_chans = self.stem[0].in_channels
+        stem_conv = self.stem.conv1 if isinstance(self.stem, ConvStem2d) else self.stem.proj
+        stem_key = 'stem.conv1.weight' if isinstance(self.stem, ConvStem2d) else 'stem.proj.weight'
+        in_chans = stem_conv.in_channels
         if stem_key in state_dict and state_dict[stem_key].shape[1] != in_chans:
             state_dict[stem_key] = adapt_input_conv(in_chans, state_dict[stem_key])
         self.load_state_dict(state_dict, strict=strict)
+
+
+# official Sequential index -> our module name, per layout: stem (``downsample_layers.0``) and stage downsamplers
+_SEQ_NAMES = {
+    'conv': ({0: 'conv1', 1: 'norm1', 3: 'conv2', 4: 'norm2'}, {0: 'reduction', 1: 'norm'}),
+    'patch': ({0: 'proj', 1: 'norm'}, {0: 'norm', 1: 'proj'}),
+}
+
+
+def _native_rules(layout: str) -> list:
+    """Renames from the indexed ``stem.i`` / ``downsample.i`` Sequentials (official, and this module's layout
+    before the shared stems) and from ``gamma1/2`` to the current names."""
+    stem_names, down_names = _SEQ_NAMES[layout]
+    return [
+        (r'^stem\.(\d+)\.', lambda m: f'stem.{stem_names[int(m.group(1))]}.'),
+        (r'^(stages\.\d+\.downsample)\.(\d+)\.', lambda m: f'{m.group(1)}.{down_names[int(m.group(2))]}.'),
+        (r'\.gamma([12])$', r'.ls\1.gamma'),
+    ]
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Convert an official BiFormer / BiFormer-STL / BiFormer-STL-nchw checkpoint to this module's layout.
 
     Accepts a plain state dict or one wrapped as ``{'model': ...}`` / ``{'state_dict': ...}``. A dict already in
-    this layout (``stem.*`` / ``head.fc.*`` keys) is returned unchanged. Official keys are renamed:
-    ``downsample_layers.0`` -> ``stem``, ``downsample_layers.i`` -> ``stages.i.downsample``, ``stages.i.j`` ->
-    ``stages.i.blocks.j`` (BiFormer-T/S/B), ``mlp.0`` -> ``mlp.fc1``, ``mlp.2`` / ``mlp.3`` -> ``mlp.fc2`` and
-    ``head`` -> ``head.fc``. Nothing is dropped or reshaped.
+    this layout (``stem.*`` / ``head.fc.*`` keys) is returned with only the renames of earlier native layouts
+    (indexed ``stem.i`` / ``downsample.i``, ``gamma1/2``). Official keys are renamed: ``downsample_layers.0.i`` ->
+    ``stem.<conv1|norm1|conv2|norm2>`` ('conv' layout) or ``stem.<proj|norm>`` ('patch'),
+    ``downsample_layers.i.j`` -> ``stages.i.downsample.<reduction|norm>`` ('conv') or ``<norm|proj>`` ('patch', BN
+    first), ``stages.i.j`` -> ``stages.i.blocks.j`` (BiFormer-T/S/B), ``mlp.0`` -> ``mlp.fc1``, ``mlp.2`` / ``mlp.3``
+    -> ``mlp.fc2``, ``gamma1`` / ``gamma2`` -> ``ls1.gamma`` / ``ls2.gamma`` and ``head`` -> ``head.fc``. Nothing
+    is dropped or reshaped.
 
     Raises:
         ValueError: the converted dict does not have exactly the model's keys and shapes (the classifier and the
             first conv excepted: the loaders adapt them to ``num_classes`` / ``in_chans``).
     """
     state_dict = unwrap_state_dict(state_dict)
+    layout = model.cfg.layout if isinstance(model, BiFormer) else 'conv'
     if any(k.startswith(('stem.', 'head.fc.')) for k in state_dict):
-        return state_dict
+        return rename_keys(state_dict, _native_rules(layout))
     rules = [
         (r'^downsample_layers\.0\.', 'stem.'),
         (r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.'),
@@ -356,6 +662,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         (r'\.mlp\.0\.', '.mlp.fc1.'),
         (r'\.mlp\.[23]\.', '.mlp.fc2.'),
         (r'^head\.(weight|bias)$', r'head.fc.\1'),
+        *_native_rules(layout),
     ]
     out = rename_keys(state_dict, rules)
     exempt = [r'^head\.fc\.']
@@ -414,7 +721,7 @@ def _cfg(url: Any = '', **kwargs) -> Dict:
         'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.0',
+        'first_conv': 'stem.conv1',
         'classifier': 'head.fc',
         'license': 'mit',
         'origin_url': 'https://github.com/rayleizhu/BiFormer',
@@ -424,23 +731,24 @@ def _cfg(url: Any = '', **kwargs) -> Dict:
     }
 
 
-def _released(share_id: str, file_name: str) -> Dict:
+def _released(share_id: str, file_name: str, **kwargs) -> Dict:
     # (url, file name) with custom_load: a cache name per checkpoint and the official 'model' weights
-    return _cfg((_URL.format(share_id), file_name), custom_load=True)
+    return _cfg((_URL.format(share_id), file_name), custom_load=True, **kwargs)
 
 
 _TEST_CFG = dict(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0)
+_PATCH = dict(first_conv='stem.proj')  # the 'patch' layout's stem
 
 default_cfgs = generate_default_cfgs({
     'biformer_tiny.in1k': _released('s!AkBbczdRlZvChHEOoGkgwgQzEDlM', 'biformer_tiny_in1k.pth'),
     'biformer_small.in1k': _released('s!AkBbczdRlZvChHDyM-x9KWRBZ832', 'biformer_small_in1k.pth'),
     'biformer_base.in1k': _released('s!AkBbczdRlZvChHI_XPhoadjaNxtO', 'biformer_base_in1k.pth'),
-    'biformer_stl.in1k': _released('s!AkBbczdRlZvChSf-m7ujkvx9lIQ1', 'biformer_stl_in1k.pth'),
-    'biformer_stl_nchw.in1k': _released('s!AkBbczdRlZvChWYrKbWbMgqd2Ai0', 'biformer_stl_nchw_in1k.pth'),
+    'biformer_stl.in1k': _released('s!AkBbczdRlZvChSf-m7ujkvx9lIQ1', 'biformer_stl_in1k.pth', **_PATCH),
+    'biformer_stl_nchw.in1k': _released('s!AkBbczdRlZvChWYrKbWbMgqd2Ai0', 'biformer_stl_nchw_in1k.pth', **_PATCH),
 
     'biformer_test': _cfg(**_TEST_CFG),
-    'biformer_stl_test': _cfg(**_TEST_CFG),
-    'biformer_stl_nchw_test': _cfg(**_TEST_CFG),
+    'biformer_stl_test': _cfg(**_TEST_CFG, **_PATCH),
+    'biformer_stl_nchw_test': _cfg(**_TEST_CFG, **_PATCH),
 })
 
 

@@ -1,4 +1,4 @@
-"""Bi-level routing attention layers and BiFormer blocks against direct computations of the official math.
+"""Bi-level routing attention layers against direct computations of the official math.
 
 The direct versions below loop over regions and heads in float64 and follow the semantics of the two official modules
 (rayleizhu/BiFormer ``ops/bra_legacy.py`` and ``ops/bra_nchw.py``) as the project's kernel anchors describe them; the
@@ -10,10 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.layers.routing import (
-    AttentionLePE, AttentionLePE2d, BiFormerBlock, BiFormerBlock2d, BiLevelRoutingAttention,
-    BiLevelRoutingAttention2d, RegionRouter,
-)
+from zoo.layers.routing import BiLevelRoutingAttention, BiLevelRoutingAttention2d, RegionRouter
 
 
 def _attend(q, k, v, scale):
@@ -65,7 +62,9 @@ def direct_legacy(layer: BiLevelRoutingAttention, x: torch.Tensor) -> torch.Tens
                 for h in range(heads)], dim=-1)
             i, j = divmod(r, n)
             out[b, i * rh:(i + 1) * rh, j * rw:(j + 1) * rw] = o.reshape(rh, rw, C)
-    out = out + layer.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    k_lepe = layer.lepe.weight.shape[-1]
+    lepe = F.conv2d(v.permute(0, 3, 1, 2), layer.lepe.weight, layer.lepe.bias, padding=k_lepe // 2, groups=C)
+    out = out + lepe.permute(0, 2, 3, 1)
     return layer.wo(out)[:, :H, :W]
 
 
@@ -241,63 +240,20 @@ def test_fused_and_gather_paths_agree(cls):
     torch.testing.assert_close(fused, gathered, atol=1e-5, rtol=1e-5)
 
 
-def test_kv_downsample_modes():
+@pytest.mark.parametrize(('mode', 'kwargs', 'ref'), [
+    ('avgpool', dict(kv_downsample_ratio=2), lambda t: F.avg_pool2d(t, 2)),
+    ('maxpool', dict(kv_downsample_ratio=2), lambda t: F.max_pool2d(t, 2)),
+    ('ada_avgpool', dict(kv_per_win=3), lambda t: F.adaptive_avg_pool2d(t, 3)),
+    ('ada_maxpool', dict(kv_per_win=1), lambda t: F.adaptive_max_pool2d(t, 1)),
+])
+def test_kv_downsample_modes(mode, kwargs, ref):
+    """Each region's key/value tokens pooled as the official ``kv_down`` module pools them (NCHW, per region)."""
+    layer = BiLevelRoutingAttention(16, 2, n_win=3, topk=2, kv_downsample_mode=mode, **kwargs)
+    kv = torch.randn(2, 9, 4, 5, 16)
+    expected = ref(kv.reshape(18, 4, 5, 16).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2).reshape(2, 9, -1, 16)
+    torch.testing.assert_close(layer._kv_down(kv), expected)
     x = torch.randn(1, 12, 12, 16)
-    for mode, kw, tokens in (('avgpool', dict(kv_downsample_ratio=2), 4), ('ada_maxpool', dict(kv_per_win=1), 1)):
-        layer = BiLevelRoutingAttention(16, 2, n_win=3, topk=2, kv_downsample_mode=mode, **kw)
-        assert layer._kv_down(torch.randn(1, 9, 4, 4, 16)).shape == (1, 9, tokens, 16)
-        assert layer(x).shape == x.shape
-
-
-def direct_attention_lepe(layer, x_nhwc: torch.Tensor, lepe_on_v: bool) -> torch.Tensor:
-    B, H, W, C = x_nhwc.shape
-    heads, d = layer.num_heads, C // layer.num_heads
-    if isinstance(layer, AttentionLePE2d):
-        qkv = F.conv2d(x_nhwc.permute(0, 3, 1, 2), layer.qkv.weight).flatten(2).transpose(1, 2)
-    else:
-        qkv = layer.qkv(x_nhwc).reshape(B, H * W, 3 * C)
-    q, k, v = qkv.split(C, dim=-1)
-    out = torch.cat([
-        torch.stack([_attend(q[b, :, h * d:(h + 1) * d], k[b, :, h * d:(h + 1) * d], v[b, :, h * d:(h + 1) * d],
-                             d ** -0.5) for b in range(B)])
-        for h in range(heads)], dim=-1).reshape(B, H, W, C)
-    src = v.reshape(B, H, W, C) if lepe_on_v else x_nhwc
-    out = out + layer.lepe(src.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    if isinstance(layer, AttentionLePE2d):
-        return layer.proj(out.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    return layer.proj(out)
-
-
-@pytest.mark.parametrize('fused', [True, False], ids=['sdpa', 'explicit'])
-def test_attention_lepe_matches_direct(fused):
-    x = torch.randn(2, 5, 6, 32, dtype=torch.float64)
-    legacy = _perturb(AttentionLePE(32, num_heads=8)).double()
-    nchw = _perturb(AttentionLePE2d(32, num_heads=8)).double()
-    legacy.fused_attn = nchw.fused_attn = fused
-    assert legacy.qkv.bias is None and nchw.qkv.bias is None
-    with torch.no_grad():
-        torch.testing.assert_close(legacy(x), direct_attention_lepe(legacy, x, lepe_on_v=False))
-        out = nchw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        torch.testing.assert_close(out, direct_attention_lepe(nchw, x, lepe_on_v=True))
-
-
-def test_biformer_blocks_compose():
-    x = torch.randn(2, 16, 9, 7)
-    block = _perturb(BiFormerBlock(16, 2, topk=2, n_win=3, mlp_ratio=2., layer_scale=0.5)).eval()
-    with torch.no_grad():
-        y = x + block.pos_embed(x)
-        t = y.permute(0, 2, 3, 1)
-        t = t + block.gamma1 * block.attn(block.norm1(t))
-        t = t + block.gamma2 * block.mlp(block.norm2(t))
-        torch.testing.assert_close(block(x), t.permute(0, 3, 1, 2))
-    assert block.norm1.eps == 1e-6 and isinstance(block.attn, BiLevelRoutingAttention)
-    block2d = _perturb(BiFormerBlock2d(16, 2, topk=-1)).eval()
-    with torch.no_grad():
-        t = x + block2d.attn(block2d.norm1(x))
-        t = t + block2d.mlp(block2d.norm2(t))
-        torch.testing.assert_close(block2d(x), t)
-    assert block2d.pos_embed is None and isinstance(block2d.attn, AttentionLePE2d)
-    assert block2d.mlp.fc1.weight.shape == (64, 16, 1, 1)
+    assert layer(x).shape == x.shape
 
 
 def test_router_clamps_topk_and_detaches():
@@ -318,9 +274,6 @@ def test_router_clamps_topk_and_detaches():
     (lambda: BiLevelRoutingAttention(16, 2, side_dwconv=4), 'side_dwconv'),
     (lambda: BiLevelRoutingAttention2d(16, 2, n_win=0), 'n_win'),
     (lambda: BiLevelRoutingAttention2d(16, 2, topk=0), 'topk'),
-    (lambda: AttentionLePE(16, 3), 'num_heads'),
-    (lambda: BiFormerBlock(16, 2, topk=-2), 'topk'),
-    (lambda: BiFormerBlock2d(16, 2, pos_embed_kernel=2), 'pos_embed_kernel'),
 ])
 def test_constructor_errors_name_the_argument(build, match):
     with pytest.raises(ValueError, match=match):
@@ -350,5 +303,4 @@ def test_official_parameter_names():
 def test_meta_device_and_dtype():
     layer = BiLevelRoutingAttention(32, 2, device='meta', dtype=torch.bfloat16)
     assert all(p.is_meta and p.dtype == torch.bfloat16 for p in layer.parameters())
-    block = BiFormerBlock2d(32, 2, device='meta')
-    assert all(p.is_meta for p in block.parameters())
+    assert all(p.is_meta for p in BiLevelRoutingAttention2d(32, 2, device='meta').parameters())

@@ -372,8 +372,10 @@ def test_filter_tiny_official_in_ours_out(name, wrap):
     assert not any(k.startswith('downsample_layers.') for k in converted)
     conv = model_cfgs[name].layout == 'conv'
     blk = 'stages.2.1.' if conv else 'stages.2.blocks.1.'
-    assert torch.equal(model.stem[0].weight, official['downsample_layers.0.0.weight'])
-    assert torch.equal(model.stages[2].downsample[0].weight, official['downsample_layers.2.0.weight'])
+    stem_conv = model.stem.conv1 if conv else model.stem.proj
+    down_first = model.stages[2].downsample.reduction if conv else model.stages[2].downsample.norm  # BN first
+    assert torch.equal(stem_conv.weight, official['downsample_layers.0.0.weight'])
+    assert torch.equal(down_first.weight, official['downsample_layers.2.0.weight'])
     assert torch.equal(model.stages[2].blocks[1].mlp.fc1.weight, official[blk + 'mlp.0.weight'])
     assert torch.equal(model.stages[2].blocks[1].mlp.fc2.bias, official[blk + ('mlp.3.bias' if conv else 'mlp.2.bias')])
     assert torch.equal(model.head.fc.weight, official['head.weight'])
@@ -394,8 +396,8 @@ def test_pretrained_file_loads_official_layout(tmp_path):
     # a new head for fine-tuning, and a one-channel stem: head re-initialised, stem adapted, the rest loaded
     model = timm.create_model('biformer_stl_nchw_test', pretrained=True, num_classes=10, in_chans=1,
                               pretrained_cfg_overlay=dict(file=str(path), custom_load=True))
-    assert model.head.fc.out_features == 10 and model.stem[0].weight.shape[1] == 1
-    assert torch.equal(model.stages[1].downsample[1].weight, official['downsample_layers.1.1.weight'])
+    assert model.head.fc.out_features == 10 and model.stem.proj.weight.shape[1] == 1
+    assert torch.equal(model.stages[1].downsample.proj.weight, official['downsample_layers.1.1.weight'])
     # timm's generic file loader (custom_load reset by the file overlay) prefers model_ema, as for every timm model
     model = timm.create_model('biformer_stl_nchw_test', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert torch.equal(model.norm.weight, ema['norm.weight'])
@@ -436,7 +438,7 @@ def test_pretrained_cfgs():
         files.add(file_name)
         assert cfg.custom_load and cfg.license == 'mit' and cfg.classifier == 'head.fc'
         assert cfg.num_classes == 1000 and cfg.crop_pct == 0.875 and cfg.interpolation == 'bicubic'
-        assert cfg.first_conv == 'stem.0'
+        assert cfg.first_conv == ('stem.proj' if name.startswith('biformer_stl') else 'stem.conv1')
     assert len(files) == len(names)
 
 
