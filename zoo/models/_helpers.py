@@ -75,6 +75,12 @@ class ClassifierMixin:
 
     stage_fmt: str = 'NCHW'
 
+    def _init_args(self, in_chans: int, num_classes: int, drop_rate: float, drop_path_rate: float) -> None:
+        """Validate the arguments every classification model takes (:func:`check_model_args`) and record
+        ``in_chans`` (timm's ``model.in_chans``)."""
+        check_model_args(in_chans, num_classes, drop_rate, drop_path_rate)
+        self.in_chans = in_chans
+
     def _init_head(self, num_classes: int, global_pool: str, drop_rate: float, dd: Dict) -> None:
         self.num_classes = num_classes
         self.global_pool = global_pool

@@ -66,7 +66,7 @@ from zoo.layers import (
 from zoo.layers._checks import check_channels_last
 from zoo.layers.routing import check_routing_args, lepe_conv
 from ._helpers import (
-    StagedModelMixin, check_model_args, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
+    StagedModelMixin, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
 )
 
 # checkpoint_filter_fn stays out of __all__: zoo.models star-imports every family and NAT exports that name too
@@ -554,7 +554,7 @@ class BiFormer(StagedModelMixin, nn.Module):
         if kwargs:
             raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; BiFormerCfg fields are '
                             f'{sorted(BiFormerCfg.__dataclass_fields__)}')
-        check_model_args(in_chans, num_classes, drop_rate, drop_path_rate)
+        self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         self.cfg = cfg
         dims = cfg.embed_dims
         self.num_features = dims[-1]

@@ -60,7 +60,7 @@ from zoo.layers import (
     ConvDownsampleCl, ConvStemCl, NeighborhoodAttention2d, PatchEmbedCl, PatchMergingCl, RpbAttention2d,
 )
 from ._helpers import (
-    ClassifierMixin, StagedModelMixin, check_model_args, check_output_fmt, check_state_dict, feature_take_indices,
+    ClassifierMixin, StagedModelMixin, check_output_fmt, check_state_dict, feature_take_indices,
     init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
 )
 
@@ -322,7 +322,7 @@ class _NatBase(ClassifierMixin, nn.Module):
         if kwargs:
             raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; NatCfg fields are '
                             f'{sorted(NatCfg.__dataclass_fields__)}')
-        check_model_args(in_chans, num_classes, drop_rate, drop_path_rate)
+        self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         if cfg.isotropic != self._isotropic:
             raise ValueError('cfg.isotropic must be True for NatIsotropic; use Nat' if self._isotropic else
                              'cfg.isotropic must be False for Nat; use NatIsotropic')
