@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,6 @@ import torch
 from safetensors.torch import load_file
 
 import zoo  # noqa: F401  (registers the models)
-from zoo.models import biformer as zoo_biformer
-from zoo.models import nat as zoo_nat
 
 FIXTURES = Path(__file__).resolve().parents[2] / 'fixtures'
 RTOL = 1e-4
@@ -74,7 +73,11 @@ CASES = {
         'biformer_stl_nchw': ('biformer_stl_nchw', {}),
     },
 }
-FILTERS = {'nat': zoo_nat.checkpoint_filter_fn, 'biformer': zoo_biformer.checkpoint_filter_fn}
+
+
+def _filter_fn(name):
+    """The ``checkpoint_filter_fn`` of the module that registers ``name`` (the one its pretrained loader uses)."""
+    return sys.modules[timm.models.model_entrypoint(name).__module__].checkpoint_filter_fn
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,7 +160,7 @@ def test_seeded_variant_matches_official(family, case):
     assert math.isclose(seeded.checksum([x]), spec['input_checksum'], rel_tol=1e-9)
     # built on the meta device and loaded with assign: the init would only be overwritten
     model = timm.create_model(name, device='meta', **kwargs)
-    converted = FILTERS[family](weights, model)
+    converted = _filter_fn(name)(weights, model)
     model.load_state_dict(converted, strict=True, assign=True)
     assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     err = _rel_err(_forward(model, x), tensors[f'{case}.logits'])
