@@ -1,10 +1,11 @@
 """``ClassifierModule``: a LightningModule around any ``timm.create_model`` name, trained with timm's pieces.
 
-The model is ``timm.create_model(model_name, num_classes=..., drop_path_rate=..., ...)`` (every zoo model is
-registered by ``import zoo``, which importing this module does). Training uses timm's ``Mixup``/CutMix with
-``SoftTargetCrossEntropy`` (or cross-entropy with label smoothing), ``create_optimizer_v2`` (AdamW by default;
-no weight decay on biases, norms and ``model.no_weight_decay()``; optional layer-wise decay through the model's
-``group_matcher``) and ``create_scheduler_v2`` (cosine with warm-up, stepped after every optimizer update).
+The model is ``timm.create_model(model_name, num_classes=..., drop_path_rate=..., ...)`` through
+:func:`zoo.models.create_model` (every zoo model is registered by ``import zoo``, which importing this module
+does). Training uses timm's ``Mixup``/CutMix with ``SoftTargetCrossEntropy`` (or cross-entropy with label
+smoothing), ``create_optimizer_v2`` (AdamW by default; no weight decay on biases, norms and
+``model.no_weight_decay()``; optional layer-wise decay through the model's ``group_matcher``) and
+``create_scheduler_v2`` (cosine with warm-up, stepped after every optimizer update).
 Gradient clipping, precision and accumulation are Trainer arguments; an EMA of the weights is Lightning's
 ``EMAWeightAveraging`` callback (see ``configs/*_in1k.yaml``), which also swaps the EMA weights in for validation.
 
@@ -16,13 +17,11 @@ same YAML trains correctly on any number of devices.
 Metrics (``sync_dist`` across ranks): ``train_loss``, ``val_loss``, ``val_acc`` (top-1), ``val_acc5`` (top-5),
 likewise ``test_*``; ``train_skipped``/``val_skipped`` count unreadable images an ImageFolder dropped.
 """
-import difflib
 import logging
 import math
 import os
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
-import timm
 import torch
 import torch.nn as nn
 from lightning.pytorch import LightningModule
@@ -32,6 +31,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics.classification import MulticlassAccuracy
 
 import zoo  # noqa: F401  (registers the zoo's models with timm)
+from zoo.models import factory
 
 from .errors import ConfigError
 from .sampling import seed_step
@@ -40,26 +40,14 @@ __all__ = ['ClassifierModule', 'check_model_name', 'resolve_lr']
 
 _logger = logging.getLogger(__name__)
 
-_SOURCE_PREFIXES = ('hf-hub:', 'hf_hub:', 'local-dir:', 'timm/')
-
 
 def check_model_name(model_name: str) -> None:
-    """Raise ``ValueError`` naming close matches if ``model_name`` is not registered with timm (or the zoo)."""
-    if model_name.startswith(_SOURCE_PREFIXES) or timm.is_model(model_name):
-        return
-    names = timm.list_models()
-    close = difflib.get_close_matches(model_name, names, n=8, cutoff=0.6)
-    stem = model_name.split('_')[0]
-    if len(stem) >= 3:
-        close += [n for n in names if n.startswith(stem) and n not in close][:max(0, 8 - len(close))]
-    hint = f' Close names: {", ".join(close)}.' if close else ''
-    if getattr(zoo, '__file__', None) is None:
-        hint += (f' Note: zoo was imported as a namespace package from {list(zoo.__path__)} without running its '
-                 f'__init__ (a stale editable install?), so its models are not registered: reinstall it '
-                 f'(pip install -e .) or run from the repository root.')
-    raise ConfigError(
-        f'model_name={model_name!r} is not a registered timm/zoo model.{hint} '
-        f'List them with: python -c "import zoo, timm; print(timm.list_models(\'*{stem}*\'))"')
+    """Raise ``ConfigError`` naming close matches if ``model_name`` is not registered with timm (or the zoo); see
+    :func:`zoo.models.check_model_name`."""
+    try:
+        factory.check_model_name(model_name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def resolve_lr(
@@ -368,8 +356,6 @@ def create_timm_model(
     """Build the timm model for :class:`ClassifierModule` (and the exporter): see its arguments."""
     check_model_name(model_name)
     kwargs = dict(model_kwargs or {})
-    if img_size is not None and 'img_size' not in kwargs and _fixed_input_size(model_name):
-        kwargs['img_size'] = img_size
     kwargs['drop_rate'] = drop_rate
     if drop_path_rate is not None:
         kwargs['drop_path_rate'] = drop_path_rate
@@ -377,12 +363,7 @@ def create_timm_model(
         file, head_classes = _pretrained_source(pretrained, pretrained_num_classes, num_classes)
         kwargs['pretrained'] = True
         kwargs['pretrained_cfg_overlay'] = dict(file=file, num_classes=head_classes)
-    return timm.create_model(model_name, num_classes=num_classes, **kwargs)
-
-
-def _fixed_input_size(model_name: str) -> bool:
-    cfg = timm.get_pretrained_cfg(model_name, allow_unregistered=True) if ':' not in model_name else None
-    return bool(cfg is not None and getattr(cfg, 'fixed_input_size', False))
+    return factory.create_model(model_name, input_size=img_size, num_classes=num_classes, **kwargs)
 
 
 def _pretrained_source(path: str, head_classes: Optional[int], num_classes: int) -> Tuple[str, int]:

@@ -27,8 +27,11 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from zoo import DISTRIBUTION
+from zoo.models import check_model_name, create_model
+from zoo.models._flops import count_gmacs
 
-__all__ = ['export_checkpoint', 'load_training_checkpoint', 'model_state_dict', 'count_gmacs', 'register']
+__all__ = ['export_checkpoint', 'load_training_checkpoint', 'model_state_dict', 'build_model', 'gmacs_or_reason',
+           'register']
 
 
 def load_training_checkpoint(path: str) -> Dict[str, Any]:
@@ -70,43 +73,35 @@ def model_state_dict(ckpt: Dict[str, Any], ema: bool = False) -> Dict[str, torch
 
 
 def build_model(hparams: Dict[str, Any]) -> torch.nn.Module:
-    """The bare timm model (no pretrained weights, no drop rates) a ClassifierModule with ``hparams`` trained."""
-    import timm
-    import zoo  # noqa: F401  (registers the zoo's models)
+    """The bare timm model (no pretrained weights, no drop rates) a ClassifierModule with ``hparams`` trained.
+
+    Raises:
+        ValueError: the checkpoint's model name is not registered after ``import zoo``.
+    """
     name = hparams['model_name']
-    if ':' not in name and not timm.is_model(name):
-        hint = ('is this the zoo version that trained it?' if getattr(zoo, '__file__', None) else
-                f'zoo was imported as a namespace package from {list(zoo.__path__)}, without running its __init__: '
-                f'reinstall it (pip install -e .) or run from the repository root.')
-        raise ValueError(f'the checkpoint\'s model_name={name!r} is not registered with timm after `import zoo`; '
-                         f'{hint}')
-    kwargs = dict(hparams.get('model_kwargs') or {})
-    img_size = hparams.get('img_size')
-    cfg = timm.get_pretrained_cfg(name, allow_unregistered=True) if ':' not in name else None
-    if img_size is not None and 'img_size' not in kwargs and cfg is not None and cfg.fixed_input_size:
-        kwargs['img_size'] = img_size
-    return timm.create_model(name, num_classes=hparams['num_classes'], **kwargs)
-
-
-def count_gmacs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> Optional[float]:
-    """GMACs of one ``[1, *input_size]`` forward via ``torch.utils.flop_counter`` (matmul/conv/attention ops only;
-    a custom op without a registered formula counts 0). None if counting fails."""
-    from torch.utils.flop_counter import FlopCounterMode
     try:
-        was_training = model.training
-        model.eval()
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            model(torch.zeros(1, *input_size))
-        model.train(was_training)
-        return counter.get_total_flops() / 2 / 1e9
-    except Exception:  # counting is informative only
-        return None
+        check_model_name(name)
+    except ValueError as e:
+        raise ValueError(f'ckpt: the checkpoint was trained with a model this install does not register (is this '
+                         f'the zoo version that trained it?): {e}') from None
+    return create_model(name, input_size=hparams.get('img_size'), num_classes=hparams['num_classes'],
+                        **dict(hparams.get('model_kwargs') or {}))
+
+
+def gmacs_or_reason(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> Tuple[Optional[float], str]:
+    """GMACs of one ``[1, *input_size]`` forward with :func:`zoo.models._flops.count_gmacs` (the counter of the
+    README's model table), or None and the reason counting failed (the count is informative only)."""
+    try:
+        return count_gmacs(model, tuple(input_size)), ''
+    except ImportError:
+        return None, 'fvcore not installed: pip install fvcore'
+    except Exception as e:  # a model fvcore cannot trace still exports
+        return None, f'counting failed: {type(e).__name__}'
 
 
 def _model_card(
         out_dir: str, model: torch.nn.Module, hparams: Dict[str, Any], ckpt: Dict[str, Any], ckpt_path: str,
-        ema: bool, data_config: Dict[str, Any], gmacs: Optional[float],
+        ema: bool, data_config: Dict[str, Any], gmacs: Optional[float], gmacs_note: str,
 ) -> str:
     name = hparams['model_name']
     params = sum(p.numel() for p in model.parameters())
@@ -131,8 +126,9 @@ def _model_card(
         '|---|---|',
         f'| architecture | `{name}` |',
         f'| parameters | {params:,} ({params / 1e6:.2f} M) |',
-        f'| GMACs | {f"{gmacs:.4f}" if gmacs is not None else "n/a"} at {tuple(data_config["input_size"])} '
-        f'(torch.utils.flop_counter; custom ops not counted) |',
+        f'| GMACs | {f"{gmacs:.4f}" if gmacs is not None else f"n/a ({gmacs_note})"} at '
+        f'{tuple(data_config["input_size"])}, batch 1 (fvcore, neighborhood and routing attention counted: the '
+        f'convention of the zoo README\'s model table) |',
         f'| classes | {hparams["num_classes"]} |',
         f'| input | {tuple(data_config["input_size"])}, mean {tuple(data_config.get("mean", ()))}, '
         f'std {tuple(data_config.get("std", ()))} |',
@@ -210,8 +206,8 @@ def export_checkpoint(
         model_config['label_names'] = label_names
     save_for_hf(model, out_dir, model_config=model_config, safe_serialization=True, data_config=data_config)
 
-    macs = count_gmacs(model, data_config['input_size']) if gmacs else None
-    card = _model_card(out_dir, model, hparams, ckpt, ckpt_path, ema, data_config, macs)
+    macs, macs_note = gmacs_or_reason(model, data_config['input_size']) if gmacs else (None, 'not counted')
+    card = _model_card(out_dir, model, hparams, ckpt, ckpt_path, ema, data_config, macs, macs_note)
     with open(os.path.join(out_dir, 'README.md'), 'w') as f:
         f.write(card)
     return dict(out_dir=out_dir, model_name=hparams['model_name'], num_classes=num_classes,
