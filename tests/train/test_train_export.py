@@ -1,15 +1,23 @@
 """Export (training checkpoint -> timm hub folder) and the bit-exact timm round trip."""
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import timm
 import torch
+from train_helpers import DEMO, QUIET, REPO, logger_args, run_cli, subprocess_env
 
 import zoo  # noqa: F401
-from train_helpers import DEMO, QUIET, REPO, logger_args, run_cli, subprocess_env
+from zoo.models._flops import count_gmacs
 from zoo.weights.export import export_checkpoint, load_training_checkpoint
+
+
+def _card_gmacs(card):
+    match = re.search(r'^\| GMACs \| ([\d.]+) at \((\d+), (\d+), (\d+)\)', card, re.M)
+    assert match, card
+    return float(match[1]), tuple(int(v) for v in match.groups()[1:])
 
 
 def _inputs():
@@ -32,6 +40,9 @@ def test_export_cli_and_local_dir_roundtrip_bit_exact(trained_run, tmp_path):
     assert config['pretrained_cfg']['mean'] == [0.5, 0.5, 0.5]
     card = (out / 'README.md').read_text()
     assert 'nat_test' in card and 'parameters' in card and 'GMACs' in card and 'val_acc' in card
+    # the card counts with the README table's counter
+    assert _card_gmacs(card) == (round(count_gmacs(timm.create_model('nat_test', num_classes=10), (3, 32, 32)), 4),
+                                 (3, 32, 32))
 
     module = trained_run['cli'].model.eval()
     x = _inputs()
@@ -104,3 +115,27 @@ def test_finetune_from_export_gets_a_new_head(trained_run, tmp_path):
         assert torch.equal(value, trained[key]), key
     assert other.model.get_classifier().out_features == 3
     assert torch.equal(other.model.state_dict()['patch_embed.proj.0.weight'], trained['patch_embed.proj.0.weight'])
+
+
+def test_card_gmacs_of_a_published_model_match_the_readme(tmp_path):
+    """BiFormer-T (routing attention) exported at its native 224 px: the card states the README's GMACs."""
+    model = timm.create_model('biformer_tiny')
+    ckpt = tmp_path / 'biformer_tiny.ckpt'
+    torch.save({'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()},
+                'hyper_parameters': {'model_name': 'biformer_tiny', 'num_classes': 1000}}, ckpt)
+    info = export_checkpoint(str(ckpt), str(tmp_path / 'export'))
+    card = (tmp_path / 'export' / 'README.md').read_text()
+    gmacs, input_size = _card_gmacs(card)
+    assert input_size == (3, 224, 224)
+    assert gmacs == round(count_gmacs(model, input_size), 4) == round(info['gmacs'], 4)
+    readme = (REPO / 'README.md').read_text()
+    official = float(re.search(r'^\| `biformer_tiny` \| [\d,]+ \| ([\d.]+) \|', readme, re.M)[1])
+    assert abs(gmacs / official - 1) < 1e-3, (gmacs, official)
+
+
+def test_export_of_an_unregistered_model_is_a_clear_error(tmp_path):
+    ckpt = tmp_path / 'x.ckpt'
+    torch.save({'state_dict': {'model.w': torch.zeros(1)},
+                'hyper_parameters': {'model_name': 'nat_tinny', 'num_classes': 10}}, ckpt)
+    with pytest.raises(ValueError, match=r"ckpt: .*does not register.*'nat_tinny'.*Close names: .*nat_tiny"):
+        export_checkpoint(str(ckpt), str(tmp_path / 'x'))

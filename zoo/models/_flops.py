@@ -12,7 +12,8 @@ over the (padded) map it attends on. The relative-position-bias add is not count
 adds ``B * H * W * heads * prod(kernel_size)`` for it (about 0.1 % of NAT's total). Global attention
 (:class:`~zoo.layers.RpbAttention2d`) runs its explicit matmul path while counting, so fvcore sees it.
 
-fvcore is a development dependency (``pip install fvcore``).
+This is the one GMACs counter of the project: the README's model table, the GMACs tests and the model card of
+``python -m zoo.weights export`` use it. fvcore comes with the ``train`` and ``test`` extras (``pip install fvcore``).
 """
 from __future__ import annotations
 
