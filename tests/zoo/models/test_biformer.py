@@ -47,18 +47,6 @@ def test_param_count_matches_official(name):
     assert _params(model) == OFFICIAL_PARAMS[name]
 
 
-def test_gmacs_match_official():
-    pytest.importorskip('fvcore')
-    from zoo.models._flops import count_gmacs
-    # fvcore GMACs of the official code at 224 px (paper_table.csv)
-    for name, ref in (('biformer_tiny', 2.228), ('biformer_stl_nchw', 4.593)):
-        model = timm.create_model(name)
-        gmacs = count_gmacs(model, (3, 224, 224))
-        assert abs(gmacs / ref - 1) < 0.01, (name, gmacs)
-        # counting switched to the gather path only while counting
-        assert all(m.fused_attn for m in model.modules() if hasattr(m, 'fused_attn') and 'Routing' in type(m).__name__)
-
-
 @pytest.mark.parametrize('name', TINY)
 def test_tiny_variant_forward_backward(name):
     model = timm.create_model(name, num_classes=10)

@@ -61,14 +61,6 @@ def test_in22k_variants(name):
     assert _params(model) == OFFICIAL_PARAMS[IN22K[name]] + (21841 - 1000) * (dim + 1)
 
 
-def test_gmacs_match_official():
-    pytest.importorskip('fvcore')
-    from zoo.models._flops import count_gmacs
-    # fvcore GMACs of the official nat_mini at 224 px; every variant was checked once against its official count
-    gmacs = count_gmacs(timm.create_model('nat_mini'), (3, 224, 224))
-    assert abs(gmacs / 2.711 - 1) < 0.01, gmacs
-
-
 @pytest.mark.parametrize('name', TINY)
 def test_tiny_variant_forward_backward(name):
     model = timm.create_model(name, num_classes=10)
