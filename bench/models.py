@@ -1,18 +1,22 @@
 """Model throughput and peak memory: zoo models against timm's Swin-T and ConvNeXt-T, measured in the same run.
 
     python -m bench.models [--device cpu|cuda] [--models nat_mini dinat_mini ...] [--batch 8] [--img-size 224]
+                           [--modes inference training]
 
-For every model and each of batch 1 and the throughput batch, the inference forward (eval, ``no_grad``) of the
-model and of each peer is timed round-robin with :func:`bench.common.time_fns` (warm-up, synchronisation, median),
-so a shared machine slowing down mid-run affects all of them alike. Printed as a markdown table: images/s, the
-speed ratio to each peer (ours img/s / peer img/s: above 1 means ours is faster), and peak memory with its ratio
-(ours / peer: below 1 means ours uses less).
+Two modes, each at batch 1 and at the throughput batch: ``inference`` (eval, ``no_grad`` forward) and ``training``
+(one optimizer step: train-mode forward, cross-entropy, backward, ``torch.optim.AdamW`` step; every model built
+with the same ``--drop-path`` rate). For every model the step of the model and of each peer is timed round-robin
+with :func:`bench.common.time_fns` (warm-up, synchronisation, median), so a shared machine slowing down mid-run
+affects all of them alike. Printed as one markdown table per mode: images/s, the speed ratio to each peer (ours
+img/s / peer img/s: above 1 means ours is faster), and peak memory with its ratio (ours / peer: below 1 means ours
+uses less).
 
-Peak memory: on CUDA, the peak allocated by the forward above what was allocated before it
-(:func:`bench.common.peak_memory`). On CPU, the growth of the process's peak resident set over the first forward
-in a fresh subprocess (``VmHWM`` after the forward minus ``VmRSS`` before it, the high-water mark reset through
-``/proc/self/clear_refs`` first; Linux): activations and workspace, not the weights; coarse (allocator granularity,
-a few MB).
+Peak memory: on CUDA, the peak allocated by one step above what was allocated before it
+(:func:`bench.common.peak_memory`). On CPU, the growth of the process's peak resident set over one step in a fresh
+subprocess (``VmHWM`` after the step minus ``VmRSS`` before it, the high-water mark reset through
+``/proc/self/clear_refs`` first; Linux): the first forward in inference, the second step in training (after the
+first has allocated AdamW's state), with glibc's mmap threshold fixed at 64 KiB so that every large buffer is
+mapped and unmapped. Activations, gradients and workspace, not the weights or the optimizer state; coarse (a few MB).
 """
 from __future__ import annotations
 
@@ -21,9 +25,12 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
+
+from zoo.models import create_model
 
 from .common import fmt_ratio, machine, markdown_table, peak_memory, time_fns
 
@@ -31,14 +38,27 @@ PEERS = ('swin_tiny_patch4_window7_224', 'convnext_tiny')
 PEER_SHORT = {'swin_tiny_patch4_window7_224': 'swin_t', 'convnext_tiny': 'convnext_t'}
 
 
-def _build(name: str, device: str, img_size: int) -> torch.nn.Module:
-    import timm
-    import zoo  # noqa: F401  (registers the zoo models)
-    kwargs = {}
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is not None and cfg.fixed_input_size:
-        kwargs['img_size'] = img_size
-    return timm.create_model(name, **kwargs).to(device).eval()
+def _build(name: str, device: str, img_size: int, mode: str = 'inference', drop_path: float = 0.1) -> torch.nn.Module:
+    kwargs = {'drop_path_rate': drop_path} if mode == 'training' else {}
+    model = create_model(name, input_size=img_size, **kwargs).to(device)
+    return model.train() if mode == 'training' else model.eval()
+
+
+def _step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One inference forward, or one training step (forward, cross-entropy, backward, AdamW step)."""
+    if mode == 'inference':
+        def forward():
+            with torch.no_grad():
+                model(x)
+        return forward
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    target = torch.arange(x.shape[0], device=x.device) % model.num_classes
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), target).backward()
+        optimizer.step()
+    return train_step
 
 
 def _proc_status_bytes(field: str) -> int:
@@ -49,23 +69,30 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f'{field} not found in /proc/self/status')
 
 
-def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int) -> None:
+def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: str, drop_path: float) -> None:
     torch.set_num_threads(threads)
-    model = _build(name, 'cpu', img_size)
-    x = torch.randn(batch, 3, img_size, img_size)
+    model = _build(name, 'cpu', img_size, mode, drop_path)
+    step = _step_fn(model, torch.randn(batch, 3, img_size, img_size), mode)
+    if mode == 'training':
+        step()  # allocates the optimizer state: the measured step is a steady one
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset the peak resident set (VmHWM) to the current one
     before = _proc_status_bytes('VmRSS')
-    with torch.no_grad():
-        model(x)
+    step()
     print(json.dumps({'peak': max(0, _proc_status_bytes('VmHWM') - before)}))
 
 
-def cpu_peak_memory(name: str, batch: int, img_size: int) -> Optional[int]:
-    """Peak resident-set growth in bytes of the first forward of ``name`` in a fresh process (None if it failed)."""
+def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference',
+                    drop_path: float = 0.1) -> Optional[int]:
+    """Peak resident-set growth in bytes of one step of ``name`` in a fresh process (None if it failed)."""
     cmd = [sys.executable, '-m', 'bench.models', '--_peak-child', name, '--batch', str(batch),
-           '--img-size', str(img_size), '--threads', str(torch.get_num_threads())]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+           '--img-size', str(img_size), '--threads', str(torch.get_num_threads()), '--modes', mode,
+           '--drop-path', str(drop_path)]
+    # a fixed mmap threshold: glibc's adaptive one would serve the second step from heap memory the first one freed,
+    # which the resident-set high-water mark does not see again
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                            env=env)
     if result.returncode != 0:
         print(f'peak memory of {name} failed: {result.stderr.strip().splitlines()[-1:]}', file=sys.stderr)
         return None
@@ -73,30 +100,24 @@ def cpu_peak_memory(name: str, batch: int, img_size: int) -> Optional[int]:
 
 
 def measure(names: List[str], batch: int, img_size: int, device: str, repeats: int, budget_s: float,
-            memory: bool) -> Dict[str, Dict[str, Optional[float]]]:
-    """Images/s and peak memory (bytes) of each model at ``batch``, timed round-robin."""
-    models = {n: _build(n, device, img_size) for n in names}
+            memory: bool, mode: str = 'inference', drop_path: float = 0.1,
+            stat: str = 'median') -> Dict[str, Dict[str, Optional[float]]]:
+    """Images/s and peak memory (bytes) of one ``mode`` step of each model at ``batch``, timed round-robin."""
+    models = {n: _build(n, device, img_size, mode, drop_path) for n in names}
     x = torch.randn(batch, 3, img_size, img_size, device=device)
-
-    def forward(model):
-        def run():
-            with torch.no_grad():
-                model(x)
-        return run
-
-    times = time_fns({n: forward(m) for n, m in models.items()}, device, warmup=2, repeats=repeats,
-                     budget_s=budget_s)
+    steps = {n: _step_fn(m, x, mode) for n, m in models.items()}
+    times = time_fns(steps, device, warmup=2, repeats=repeats, budget_s=budget_s, stat=stat)
     out = {}
     for name, model in models.items():
         if not memory:
             peak = None
         elif torch.device(device).type == 'cuda':
-            peak = peak_memory(forward(model), device)
+            peak = peak_memory(steps[name], device)
         else:
-            peak = cpu_peak_memory(name, batch, img_size)
+            peak = cpu_peak_memory(name, batch, img_size, mode, drop_path)
         out[name] = {'img_s': batch / times[name], 'peak': peak,
                      'params': sum(p.numel() for p in model.parameters())}
-    del models
+    del models, steps
     return out
 
 
@@ -104,15 +125,25 @@ def _mb(value: Optional[float]) -> str:
     return 'n/a' if value is None else f'{value / 2 ** 20:.0f}'
 
 
+MODE_TITLE = {
+    'inference': 'inference (eval forward, no_grad)',
+    'training': 'training step (train-mode forward, cross-entropy, backward, AdamW step; drop_path {drop_path:g})',
+}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=('cpu', 'cuda'))
-    parser.add_argument('--models', nargs='+', default=['nat_mini', 'dinat_mini', 'biformer_tiny'])
+    parser.add_argument('--models', nargs='+', default=['nat_mini', 'dinat_mini', 'nat_tiny', 'dinat_tiny',
+                                                        'biformer_tiny'])
     parser.add_argument('--peers', nargs='+', default=list(PEERS))
+    parser.add_argument('--modes', nargs='+', default=['inference', 'training'], choices=tuple(MODE_TITLE))
     parser.add_argument('--batch', type=int, default=None, help='throughput batch (default 8 on CPU, 64 on CUDA)')
     parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--drop-path', type=float, default=0.1, help='drop_path_rate of every model in training')
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--budget', type=float, default=20.0, help='seconds of timed calls for the slowest model')
+    parser.add_argument('--stat', default='median', choices=('median', 'min'))
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     parser.add_argument('--_peak-child', default=None, help=argparse.SUPPRESS)
@@ -120,27 +151,31 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._peak_child:
-        _cpu_peak_child(args._peak_child, args.batch, args.img_size, torch.get_num_threads())
+        _cpu_peak_child(args._peak_child, args.batch, args.img_size, torch.get_num_threads(), args.modes[0],
+                        args.drop_path)
         return
     batches = [1, args.batch or (8 if args.device == 'cpu' else 64)]
-    print(f'# bench.models: {machine(args.device)}; {args.img_size}px fp32 inference; '
-          f'NA backend {os.environ.get("ZOO_NA_BACKEND") or "auto"}')
+    names = list(dict.fromkeys(args.models + args.peers))
+    print(f'# bench.models: {machine(args.device)}; {args.img_size}px fp32; NA backend '
+          f'{os.environ.get("ZOO_NA_BACKEND") or "auto"}; {args.stat} of up to {args.repeats} round-robin repeats')
     headers = ['model', 'params (M)', 'batch', 'img/s']
     headers += [f'speed vs {PEER_SHORT.get(p, p)}' for p in args.peers]
     headers += ['peak mem (MB)'] + [f'mem vs {PEER_SHORT.get(p, p)}' for p in args.peers]
-    rows = []
-    for batch in batches:
-        results = measure(list(dict.fromkeys(args.models + args.peers)), batch, args.img_size, args.device,
-                          args.repeats, args.budget, not args.no_memory)
-        for name in list(dict.fromkeys(args.models + args.peers)):
-            r = results[name]
-            row = [name, f'{r["params"] / 1e6:.1f}', batch, f'{r["img_s"]:.3g}']
-            row += [fmt_ratio(r['img_s'], results[p]['img_s']) for p in args.peers]
-            row += [_mb(r['peak'])]
-            row += [fmt_ratio(r['peak'], results[p]['peak']) if r['peak'] and results[p]['peak'] else 'n/a'
-                    for p in args.peers]
-            rows.append(row)
-    print(markdown_table(headers, rows))
+    for mode in args.modes:
+        rows = []
+        for batch in batches:
+            results = measure(names, batch, args.img_size, args.device, args.repeats, args.budget,
+                              not args.no_memory, mode, args.drop_path, args.stat)
+            for name in names:
+                r = results[name]
+                row = [name, f'{r["params"] / 1e6:.1f}', batch, f'{r["img_s"]:.3g}']
+                row += [fmt_ratio(r['img_s'], results[p]['img_s']) for p in args.peers]
+                row += [_mb(r['peak'])]
+                row += [fmt_ratio(r['peak'], results[p]['peak']) if r['peak'] and results[p]['peak'] else 'n/a'
+                        for p in args.peers]
+                rows.append(row)
+        print(f'\n## {MODE_TITLE[mode].format(drop_path=args.drop_path)}\n')
+        print(markdown_table(headers, rows), flush=True)
 
 
 if __name__ == '__main__':
