@@ -2,11 +2,14 @@
 from .attention import RpbAttention2d, relative_position_index_2d
 from .block import PreNormBlock2d, PreNormBlockCl
 from .downsample import ConvDownsample2d, ConvDownsampleCl, PatchMergingCl
+from .mbconv import MbConvBlock2d
 from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size
 from .partition import grid_partition, grid_reverse, padded_size, window_attn_mask, window_partition, window_reverse
+from .partition_attention import PartitionAttentionCl
 from .pos_conv import Cpe2d, CpeCl, DwConv2d, DwConvCl
 from .pos_embed_rel import RelPosBias, rel_pos_table_from_nat
+from .pos_embed_rel_tf import RelPosBiasTf
 from .routing import (
     BiLevelRoutingAttention,
     BiLevelRoutingAttention2d,

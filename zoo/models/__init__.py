@@ -1,4 +1,5 @@
 """Model families; importing this package registers every zoo model with timm."""
 from .biformer import *
 from .factory import *
+from .maxvit import *
 from .nat import *
