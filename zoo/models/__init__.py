@@ -3,3 +3,4 @@ from .biformer import *
 from .factory import *
 from .maxvit import *
 from .nat import *
+from .nat_isotropic import *

@@ -9,11 +9,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, trunc_normal_
+from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
 
 __all__ = [
     'feature_take_indices', 'overlay_cfg', 'init_weights', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
-    'StagedModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
+    'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
 ]
 
 CfgT = TypeVar('CfgT')
@@ -130,15 +131,122 @@ class ClassifierMixin:
         return self.forward_head(x)
 
 
-class StagedModelMixin(ClassifierMixin):
+class _FeatureSequenceMixin(ClassifierMixin):
+    """timm's feature interface for a "stem -> sequence of feature modules -> norm -> head" model.
+
+    The host defines the stem module named by ``stem_name``, the ``nn.Sequential`` named by ``feature_seq_name``,
+    ``norm``, ``head`` (see :class:`ClassifierMixin`), ``feature_info`` (one entry per feature module) and
+    ``grad_checkpointing``. The subclasses set how the final norm treats intermediates and who checkpoints.
+    """
+
+    stem_name: str = 'stem'
+    feature_seq_name: str = 'stages'
+    # True: ``norm`` belongs to every intermediate (isotropic: one width); False: only to the last module's output
+    norm_all_intermediates: bool = False
+    # True: the model checkpoints each feature module; False: the modules do it (a ``grad_checkpointing`` flag each)
+    checkpoint_modules: bool = False
+
+    def _feature_seq(self) -> nn.Sequential:
+        return getattr(self, self.feature_seq_name)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Run the blocks under activation checkpointing (``enable=False`` turns it off)."""
+        self.grad_checkpointing = enable
+        if not self.checkpoint_modules:
+            for module in self._feature_seq():
+                module.grad_checkpointing = enable
+
+    def _checkpointing(self) -> bool:
+        return self.checkpoint_modules and self.grad_checkpointing and not torch.jit.is_scripting()
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns the outputs of the feature modules (stages, or blocks of isotropic models).
+
+        Args:
+            x: ``[B, in_chans, H, W]`` images.
+            indices: modules to return: last n if int, all if None, these if a sequence (negative from the end).
+            norm: apply the final norm to the returned intermediates (isotropic: all; staged: the last stage's).
+            stop_early: stop after the last requested module.
+            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
+            intermediates_only: return only the intermediates.
+
+        Returns:
+            The intermediates, or ``(final features laid out as stage_fmt, intermediates)``.
+
+        Raises:
+            ValueError: ``output_fmt`` is neither 'NCHW' nor 'NHWC'.
+        """
+        check_output_fmt(output_fmt)
+        seq = self._feature_seq()
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(seq), indices)
+        last = len(seq) - 1
+        x = getattr(self, self.stem_name)(x)
+        modules = seq if torch.jit.is_scripting() or not stop_early else seq[:max_index + 1]
+        i = 0
+        for i, module in enumerate(modules):
+            x = checkpoint(module, x) if self._checkpointing() else module(x)
+            if i in take_indices:
+                x_inter = self.norm(x) if norm and (i == last or self.norm_all_intermediates) else x
+                intermediates.append(self._to_output_fmt(x_inter, output_fmt))
+        if intermediates_only:
+            return intermediates
+        if i == last or self.norm_all_intermediates:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the feature modules (and norm / head) not needed for the ``indices`` intermediates.
+
+        Args:
+            indices: the intermediates to keep, as for :meth:`forward_intermediates`.
+            prune_norm: replace the final norm by ``nn.Identity`` even when the last module is kept.
+            prune_head: remove the classifier even when the last module is kept.
+
+        Returns:
+            The module indices taken.
+        """
+        seq = self._feature_seq()
+        take_indices, max_index = feature_take_indices(len(seq), indices)
+        # a staged model cut before its last stage loses the norm and head of that stage's width
+        prune_end = max_index < len(seq) - 1 and not self.norm_all_intermediates
+        setattr(self, self.feature_seq_name, seq[:max_index + 1])
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` images -> normed last features, laid out as ``stage_fmt``."""
+        x = getattr(self, self.stem_name)(x)
+        x = checkpoint_seq(self._feature_seq(), x) if self._checkpointing() else self._feature_seq()(x)
+        return self.norm(x)
+
+
+class StagedModelMixin(_FeatureSequenceMixin):
     """timm's feature interface for a "stem -> stages -> norm -> head" model.
 
     The host defines the stem module named by ``stem_name``, ``stages`` (an ``nn.Sequential`` of modules with a
     ``grad_checkpointing`` flag, each ``stages.i`` made of ``downsample`` and ``blocks``), ``norm``, ``head`` (see
-    :class:`ClassifierMixin`) and ``feature_info`` (one entry per stage).
+    :class:`ClassifierMixin`) and ``feature_info`` (one entry per stage). ``norm`` only follows the last stage.
     """
-
-    stem_name: str = 'stem'
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -159,88 +267,23 @@ class StagedModelMixin(ClassifierMixin):
             ],
         )
 
+
+class IsotropicModelMixin(_FeatureSequenceMixin):
+    """timm's feature interface for a "patch stem -> blocks at one resolution -> norm -> head" model (ViT-like).
+
+    The host defines the stem module named by ``stem_name``, ``blocks`` (an ``nn.Sequential``), ``norm``, ``head``
+    and ``feature_info`` (one entry per block). As in timm's ViT, ``norm`` applies to every intermediate it is asked
+    for, the model checkpoints block by block, and pruning keeps the norm.
+    """
+
+    feature_seq_name = 'blocks'
+    norm_all_intermediates = True
+    checkpoint_modules = True
+
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Run the blocks of every stage under activation checkpointing (``enable=False`` turns it off)."""
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward that also returns stage outputs.
-
-        Args:
-            x: ``[B, in_chans, H, W]`` images.
-            indices: stages to return: last n if int, all if None, these if a sequence (negative from the end).
-            norm: apply the final norm to the last stage's output when it is returned.
-            stop_early: stop after the last requested stage.
-            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
-            intermediates_only: return only the intermediates.
-
-        Returns:
-            The intermediates, or ``(final features laid out as stage_fmt, intermediates)``.
-
-        Raises:
-            ValueError: ``output_fmt`` is neither 'NCHW' nor 'NHWC'.
-        """
-        check_output_fmt(output_fmt)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        x = getattr(self, self.stem_name)(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        i = 0
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                x_inter = self.norm(x) if norm and i == last else x
-                intermediates.append(self._to_output_fmt(x_inter, output_fmt))
-        if intermediates_only:
-            return intermediates
-        if i == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norm / head) not needed for the ``indices`` intermediates.
-
-        Args:
-            indices: the intermediates to keep, as for :meth:`forward_intermediates`.
-            prune_norm: replace the final norm by ``nn.Identity`` even when the last stage is kept.
-            prune_head: remove the classifier even when the last stage is kept.
-
-        Returns:
-            The stage indices taken.
-        """
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` images -> normed last-stage features, laid out as ``stage_fmt``."""
-        x = getattr(self, self.stem_name)(x)
-        x = self.stages(x)
-        return self.norm(x)
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Parameter groups for layer-wise learning-rate decay: the stem, one group per block, the final norm."""
+        return dict(stem=rf'^{self.stem_name}', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:

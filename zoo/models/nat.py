@@ -1,4 +1,4 @@
-"""Neighborhood Attention Transformer (NAT), Dilated NAT (DiNAT), DiNAT_s and isotropic NAT / DiNAT / ViT-RPB.
+"""Neighborhood Attention Transformer (NAT), Dilated NAT (DiNAT) and DiNAT_s.
 
 Papers:
     `Neighborhood Attention Transformer` - https://arxiv.org/abs/2204.07143 (CVPR 2023)
@@ -20,25 +20,25 @@ Papers:
 Architecture and released weights: https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (MIT). This is an
 independent implementation on :func:`zoo_kernels.neighborhood.na2d`; it needs no NATTEN build.
 
-Families, all with pre-norm blocks ``x + NA(LN(x))``, ``x + MLP(LN(x))`` (optional layer scale ``gamma1/gamma2``)
-and a head of LN -> mean over tokens -> Linear:
+Families, all with pre-norm blocks ``x + NA(LN(x))``, ``x + MLP(LN(x))`` (:class:`~zoo.layers.PreNormBlockCl` with
+:class:`~zoo.layers.NeighborhoodAttention2d`; optional layer scale, the official ``gamma1/gamma2``) and a head of
+LN -> mean over tokens -> Linear:
 
 * NAT / DiNAT: conv stem (two 3x3 stride-2 convs + LN), 4 stages joined by conv3x3/s2 downsamplers; DiNAT alternates
   dilation 1 and ``floor(stage_res / kernel)`` (at the 224 px training size) inside each stage.
 * DiNAT_s: Swin layout (4x4 patch stem, patch merging), mlp ratio 4, NA and DiNA alternating.
-* Isotropic: 16x16 patch stem, 12 blocks at one resolution: NA (``nat_isotropic_*``), NA/DiNA alternating
-  (``dinat_isotropic_*``) or global attention with the same relative bias (``vitrpb_*``).
+* Isotropic NAT / DiNAT / ViT-RPB live in :mod:`zoo.models.nat_isotropic` (same ``NatCfg``, stem and filter).
 
 Notes:
     * Any input size works: the stems and patch merging pad right/bottom to their stride, and a token map smaller
       than ``kernel_size * dilation`` is padded before the NA ``qkv`` projection and cropped after it, as the
-      NATTEN <= 0.15 modules the checkpoints were trained with did. ViT-RPB accepts any grid up to its
-      ``img_size // patch_size`` bias table.
+      NATTEN <= 0.15 modules the checkpoints were trained with did.
     * Parameter names follow the official ones except for the container path (``levels.i`` / ``layers.i`` ->
-      ``stages.i`` / ``blocks.i``, the downsampler moved to the start of the next stage as in timm's Swin, and
-      ``head`` -> ``head.fc``); :func:`checkpoint_filter_fn` converts official checkpoints by key renames only.
+      ``stages.i``, the downsampler moved to the start of the next stage as in timm's Swin), the layer scale
+      (``gamma1/2`` -> timm's ``ls1/2.gamma``) and ``head`` -> ``head.fc``; :func:`checkpoint_filter_fn` converts
+      official checkpoints by key renames only.
     * ``drop_path_rate`` defaults to 0; the official trainings used 0.2 (mini/tiny), 0.3 (small), 0.5 (base),
-      0.35 (large; 0.2 for the ImageNet-22K pre-training), 0.1 / 0.4 (isotropic small / base).
+      0.35 (large; 0.2 for the ImageNet-22K pre-training).
     * Pretrained cfgs point ``url`` at the official checkpoint files (plain state dicts, converted on load by
       :func:`checkpoint_filter_fn`). ``pretrained=True`` without ``pretrained_cfg_overlay=dict(file=...)`` downloads
       from shi-labs.com. The ImageNet-22K heads are assumed to have 21841 classes (the official code does not say).
@@ -53,18 +53,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, calculate_drop_path_rates, to_2tuple
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import calculate_drop_path_rates
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import (
-    ConvDownsampleCl, ConvStemCl, NeighborhoodAttention2d, PatchEmbedCl, PatchMergingCl, RpbAttention2d,
+    ConvDownsampleCl, ConvStemCl, NeighborhoodAttention2d, PatchEmbedCl, PatchMergingCl, PreNormBlockCl,
 )
 from ._helpers import (
-    ClassifierMixin, StagedModelMixin, check_output_fmt, check_state_dict, feature_take_indices,
-    init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
+    ClassifierMixin, StagedModelMixin, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
 )
 
-__all__ = ['NatCfg', 'NatBlock', 'NatStage', 'Nat', 'NatIsotropic', 'checkpoint_filter_fn']
+__all__ = ['NatCfg', 'NatStage', 'Nat', 'checkpoint_filter_fn']
 
 _STEMS = ('conv', 'patch')
 _DOWNSAMPLES = ('conv', 'merge')
@@ -82,12 +81,13 @@ class NatCfg:
         kernel_size: neighbourhood size of every NA block.
         dilations: per stage, the dilation of each block; None means 1 everywhere.
         mlp_ratio: MLP hidden width over block width.
-        layer_scale: init value of the per-channel ``gamma1/gamma2`` residual scales, or None for none.
+        layer_scale: init value of the per-channel residual scales (``ls1/ls2.gamma``, the official
+            ``gamma1/gamma2``), or None for none.
         stem: 'conv' (two 3x3 stride-2 convs, NAT/DiNAT) or 'patch' (one ``patch_size`` conv).
         patch_size: stride of the 'patch' stem.
         downsample: 'conv' (conv3x3/s2, NAT/DiNAT) or 'merge' (Swin patch merging, DiNAT_s) between stages.
         attn: 'na' (neighborhood attention) or 'global_rpb' (global attention with relative bias, ViT-RPB).
-        isotropic: one resolution, no downsampling (``NatIsotropic``).
+        isotropic: one resolution, no downsampling (:class:`~zoo.models.nat_isotropic.NatIsotropic`).
         img_size: image size the 'global_rpb' bias table is built for (``img_size // patch_size`` tokens per axis);
             unused by NA models.
     """
@@ -139,84 +139,6 @@ class NatCfg:
         if self.dilations is None:
             return (1,) * self.depths[stage]
         return tuple(self.dilations[stage])
-
-
-class NatBlock(nn.Module):
-    """Pre-norm transformer block with neighborhood (or global relative-bias) attention, channels-last."""
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            kernel_size: int = 7,
-            dilation: int = 1,
-            attn: str = 'na',
-            grid_size: Union[int, Tuple[int, int]] = 14,
-            mlp_ratio: float = 4.,
-            qkv_bias: bool = True,
-            qk_scale: Optional[float] = None,
-            layer_scale: Optional[float] = None,
-            proj_drop: float = 0.,
-            attn_drop: float = 0.,
-            drop_path: float = 0.,
-            act_layer: Callable[..., nn.Module] = nn.GELU,
-            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-            device=None,
-            dtype=None,
-    ):
-        """
-        Args:
-            dim: block width.
-            num_heads: attention heads.
-            kernel_size: neighbourhood size ('na').
-            dilation: neighbourhood dilation ('na').
-            attn: 'na' or 'global_rpb'.
-            grid_size: token grid of the 'global_rpb' bias table.
-            mlp_ratio: MLP hidden width over ``dim``.
-            qkv_bias: bias in the ``qkv`` projection.
-            qk_scale: logit scale override (default ``head_dim ** -0.5``).
-            layer_scale: init value of ``gamma1``/``gamma2`` or None (no layer scale).
-            proj_drop: dropout after the attention projection and in the MLP.
-            attn_drop: attention dropout ('global_rpb' only; NA requires 0).
-            drop_path: stochastic depth rate of both residual branches.
-            act_layer: MLP activation.
-            norm_layer: channels-last norm.
-            device: device of the parameters.
-            dtype: dtype of the parameters.
-        """
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        self.norm1 = norm_layer(dim, **dd)
-        if attn == 'na':
-            self.attn = NeighborhoodAttention2d(
-                dim, num_heads, kernel_size=kernel_size, dilation=dilation, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        elif attn == 'global_rpb':
-            self.attn = RpbAttention2d(
-                dim, num_heads, grid_size=grid_size, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        else:
-            raise ValueError(f'attn must be one of {_ATTNS}, got attn={attn!r}')
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        if layer_scale is not None:
-            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale), **dd))
-            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale), **dd))
-        else:
-            self.gamma1 = self.gamma2 = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
-        y = self.attn(self.norm1(x))
-        if self.gamma1 is not None:
-            y = self.gamma1 * y
-        x = x + self.drop_path1(y)
-        y = self.mlp(self.norm2(x))
-        if self.gamma2 is not None:
-            y = self.gamma2 * y
-        return x + self.drop_path2(y)
 
 
 class NatStage(nn.Module):
@@ -280,10 +202,19 @@ class NatStage(nn.Module):
         else:
             raise ValueError(f'downsample must be None or one of {_DOWNSAMPLES}, got downsample={downsample!r}')
         self.blocks = nn.Sequential(*[
-            NatBlock(
-                out_dim, num_heads, kernel_size=kernel_size, dilation=dilations[i], mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias, qk_scale=qk_scale, layer_scale=layer_scale, proj_drop=proj_drop,
-                attn_drop=attn_drop, drop_path=drop_path[i], norm_layer=norm_layer, **dd)
+            PreNormBlockCl(
+                out_dim,
+                attn_layer=NeighborhoodAttention2d,
+                attn_kwargs=dict(
+                    num_heads=num_heads, kernel_size=kernel_size, dilation=dilations[i], qkv_bias=qkv_bias,
+                    qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop),
+                mlp_ratio=mlp_ratio,
+                init_values=layer_scale,
+                drop_path=drop_path[i],
+                proj_drop=proj_drop,
+                norm_layer=norm_layer,
+                **dd,
+            )
             for i in range(depth)
         ])
         self.grad_checkpointing = False
@@ -430,190 +361,21 @@ class Nat(_NatBase, StagedModelMixin):
         self.apply(init_weights)
 
 
-class NatIsotropic(_NatBase):
-    """Isotropic NAT / DiNAT / ViT-RPB: a patch stem and one sequence of blocks at a single resolution."""
-
-    _isotropic = True
-
-    def __init__(
-            self,
-            cfg: NatCfg,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
-            proj_drop_rate: float = 0.,
-            attn_drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
-            qkv_bias: bool = True,
-            qk_scale: Optional[float] = None,
-            norm_layer: Optional[Callable[..., nn.Module]] = None,
-            device=None,
-            dtype=None,
-            **kwargs,
-    ):
-        """
-        Args:
-            cfg: architecture (``isotropic=True``); fields can be overridden by keyword (``img_size=384``).
-            in_chans: image channels.
-            num_classes: classifier outputs (0: no classifier).
-            global_pool: pooling of the head.
-            drop_rate: dropout before the classifier.
-            proj_drop_rate: dropout after attention projections and in MLPs.
-            attn_drop_rate: attention dropout (ViT-RPB only; NA must have 0).
-            drop_path_rate: stochastic depth, linear from 0 to this over the blocks.
-            qkv_bias: bias in the ``qkv`` projections.
-            qk_scale: logit scale override.
-            norm_layer: channels-last norm (default ``nn.LayerNorm`` with eps 1e-5).
-            device: device of the parameters.
-            dtype: dtype of the parameters.
-            **kwargs: ``NatCfg`` fields overriding ``cfg``.
-
-        Raises:
-            ValueError: an argument or config field outside its valid values, naming it.
-            TypeError: a keyword that is neither an argument nor a ``NatCfg`` field.
-        """
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        cfg = self._init_cfg(cfg, kwargs, in_chans, num_classes, drop_rate, drop_path_rate)
-        norm_layer = _norm_layer(norm_layer)
-        depth = cfg.depths[0]
-        img_size = to_2tuple(cfg.img_size)
-        grid_size = (img_size[0] // cfg.patch_size, img_size[1] // cfg.patch_size)
-        if cfg.attn == 'global_rpb' and min(grid_size) < 1:
-            raise ValueError(f'img_size must be at least patch_size={cfg.patch_size}, got img_size={cfg.img_size}')
-        self.num_features = cfg.embed_dim
-        self.grad_checkpointing = False
-
-        reduction = self._init_stem(in_chans, norm_layer, dd)
-        dilations = cfg.stage_dilations(0)
-        dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.Sequential(*[
-            NatBlock(
-                cfg.embed_dim, cfg.num_heads[0],
-                kernel_size=cfg.kernel_size,
-                dilation=dilations[i],
-                attn=cfg.attn,
-                grid_size=grid_size,
-                mlp_ratio=cfg.mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                layer_scale=cfg.layer_scale,
-                proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate,
-                drop_path=dpr[i],
-                norm_layer=norm_layer,
-                **dd,
-            )
-            for i in range(depth)
-        ])
-        self.feature_info = [
-            dict(num_chs=cfg.embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
-        self.norm = norm_layer(self.num_features, **dd)
-        self._init_head(num_classes, global_pool, drop_rate, dd)
-        self.apply(init_weights)
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(stem=r'^patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward that also returns block outputs.
-
-        Args:
-            x: ``[B, in_chans, H, W]`` images.
-            indices: blocks to return: last n if int, all if None, these if a sequence (negative from the end).
-            norm: apply the final norm to every returned intermediate.
-            stop_early: stop after the last requested block.
-            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
-            intermediates_only: return only the intermediates.
-
-        Returns:
-            The intermediates, or ``(final features [B, H, W, C], intermediates)``.
-        """
-        check_output_fmt(output_fmt)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        x = self.patch_embed(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
-        for i, block in enumerate(blocks):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x)
-            else:
-                x = block(x)
-            if i in take_indices:
-                intermediates.append(self._to_output_fmt(self.norm(x) if norm else x, output_fmt))
-        if intermediates_only:
-            return intermediates
-        x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and norm / head) not needed for the ``indices`` intermediates; returns their indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` -> normed ``[B, ceil(H/p), ceil(W/p), embed_dim]``."""
-        x = self.patch_embed(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
+# layer scale: the official ``gamma1`` / ``gamma2`` (and this module's names before the shared block) -> timm's names
+_LAYER_SCALE_RULES = [(r'\.gamma([12])$', r'.ls\1.gamma')]
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Convert an official NAT / DiNAT / DiNAT_s / isotropic checkpoint to this module's layout.
-
-    Accepts a plain state dict or one wrapped as ``{'model': ...}`` / ``{'state_dict': ...}``. A dict already in
-    this layout (``stages.*`` / ``blocks.*`` / ``head.fc.*`` keys) is returned unchanged. Official keys are renamed:
-    ``levels.i.blocks`` / ``layers.i.blocks`` -> ``stages.i.blocks``, ``levels.i.downsample`` / ``layers.i.downsample``
-    -> ``stages.{i+1}.downsample``, isotropic ``layers.i`` -> ``blocks.i``, ``head`` -> ``head.fc``; ViT-RPB's derived
-    ``relative_position_index`` buffers are dropped (recomputed here). Nothing else is dropped or reshaped.
-
-    Raises:
-        ValueError: the converted dict does not have exactly the model's keys and shapes (the classifier and the
-            first conv excepted: timm's loader adapts them to ``num_classes`` / ``in_chans``).
-    """
+def _convert_checkpoint(
+        state_dict: Dict[str, torch.Tensor],
+        model: nn.Module,
+        rules: List[Tuple[str, Union[str, Callable]]],
+) -> Dict[str, torch.Tensor]:
+    """Unwrap, rename official keys by ``rules`` (plus the head and the layer scales) and check the result against
+    ``model``; a dict already in this layout gets the layer-scale renames only."""
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(('stages.', 'blocks.', 'head.fc.')) for k in state_dict):
-        return state_dict
-    if isinstance(model, NatIsotropic):
-        if model.cfg.attn == 'global_rpb':
-            state_dict = {
-                k: v for k, v in state_dict.items()
-                if not (k.startswith('layers.') and k.endswith('.attn.relative_position_index'))}
-        rules = [(r'^layers\.(\d+)\.', r'blocks.\1.')]
-    else:
-        rules = [
-            (r'^(?:levels|layers)\.(\d+)\.blocks\.', r'stages.\1.blocks.'),
-            (r'^(?:levels|layers)\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),
-        ]
-    rules.append((r'^head\.(weight|bias)$', r'head.fc.\1'))
-    out = rename_keys(state_dict, rules)
+        return rename_keys(state_dict, _LAYER_SCALE_RULES)
+    out = rename_keys(state_dict, [*rules, (r'^head\.(weight|bias)$', r'head.fc.\1'), *_LAYER_SCALE_RULES])
     exempt = [r'^head\.fc\.']
     first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
     if first_conv:
@@ -622,16 +384,36 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     return out
 
 
-def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Convert an official NAT / DiNAT / DiNAT_s checkpoint to this module's layout.
+
+    Accepts a plain state dict or one wrapped as ``{'model': ...}`` / ``{'state_dict': ...}``. A dict already in
+    this layout (``stages.*`` / ``blocks.*`` / ``head.fc.*`` keys) is returned with only the layer-scale renames of
+    earlier native exports. Official keys are renamed: ``levels.i.blocks`` / ``layers.i.blocks`` ->
+    ``stages.i.blocks``, ``levels.i.downsample`` / ``layers.i.downsample`` -> ``stages.{i+1}.downsample``,
+    ``gamma1`` / ``gamma2`` -> ``ls1.gamma`` / ``ls2.gamma``, ``head`` -> ``head.fc``. Nothing is dropped or
+    reshaped. Given an isotropic model, it defers to :func:`zoo.models.nat_isotropic.checkpoint_filter_fn`, so this
+    one function converts every classification checkpoint of the official NAT repository.
+
+    Raises:
+        ValueError: the converted dict does not have exactly the model's keys and shapes (the classifier and the
+            first conv excepted: timm's loader adapts them to ``num_classes`` / ``in_chans``).
+    """
+    if getattr(getattr(model, 'cfg', None), 'isotropic', False):
+        from .nat_isotropic import checkpoint_filter_fn as isotropic_filter_fn  # that module imports this one
+        return isotropic_filter_fn(state_dict, model)
+    rules = [
+        (r'^(?:levels|layers)\.(\d+)\.blocks\.', r'stages.\1.blocks.'),
+        (r'^(?:levels|layers)\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),
+    ]
+    return _convert_checkpoint(state_dict, model, rules)
+
+
+def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> Nat:
     cfg = model_cfgs[variant]
-    if cfg.isotropic:
-        model_cls = NatIsotropic
-        out_indices = kwargs.pop('out_indices', 3)
-    else:
-        model_cls = Nat
-        out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
+    out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
     return build_model_with_cfg(
-        model_cls, variant, pretrained,
+        Nat, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
@@ -654,13 +436,6 @@ def _dinat_s(embed_dim, depths, num_heads, dilate, mlp_ratio=4., **kwargs) -> Na
     return NatCfg(
         embed_dim=embed_dim, depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio,
         dilations=_alternating(depths, dilate), stem='patch', patch_size=4, downsample='merge', **kwargs)
-
-
-def _iso(embed_dim, num_heads, depth=12, dilate=1, attn='na', patch_size=16, mlp_ratio=4., **kwargs) -> NatCfg:
-    return NatCfg(
-        embed_dim=embed_dim, depths=(depth,), num_heads=(num_heads,), mlp_ratio=mlp_ratio,
-        dilations=_alternating((depth,), (dilate,)), stem='patch', patch_size=patch_size, attn=attn,
-        isotropic=True, **kwargs)
 
 
 _D224 = (8, 4, 2, 1)  # floor(stage resolution / 7) at 224 px: 56, 28, 14, 7 tokens
@@ -691,20 +466,10 @@ model_cfgs = dict(
     dinat_s_large_384=_dinat_s(192, _DEPTHS_S, (6, 12, 24, 48), _D384),
     dinat_s_large_in22k=_dinat_s(192, _DEPTHS_S, (6, 12, 24, 48), _D224),
 
-    nat_isotropic_small=_iso(384, 12),
-    nat_isotropic_base=_iso(768, 24),
-    dinat_isotropic_small=_iso(384, 12, dilate=2),
-    dinat_isotropic_base=_iso(768, 24, dilate=2),
-    vitrpb_small=_iso(384, 12, attn='global_rpb'),
-    vitrpb_base=_iso(768, 24, attn='global_rpb'),
-
     # tiny variants for tests and the CPU demo (32x32 / 64x64 inputs); the late stages run padded NA
     nat_test=_nat(16, (2, 2, 2, 1), (1, 2, 4, 8), 2., kernel_size=3),
     dinat_test=_nat(16, (2, 2, 2, 1), (1, 2, 4, 8), 2., (2, 2, 2, 1), kernel_size=3),
     dinat_s_test=_dinat_s(16, (2, 1, 2, 1), (1, 2, 4, 8), (2, 2, 2, 1), mlp_ratio=2., kernel_size=3),
-    nat_isotropic_test=_iso(64, 2, depth=4, patch_size=4, mlp_ratio=2., kernel_size=3),
-    dinat_isotropic_test=_iso(64, 2, depth=4, dilate=2, patch_size=4, mlp_ratio=2., kernel_size=3),
-    vitrpb_test=_iso(64, 2, depth=4, attn='global_rpb', patch_size=4, mlp_ratio=2., img_size=64),
 )
 
 
@@ -740,10 +505,6 @@ def _dinat_s_cfg(url: str = '', **kwargs) -> Dict:
     return _dinat_cfg(url, first_conv='patch_embed.proj', **kwargs)
 
 
-def _iso_cfg(url: str = '', **kwargs) -> Dict:
-    return _dinat_cfg(url, **{'first_conv': 'patch_embed.proj', 'pool_size': (14, 14), **kwargs})
-
-
 _384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
 _IN22K = dict(num_classes=21841, notes=('ImageNet-22K head; 21841 classes assumed (not stated by the official code)',))
 _DINAT_S_NOTE = dict(notes=('classification/DiNAT.md links the same file with "_1k_" in place of "_in1k_"',))
@@ -776,19 +537,10 @@ default_cfgs = generate_default_cfgs({
         _DINAT_URL + 'imagenet1k/dinat_s_large_in1k_384.pth', **_384, **_DINAT_S_NOTE),
     'dinat_s_large_in22k.in22k': _dinat_s_cfg(_DINAT_URL + 'imagenet22k/dinat_s_large_in22k_224.pth', **_IN22K),
 
-    'nat_isotropic_small.in1k': _iso_cfg(_DINAT_URL + 'isotropic/nat_isotropic_small_in1k_224.pth'),
-    'nat_isotropic_base.in1k': _iso_cfg(_DINAT_URL + 'isotropic/nat_isotropic_base_in1k_224.pth'),
-    'dinat_isotropic_small.in1k': _iso_cfg(_DINAT_URL + 'isotropic/dinat_isotropic_small_in1k_224.pth'),
-    'dinat_isotropic_base.in1k': _iso_cfg(_DINAT_URL + 'isotropic/dinat_isotropic_base_in1k_224.pth'),
-    'vitrpb_small.in1k': _iso_cfg(_DINAT_URL + 'isotropic/vitrpb_small_in1k_224.pth', fixed_input_size=True),
-    'vitrpb_base.in1k': _iso_cfg(_DINAT_URL + 'isotropic/vitrpb_base_in1k_224.pth', fixed_input_size=True),
 
     'nat_test': _cfg(**_TEST),
     'dinat_test': _dinat_cfg(**_TEST),
     'dinat_s_test': _dinat_s_cfg(**_TEST),
-    'nat_isotropic_test': _iso_cfg(**dict(_TEST, pool_size=(8, 8))),
-    'dinat_isotropic_test': _iso_cfg(**dict(_TEST, pool_size=(8, 8))),
-    'vitrpb_test': _iso_cfg(**dict(_TEST, pool_size=(8, 8))),
 })
 
 
@@ -887,34 +639,10 @@ def dinat_s_large_in22k(pretrained: bool = False, **kwargs) -> Nat:
     return _create_nat('dinat_s_large_in22k', pretrained=pretrained, **kwargs)
 
 
-@register_model
-def nat_isotropic_small(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('nat_isotropic_small', pretrained=pretrained, **kwargs)
 
 
-@register_model
-def nat_isotropic_base(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('nat_isotropic_base', pretrained=pretrained, **kwargs)
 
 
-@register_model
-def dinat_isotropic_small(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('dinat_isotropic_small', pretrained=pretrained, **kwargs)
-
-
-@register_model
-def dinat_isotropic_base(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('dinat_isotropic_base', pretrained=pretrained, **kwargs)
-
-
-@register_model
-def vitrpb_small(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('vitrpb_small', pretrained=pretrained, **kwargs)
-
-
-@register_model
-def vitrpb_base(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('vitrpb_base', pretrained=pretrained, **kwargs)
 
 
 @register_model
@@ -932,16 +660,4 @@ def dinat_s_test(pretrained: bool = False, **kwargs) -> Nat:
     return _create_nat('dinat_s_test', pretrained=pretrained, **kwargs)
 
 
-@register_model
-def nat_isotropic_test(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('nat_isotropic_test', pretrained=pretrained, **kwargs)
 
-
-@register_model
-def dinat_isotropic_test(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('dinat_isotropic_test', pretrained=pretrained, **kwargs)
-
-
-@register_model
-def vitrpb_test(pretrained: bool = False, **kwargs) -> NatIsotropic:
-    return _create_nat('vitrpb_test', pretrained=pretrained, **kwargs)

@@ -7,7 +7,12 @@ import timm
 import torch
 
 import zoo  # noqa: F401  (registers the models)
-from zoo.models.nat import Nat, NatCfg, NatIsotropic, checkpoint_filter_fn
+from zoo.models import nat, nat_isotropic
+from zoo.models.nat import Nat, NatCfg, checkpoint_filter_fn
+from zoo.models.nat_isotropic import NatIsotropic
+
+# the hierarchical (zoo.models.nat) and isotropic (zoo.models.nat_isotropic) config tables
+MODEL_CFGS = {**nat.model_cfgs, **nat_isotropic.model_cfgs}
 
 # sum(p.numel() for p in official_model.parameters()), 1000-class head, from the official classification code
 # (SHI-Labs/Neighborhood-Attention-Transformer @d334f5b) as recorded in the project's model anchors
@@ -240,7 +245,7 @@ def test_cfg_overlay_and_errors():
 
 
 def test_dilation_schedules():
-    cfgs = zoo.models.nat.model_cfgs
+    cfgs = MODEL_CFGS
     assert cfgs['dinat_tiny'].dilations[:2] == ((1, 8, 1), (1, 4, 1, 4))
     assert cfgs['dinat_tiny'].dilations[2] == (1, 2) * 9 and cfgs['dinat_tiny'].dilations[3] == (1,) * 5
     assert cfgs['dinat_large_384'].dilations[:3] == ((1, 13, 1), (1, 6, 1, 6), (1, 3) * 9)
@@ -342,7 +347,7 @@ def _official_shape(key: str, cfg: NatCfg):
 def official_state_dict(name: str, device='cpu'):
     """A synthetic official-layout state dict of ``name``: template keys expanded, random values (so a wrong mapping
     shows), or empty meta tensors for the full variants."""
-    cfg = zoo.models.nat.model_cfgs[name]
+    cfg = MODEL_CFGS[name]
     template = TEMPLATE_ISO if cfg.isotropic else TEMPLATE_NAT if cfg.stem == 'conv' else TEMPLATE_DINAT_S
     g = torch.Generator().manual_seed(0)
     out = {}

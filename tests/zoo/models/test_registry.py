@@ -9,15 +9,17 @@ NAT_NAMES = {
     'dinat_mini', 'dinat_tiny', 'dinat_small', 'dinat_base', 'dinat_large', 'dinat_large_384',
     'dinat_large_384_11x11', 'dinat_large_in22k', 'dinat_large_11x11_in22k',
     'dinat_s_tiny', 'dinat_s_small', 'dinat_s_base', 'dinat_s_large', 'dinat_s_large_384', 'dinat_s_large_in22k',
+    'nat_test', 'dinat_test', 'dinat_s_test',
+}
+NAT_ISOTROPIC_NAMES = {
     'nat_isotropic_small', 'nat_isotropic_base', 'dinat_isotropic_small', 'dinat_isotropic_base',
-    'vitrpb_small', 'vitrpb_base',
-    'nat_test', 'dinat_test', 'dinat_s_test', 'nat_isotropic_test', 'dinat_isotropic_test', 'vitrpb_test',
+    'vitrpb_small', 'vitrpb_base', 'nat_isotropic_test', 'dinat_isotropic_test', 'vitrpb_test',
 }
 BIFORMER_NAMES = {
     'biformer_tiny', 'biformer_small', 'biformer_base', 'biformer_stl', 'biformer_stl_nchw',
     'biformer_test', 'biformer_stl_test', 'biformer_stl_nchw_test',
 }
-FAMILIES = {'nat': NAT_NAMES, 'biformer': BIFORMER_NAMES}
+FAMILIES = {'nat': NAT_NAMES, 'nat_isotropic': NAT_ISOTROPIC_NAMES, 'biformer': BIFORMER_NAMES}
 
 _PROBE = textwrap.dedent('''
     import json, sys, warnings
@@ -31,7 +33,7 @@ _PROBE = textwrap.dedent('''
     changed = sorted(n for n, cfg in before_cfgs.items() if timm.models.get_pretrained_cfg(n) != cfg)
     print(json.dumps(dict(
         before=sorted(before), after=sorted(after), changed=changed,
-        modules={m: sorted(timm.list_models(module=m)) for m in ('nat', 'biformer')},
+        modules={m: sorted(timm.list_models(module=m)) for m in ('nat', 'nat_isotropic', 'biformer')},
         lightning=sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')),
     )))
 ''')
