@@ -209,7 +209,7 @@ default_cfgs = generate_default_cfgs({
 
     'nat_isotropic_test': _cfg(**_TEST_CFG),
     'dinat_isotropic_test': _cfg(**_TEST_CFG),
-    'vitrpb_test': _cfg(**_TEST_CFG, fixed_input_size=True),
+    'vitrpb_test': _cfg(**_TEST_CFG),
 })
 
 
