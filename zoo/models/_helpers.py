@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, trunc_normal_
+from timm.layers import ClassifierHead, get_device_dtype, trunc_normal_
 from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
 
@@ -111,7 +111,8 @@ class ClassifierMixin:
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
+        # the new Linear on the model's device and dtype, sized for its features (which pruning may have narrowed)
+        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **get_device_dtype(self))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the features and classify.

@@ -64,6 +64,7 @@ from timm.layers import (
     calculate_drop_path_rates,
     create_conv2d,
     get_act_layer,
+    get_device_dtype,
     get_norm_act_layer,
     resize_rel_pos_bias_table,
     to_2tuple,
@@ -417,7 +418,9 @@ class MaxVit(StagedModelMixin, nn.Module):
         reset_other = (reset_other or self.num_features != self.head.in_features
                        or (num_classes == 0 and self.global_pool == ''))
         self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool, reset_other=reset_other, in_features=self.num_features)
+        self.head.reset(
+            num_classes, pool_type=global_pool, reset_other=reset_other, in_features=self.num_features,
+            **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
 
     def forward_intermediates(

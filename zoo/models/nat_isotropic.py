@@ -24,7 +24,7 @@ final norm applies to every intermediate asked for) from :class:`~zoo.models._he
 
 Notes:
     * NA models take any input size (see :mod:`zoo.models.nat`); ViT-RPB any token grid up to its
-      ``img_size // patch_size`` bias table (the official model is fixed to 14x14 tokens).
+      ``ceil(img_size / patch_size)`` bias table (the official model is fixed to 14x14 tokens).
     * Parameter names follow the official ones except ``layers.i`` -> ``blocks.i``, ``gamma1/2`` ->
       ``ls1/2.gamma`` and ``head`` -> ``head.fc``; :func:`checkpoint_filter_fn` converts official checkpoints by key
       renames and drops ViT-RPB's derived ``relative_position_index`` buffers.
@@ -99,9 +99,10 @@ class NatIsotropic(_NatBase, IsotropicModelMixin):
         norm_layer = _norm_layer(norm_layer)
         depth = cfg.depths[0]
         img_size = to_2tuple(cfg.img_size)
-        grid_size = (img_size[0] // cfg.patch_size, img_size[1] // cfg.patch_size)
+        # the patch stem pads to its stride: a table for img_size covers the padded token grid
+        grid_size = (-(-img_size[0] // cfg.patch_size), -(-img_size[1] // cfg.patch_size))
         if cfg.attn == 'global_rpb' and min(grid_size) < 1:
-            raise ValueError(f'img_size must be at least patch_size={cfg.patch_size}, got img_size={cfg.img_size}')
+            raise ValueError(f'img_size must be >= 1, got img_size={cfg.img_size}')
         self.num_features = cfg.embed_dim
         self.grad_checkpointing = False
 
@@ -209,7 +210,8 @@ default_cfgs = generate_default_cfgs({
 
     'nat_isotropic_test': _cfg(**_TEST_CFG),
     'dinat_isotropic_test': _cfg(**_TEST_CFG),
-    'vitrpb_test': _cfg(**_TEST_CFG),
+    # fixed to the 64 px its bias table is built for (as vitrpb_small / base to 224 px)
+    'vitrpb_test': _cfg(**dict(_TEST_CFG, input_size=(3, 64, 64), pool_size=(16, 16)), fixed_input_size=True),
 })
 
 
