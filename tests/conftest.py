@@ -15,8 +15,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from zoo_kernels._utils.testing import nan_poisoning  # noqa: E402,F401  (fixture)
-
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -18,10 +18,23 @@ def dot_fp32(t: torch.Tensor) -> bool:
     return t.dtype == torch.bfloat16 and triton_interpreting()
 
 
+def tf32_allowed() -> bool:
+    """Whether torch allows TF32 in fp32 CUDA matmuls.
+
+    Read through the new API (``torch.backends.cuda.matmul.fp32_precision``), which also reflects the legacy
+    ``allow_tf32`` flag and ``torch.set_float32_matmul_precision``: reading the legacy flag after the new API was used
+    raises "mix of the legacy and new APIs".
+    """
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, 'fp32_precision'):  # torch < 2.9: the legacy flag is the only one
+        return bool(matmul.allow_tf32)
+    return matmul.fp32_precision == 'tf32'
+
+
 def dot_precision(t: torch.Tensor) -> str:
     """``tl.dot`` input precision: fp32 inputs get about fp32 accuracy (three TF32 products; 'ieee' spills registers
     on sm90) unless torch allows TF32 matmuls."""
-    if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if t.dtype == torch.float32 and not tf32_allowed():
         return 'tf32x3'
     return 'tf32'
 

@@ -11,9 +11,9 @@ import random
 
 import pytest
 import torch
+from kernel_helpers import TOLERANCES, assert_close, sample_na_configs
 
 from zoo_kernels import na2d
-from zoo_kernels._utils.testing import TOLERANCES, assert_close, sample_na_configs
 from zoo_kernels.neighborhood import torch_impl
 from zoo_kernels.neighborhood.reference import na_reference
 from zoo_kernels.neighborhood.torch_impl import choose_tile, na_torch

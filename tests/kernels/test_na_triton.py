@@ -4,17 +4,16 @@ Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, s
 small (the interpreter costs about a second per call), dtypes are fp32 and fp16 (the interpreter's bf16 ``tl.dot``
 is wrong), and bf16 runs only on CUDA. Every case goes through the public API and compares the output, the
 log-sum-exp and the gradients of q, k, v and rpb with the reference run in fp64 on the same values, with every
-allocation of the kernels' outputs poisoned with NaNs. One test builds the kernels for sm90 without a GPU, which
-catches what the interpreter accepts but the compiler does not.
+allocation of the kernels' outputs poisoned with NaNs.
 """
 from __future__ import annotations
 
 import pytest
 import torch
+from kernel_helpers import TF32_APIS, TOLERANCES, assert_close, tf32_allowed_through
 
 from zoo_kernels import na2d
 from zoo_kernels._utils.backend import triton_interpreting
-from zoo_kernels._utils.testing import TOLERANCES, assert_builds_for_gpu, assert_close
 from zoo_kernels.neighborhood import neighborhood_attention
 
 pytestmark = pytest.mark.triton
@@ -115,6 +114,20 @@ def test_triton_float16(nan_poisoning):
     check_against_reference(q, k, v, None, 3, (1, 2))
 
 
+@pytest.mark.parametrize('api', TF32_APIS)
+def test_triton_float32_with_tf32_allowed_through_any_api(api, nan_poisoning):
+    # torch raises "mix of the legacy and new APIs" on reading the legacy flag after the new API set TF32: the
+    # launcher reads the new API only, which reflects all four ways
+    from zoo_kernels._utils.triton_launch import dot_precision
+
+    q, k, v, rpb = make_inputs(1, (7, 8), 2, 16, rpb_kernel=(3, 3))
+    assert dot_precision(q) == 'tf32x3'
+    with tf32_allowed_through(api):
+        assert dot_precision(q) == 'tf32'
+        check_against_reference(q, k, v, rpb, 3, 2)
+    assert dot_precision(q) == 'tf32x3'
+
+
 @needs_cuda
 def test_triton_bfloat16_on_cuda():
     q, k, v, rpb = make_inputs(2, (20, 24), 4, 32, heads_kv=2, dtype=torch.bfloat16)
@@ -191,18 +204,3 @@ def test_triton_backward_is_deterministic():
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 
-
-_SM90_CALLS = '''
-    q = torch.randn(1, 12, 10, 4, 32, dtype=torch.bfloat16)
-    k = torch.randn(1, 12, 10, 2, 32, dtype=torch.bfloat16)
-    rpb = torch.randn(4, 5, 5)
-    args = ((5, 5), (2, 1), (1, 1), (False, False), 0.2)
-    out, lse = triton_impl.na_fwd(q, k, k, rpb, *args)
-    triton_impl.na_bwd(out, lse, q, k, k, rpb, out, lse, *args, True)
-'''
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='the CUDA tests build and run the kernels')
-def test_triton_kernels_build_for_sm90_without_a_gpu():
-    kernels = ('na_fwd_kernel', 'na_bwd_kernel_dq', 'na_bwd_kernel_dkv')
-    assert_builds_for_gpu('zoo_kernels.neighborhood.triton_impl', kernels, _SM90_CALLS)

@@ -12,9 +12,9 @@ import traceback
 
 import pytest
 import torch
+from kernel_helpers import TOLERANCES, assert_close, sample_na_configs
 
 from zoo_kernels import na1d, na2d, na3d, neighborhood_attention
-from zoo_kernels._utils.testing import TOLERANCES, assert_close, sample_na_configs
 from zoo_kernels.neighborhood.reference import na_reference
 
 EXTENDED = os.environ.get('ZOO_EXTENDED_TESTS', '0') == '1'

@@ -10,9 +10,9 @@ import itertools
 
 import pytest
 import torch
+from kernel_helpers import TOLERANCES, assert_close
 
 from zoo_kernels import routed_attention
-from zoo_kernels._utils.testing import TOLERANCES, assert_close
 from zoo_kernels.routing.reference import bra_reference
 
 

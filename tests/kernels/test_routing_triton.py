@@ -3,21 +3,18 @@
 Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by ``conftest.py``): shapes stay
 tiny, dtypes are fp32 and fp16 (the interpreter's bf16 ``tl.dot`` is wrong), and bf16 runs only on CUDA. Every case
 goes through the public API and compares the output, the log-sum-exp and the gradients of q, k, v and r_weight with
-the reference run in fp64 on the same values, with every allocation of the kernels' outputs poisoned with NaNs. One
-test builds the kernels for sm90 without a GPU, which catches what the interpreter accepts but the compiler does
-not.
+the reference run in fp64 on the same values, with every allocation of the kernels' outputs poisoned with NaNs.
 """
 from __future__ import annotations
 
 import pytest
 import torch
+from kernel_helpers import TF32_APIS, TOLERANCES, assert_close, tf32_allowed_through
+from test_routing import check_backend, make_inputs
 
 from zoo_kernels import routed_attention
 from zoo_kernels._utils.backend import triton_interpreting
-from zoo_kernels._utils.testing import TOLERANCES, assert_builds_for_gpu, assert_close
 from zoo_kernels.routing.triton_impl import bra_block_config, bra_triton, routing_csr
-
-from test_routing import check_backend, make_inputs
 
 pytestmark = pytest.mark.triton
 
@@ -183,6 +180,16 @@ def test_triton_compiles_without_graph_breaks():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize('api', TF32_APIS)
+def test_triton_float32_with_tf32_allowed_through_any_api(api, nan_poisoning):
+    from zoo_kernels._utils.triton_launch import dot_precision
+
+    q, k, v, r_idx, r_weight = inputs(batch=1, heads=2, m=4, mk=4, topk=2, soft=True)
+    with tf32_allowed_through(api):
+        assert dot_precision(q) == 'tf32'
+        check_backend('triton', q, k, v, r_idx, r_weight, scale=0.3)
+
+
 @needs_cuda
 def test_triton_bfloat16_on_cuda():
     check_backend('triton', *inputs(batch=2, heads=3, n_q=49, n_k=49, m=16, mk=16, topk=4, dim=32, soft=True,
@@ -209,20 +216,3 @@ def test_triton_backward_is_deterministic_on_cuda():
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 
-
-_SM90_CALLS = '''
-    # packed (M 4) and tiled (M 70) regions, soft routing and its gradient, both backward variants
-    for m, mk, per_head, deterministic in ((4, 4, False, True), (70, 20, True, False)):
-        q = torch.randn(1, 2, 5, m, 32, dtype=torch.bfloat16)
-        k = torch.randn(1, 2, 6, mk, 32, dtype=torch.bfloat16)
-        r_idx = torch.randint(0, 6, (1, 2, 5, 3) if per_head else (1, 5, 3))
-        r_weight = torch.rand(r_idx.shape)
-        out, lse = triton_impl.bra_fwd(q, k, k, r_idx, r_weight, 0.2)
-        triton_impl.bra_bwd(out, lse, q, k, k, r_idx, r_weight, out, lse, 0.2, True, deterministic)
-'''
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='the CUDA tests build and run the kernels')
-def test_triton_kernels_build_for_sm90_without_a_gpu():
-    kernels = ('bra_fwd_kernel', 'bra_bwd_kernel_dq', 'bra_bwd_kernel_dkv')
-    assert_builds_for_gpu('zoo_kernels.routing.triton_impl', kernels, _SM90_CALLS)
