@@ -168,7 +168,8 @@ def bench_cpu(shapes, backend: str, natten, skip_slow_peers: bool, repeats: int,
         scale = shape.head_dim ** -0.5
 
         def ours():
-            return neighborhood_attention(q, k, v, kernel_size, dilation, causal, rpb, scale, backend=backend)
+            return neighborhood_attention(q, k, v, kernel_size, dilation=dilation, is_causal=causal, rpb=rpb,
+                                          scale=scale, backend=backend)
 
         def reference():
             return na_reference(q, k, v, kernel_size, dilation, stride, causal, rpb, scale)[0]
@@ -216,7 +217,8 @@ def bench_cuda(shapes, backend: str, natten, repeats: int, stat: str, peak_bw: f
         b, n, h, d, window = shape.batch, shape.tokens, shape.heads, shape.head_dim, shape.window
 
         def ours():
-            return neighborhood_attention(q, k, v, kernel_size, dilation, causal, rpb, scale, backend=backend)
+            return neighborhood_attention(q, k, v, kernel_size, dilation=dilation, is_causal=causal, rpb=rpb,
+                                          scale=scale, backend=backend)
 
         if _guarded(ours) is None:
             rows.append([shape.label()] + ['n/a'] * 13)

@@ -14,6 +14,9 @@ import torch
 logger = logging.getLogger('zoo_kernels')
 
 BACKENDS = ('reference', 'torch', 'triton')
+# what the Triton kernels of both ops take
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_MAX_HEAD_DIM = 128
 
 
 def triton_interpreting() -> bool:
@@ -36,6 +39,18 @@ def triton_unsupported_reason(tensor: torch.Tensor) -> str | None:
     if tensor.device.type == 'cuda' or (tensor.device.type == 'cpu' and triton_interpreting()):
         return None
     return f'triton needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU), got a tensor on {tensor.device}'
+
+
+def triton_kernel_unsupported_reason(query: torch.Tensor, value: torch.Tensor) -> str | None:
+    """Why the Triton kernels of an op cannot take ``query`` and ``value`` (device, dtype, head dims), or None."""
+    reason = triton_unsupported_reason(query)
+    if reason is not None:
+        return reason
+    if query.dtype not in TRITON_DTYPES:
+        return f'triton supports float16, bfloat16 and float32, got {query.dtype}'
+    if max(query.shape[-1], value.shape[-1]) > TRITON_MAX_HEAD_DIM:
+        return f'triton supports head_dim up to {TRITON_MAX_HEAD_DIM}, got {query.shape[-1]}/{value.shape[-1]}'
+    return None
 
 
 def resolve_backend(op: str, backend: str | None, triton_reason: Callable[[], str | None]) -> str:

@@ -1,6 +1,8 @@
 """Tensor checks shared by the ops. Each raises ``TypeError``/``ValueError`` naming the argument."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -29,5 +31,5 @@ def check_scale(scale) -> None:
         return
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f'scale must be a float or None, got {type(scale).__name__}')
-    if not scale > 0:
-        raise ValueError(f'scale must be a positive float, got {scale}')
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f'scale must be a positive finite float, got {scale}')

@@ -14,14 +14,11 @@ from __future__ import annotations
 import torch
 
 from .._utils.args import to_ntuple
-from .._utils.backend import resolve_backend, triton_unsupported_reason
+from .._utils.backend import resolve_backend, triton_kernel_unsupported_reason
 from .._utils.checks import check_same, check_scale, check_tensor
 from .._utils.shape_only import is_shape_only, shape_only_attention
 
 __all__ = ['neighborhood_attention', 'na1d', 'na2d', 'na3d']
-
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_MAX_HEAD_DIM = 128
 
 
 def neighborhood_attention(
@@ -29,6 +26,7 @@ def neighborhood_attention(
         key: torch.Tensor,
         value: torch.Tensor,
         kernel_size,
+        *,
         dilation=1,
         is_causal=False,
         rpb: torch.Tensor | None = None,
@@ -43,6 +41,9 @@ def neighborhood_attention(
     around it, shifted (never truncated) at the borders. With dilation ``d`` the axis splits into ``d``
     interleaved groups (``x mod d``) that attend only themselves; groups may differ in length by one.
 
+    Every argument after ``kernel_size`` is keyword-only: NATTEN's ``na2d(q, k, v, 7, 2)`` means stride 2, so a
+    positional fifth argument raises ``TypeError`` here rather than silently meaning something else.
+
     Args:
         query: ``[B, *spatial, heads, D]``, floating point.
         key: ``[B, *spatial, heads_kv, D]``, same dtype and device; ``heads_kv`` divides ``heads``.
@@ -53,7 +54,7 @@ def neighborhood_attention(
         rpb: legacy relative-position bias ``[heads, 2k_0 - 1, ..., 2k_{n-1} - 1]`` (NAT/DiNAT), added to the
             scaled logits at the in-group offset ``key - query + k - 1``. Odd kernels, no causal axis,
             stride 1. Any floating dtype; differentiable.
-        scale: logit scale, default ``D ** -0.5``.
+        scale: logit scale, positive and finite, default ``D ** -0.5``.
         backend: 'reference', 'torch', 'triton' or None (automatic: Triton on CUDA, torch otherwise; the
             environment variable ``ZOO_NA_BACKEND`` overrides the automatic choice). Meta and fake tensors
             (outside ``torch.compile`` / ``torch.export``) take no backend: their outputs are allocated, not
@@ -87,7 +88,7 @@ def neighborhood_attention(
         out, lse = shape_only_attention(
             (query, key, value, rpb), (*query.shape[:-1], value.shape[-1]), query.shape[:-1])
         return (out, lse) if return_lse else out
-    chosen = resolve_backend('na', backend, lambda: _triton_reason(query, value))
+    chosen = resolve_backend('na', backend, lambda: triton_kernel_unsupported_reason(query, value))
     if chosen == 'reference':
         from .reference import na_reference
         out, lse = na_reference(query, key, value, kernel_size, dilation, stride, is_causal, rpb, scale)
@@ -101,28 +102,31 @@ def neighborhood_attention(
     return (out, lse) if return_lse else out
 
 
-def na1d(query, key, value, kernel_size, dilation=1, is_causal=False, rpb=None, scale=None, backend=None,
+def na1d(query, key, value, kernel_size, *, dilation=1, is_causal=False, rpb=None, scale=None, backend=None,
          stride=1, return_lse=False):
     """1-D neighborhood attention, ``[B, L, heads, D]``; see :func:`neighborhood_attention`."""
     _check_rank('na1d', query, 1)
     return neighborhood_attention(
-        query, key, value, kernel_size, dilation, is_causal, rpb, scale, backend, stride, return_lse)
+        query, key, value, kernel_size, dilation=dilation, is_causal=is_causal, rpb=rpb, scale=scale,
+        backend=backend, stride=stride, return_lse=return_lse)
 
 
-def na2d(query, key, value, kernel_size, dilation=1, is_causal=False, rpb=None, scale=None, backend=None,
+def na2d(query, key, value, kernel_size, *, dilation=1, is_causal=False, rpb=None, scale=None, backend=None,
          stride=1, return_lse=False):
     """2-D neighborhood attention, ``[B, X, Y, heads, D]``; see :func:`neighborhood_attention`."""
     _check_rank('na2d', query, 2)
     return neighborhood_attention(
-        query, key, value, kernel_size, dilation, is_causal, rpb, scale, backend, stride, return_lse)
+        query, key, value, kernel_size, dilation=dilation, is_causal=is_causal, rpb=rpb, scale=scale,
+        backend=backend, stride=stride, return_lse=return_lse)
 
 
-def na3d(query, key, value, kernel_size, dilation=1, is_causal=False, rpb=None, scale=None, backend=None,
+def na3d(query, key, value, kernel_size, *, dilation=1, is_causal=False, rpb=None, scale=None, backend=None,
          stride=1, return_lse=False):
     """3-D neighborhood attention, ``[B, X, Y, Z, heads, D]``; see :func:`neighborhood_attention`."""
     _check_rank('na3d', query, 3)
     return neighborhood_attention(
-        query, key, value, kernel_size, dilation, is_causal, rpb, scale, backend, stride, return_lse)
+        query, key, value, kernel_size, dilation=dilation, is_causal=is_causal, rpb=rpb, scale=scale,
+        backend=backend, stride=stride, return_lse=return_lse)
 
 
 def normalize_na_args(rank: int, kernel_size, dilation, stride, is_causal):
@@ -202,13 +206,3 @@ def _check_rank(fn: str, query, rank: int) -> None:
 def _axes(rank: int) -> str:
     return ', '.join('XYZ'[:rank]) if rank > 1 else 'L'
 
-
-def _triton_reason(query: torch.Tensor, value: torch.Tensor) -> str | None:
-    reason = triton_unsupported_reason(query)
-    if reason is not None:
-        return reason
-    if query.dtype not in TRITON_DTYPES:
-        return f'triton supports float16, bfloat16 and float32, got {query.dtype}'
-    if max(query.shape[-1], value.shape[-1]) > TRITON_MAX_HEAD_DIM:
-        return f'triton supports head_dim up to {TRITON_MAX_HEAD_DIM}, got {query.shape[-1]}/{value.shape[-1]}'
-    return None

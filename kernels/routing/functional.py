@@ -17,15 +17,13 @@ import os
 
 import torch
 
-from .._utils.backend import resolve_backend, triton_unsupported_reason
+from .._utils.backend import resolve_backend, triton_kernel_unsupported_reason
 from .._utils.checks import check_same, check_scale, check_tensor
 from .._utils.shape_only import is_shape_only, shape_only_attention
 
 __all__ = ['routed_attention']
 
 INDEX_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_MAX_HEAD_DIM = 128
 # opt-in to the atomic (non-deterministic) dK/dV backward of the Triton backend; ignored while
 # torch.are_deterministic_algorithms_enabled()
 ATOMIC_ENV = 'ZOO_BRA_ATOMIC_BWD'
@@ -36,6 +34,7 @@ def routed_attention(
         key: torch.Tensor,
         value: torch.Tensor,
         r_idx: torch.Tensor,
+        *,
         scale: float | None = None,
         r_weight: torch.Tensor | None = None,
         backend: str | None = None,
@@ -55,7 +54,8 @@ def routed_attention(
         value: ``[B, H, nRk, Mk, Dv]``, same dtype and device.
         r_idx: integer ``[B, nR, topk]`` (shared by the heads) or ``[B, H, nR, topk]``, values in ``[0, nRk)``,
             ``1 <= topk <= nRk``. Not differentiable.
-        scale: logit scale, default ``D ** -0.5`` (BiFormer passes ``C ** -0.5`` with the full channel count).
+        scale: logit scale, positive and finite, default ``D ** -0.5`` (BiFormer passes ``C ** -0.5`` with the full
+            channel count). This and every later argument are keyword-only.
         r_weight: optional floating tensor of the shape of ``r_idx``: soft-routing weights, differentiable.
         backend: 'reference', 'torch', 'triton' or None (automatic: Triton on CUDA for fp16/bf16/fp32 and head
             dims <= 128, torch otherwise; the environment variable ``ZOO_BRA_BACKEND`` overrides the automatic
@@ -86,7 +86,7 @@ def routed_attention(
         out, lse = shape_only_attention(
             (query, key, value, r_idx, r_weight), (*query.shape[:-1], value.shape[-1]), query.shape[:-1])
         return (out, lse) if return_lse else out
-    chosen = resolve_backend('bra', backend, lambda: _triton_reason(query, value))
+    chosen = resolve_backend('bra', backend, lambda: triton_kernel_unsupported_reason(query, value))
     if chosen == 'reference':
         from .reference import bra_reference
         out, lse = bra_reference(query, key, value, r_idx, r_weight, scale)
@@ -151,13 +151,3 @@ def _deterministic_bwd() -> bool:
         return True
     return os.environ.get(ATOMIC_ENV, '0') in ('', '0')
 
-
-def _triton_reason(query: torch.Tensor, value: torch.Tensor) -> str | None:
-    reason = triton_unsupported_reason(query)
-    if reason is not None:
-        return reason
-    if query.dtype not in TRITON_DTYPES:
-        return f'triton supports float16, bfloat16 and float32, got {query.dtype}'
-    if max(query.shape[-1], value.shape[-1]) > TRITON_MAX_HEAD_DIM:
-        return f'triton supports head_dim up to {TRITON_MAX_HEAD_DIM}, got {query.shape[-1]}/{value.shape[-1]}'
-    return None

@@ -148,7 +148,8 @@ def test_reference_matches_natten(shape, kernel, dilation, stride, causal):
     q, k, v, _ = make_inputs(batch, spatial, heads, dim)
     fn = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[len(spatial)]
     expected = fn(q, k, v, kernel_size=kernel, dilation=dilation, stride=stride, is_causal=causal)
-    out = neighborhood_attention(q, k, v, kernel, dilation, causal, stride=stride, backend='reference')
+    out = neighborhood_attention(q, k, v, kernel, dilation=dilation, is_causal=causal, stride=stride,
+                                 backend='reference')
     assert_close('out', expected, out, ratio=1e-6)
 
 
@@ -160,14 +161,15 @@ def test_reference_random_sweep_matches_natten():
             fn = {1: natten.na1d, 2: natten.na2d, 3: natten.na3d}[rank]
             expected = fn(q, k, v, kernel_size=cfg['kernel_size'], dilation=cfg['dilation'], stride=cfg['stride'],
                           is_causal=cfg['is_causal'])
-            out = neighborhood_attention(q, k, v, cfg['kernel_size'], cfg['dilation'], cfg['is_causal'],
-                                         stride=cfg['stride'], backend='reference')
+            out = neighborhood_attention(q, k, v, cfg['kernel_size'], dilation=cfg['dilation'],
+                                         is_causal=cfg['is_causal'], stride=cfg['stride'], backend='reference')
             assert_close(f'rank {rank} config {i} {cfg}', expected, out, ratio=1e-6)
 
 
 def _run_backend(backend, q, k, v, cfg, rpb, grad_out, grad_lse):
-    out, lse = neighborhood_attention(q, k, v, cfg['kernel_size'], cfg['dilation'], cfg['is_causal'], rpb,
-                                      backend=backend, stride=cfg['stride'], return_lse=True)
+    out, lse = neighborhood_attention(q, k, v, cfg['kernel_size'], dilation=cfg['dilation'],
+                                      is_causal=cfg['is_causal'], rpb=rpb, backend=backend, stride=cfg['stride'],
+                                      return_lse=True)
     tensors = [t for t in (q, k, v, rpb) if t is not None]
     grads = torch.autograd.grad((out * grad_out).sum() + (lse * grad_lse).sum(), tensors)
     return out, lse, grads
@@ -206,12 +208,12 @@ def test_backend_random_sweep_matches_reference(backend, count, max_size, rank, 
 def test_backends_accept_strided_views(backend):
     qkv = torch.randn(1, 9, 8, 3, 2, 16)
     q, k, v = qkv.unbind(3)
-    expected = na2d(q.contiguous(), k.contiguous(), v.contiguous(), 3, 2, backend='reference')
-    assert_close('out', expected, na2d(q, k, v, 3, 2, backend=backend), TOLERANCES[torch.float32][0])
+    expected = na2d(q.contiguous(), k.contiguous(), v.contiguous(), 3, dilation=2, backend='reference')
+    assert_close('out', expected, na2d(q, k, v, 3, dilation=2, backend=backend), TOLERANCES[torch.float32][0])
     # channels-last style: a permuted [B, C, H, W] tensor viewed as heads-last
     q_cl = q.permute(0, 3, 4, 1, 2).contiguous().permute(0, 3, 4, 1, 2)
     assert not q_cl.is_contiguous()
-    assert_close('out', expected, na2d(q_cl, k, v, 3, 2, backend=backend), TOLERANCES[torch.float32][0])
+    assert_close('out', expected, na2d(q_cl, k, v, 3, dilation=2, backend=backend), TOLERANCES[torch.float32][0])
 
 
 def test_rank_wrappers_and_default_scale():
@@ -270,9 +272,9 @@ ERROR_CASES = [
     pytest.param(lambda: na2d(*_qkv(), 3.0), TypeError, 'kernel_size must be int', id='kernel-float'),
     pytest.param(lambda: na2d(*_qkv(), (3, 3, 3)), ValueError, 'kernel_size must be a single value or a tuple of 2',
                  id='kernel-len'),
-    pytest.param(lambda: na2d(*_qkv(), 3, 0), ValueError, 'dilation must be >= 1', id='dilation-0'),
-    pytest.param(lambda: na2d(*_qkv(), 3, 3), ValueError, r'axis 0 has size 8 but kernel_size=3 and dilation=3',
-                 id='kernel-times-dilation'),
+    pytest.param(lambda: na2d(*_qkv(), 3, dilation=0), ValueError, 'dilation must be >= 1', id='dilation-0'),
+    pytest.param(lambda: na2d(*_qkv(), 3, dilation=3), ValueError,
+                 r'axis 0 has size 8 but kernel_size=3 and dilation=3', id='kernel-times-dilation'),
     pytest.param(lambda: na2d(*_qkv((8, 4)), 5), ValueError, 'axis 1 has size 4', id='kernel-larger-than-input'),
     pytest.param(lambda: na2d(*_qkv(), 3, stride=4), ValueError, 'stride must satisfy', id='stride'),
     pytest.param(lambda: na2d(*_qkv(), 3, is_causal=1), TypeError, 'is_causal must be bool', id='causal-type'),
@@ -294,6 +296,7 @@ ERROR_CASES = [
     pytest.param(lambda: na2d(*_qkv(), 3, rpb=torch.zeros(2, 5, 5, dtype=torch.long)), TypeError,
                  'rpb must have dtype', id='rpb-dtype'),
     pytest.param(lambda: na2d(*_qkv(), 3, return_lse=1), TypeError, 'return_lse must be a bool', id='return-lse'),
+    pytest.param(lambda: na2d(*_qkv(), 3, 2), TypeError, 'positional arguments', id='natten-positional-stride'),
 ]
 
 
@@ -320,7 +323,7 @@ class _NAModule(torch.nn.Module):
     def forward(self, x):
         b, h, w, c = x.shape
         q, k, v = self.qkv(x).reshape(b, h, w, 3, self.heads, c // self.heads).unbind(3)
-        return na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb).reshape(b, h, w, c)
+        return na2d(q, k, v, self.kernel_size, dilation=self.dilation, rpb=self.rpb).reshape(b, h, w, c)
 
 
 @pytest.mark.parametrize(('compiler', 'sizes'), [

@@ -193,7 +193,9 @@ ERRORS = [
     (lambda a: a.update(r_weight=a['r_weight'][..., :2]), ValueError, 'r_weight must have the shape of r_idx'),
     (lambda a: a.update(r_weight=a['r_weight'].long()), TypeError, 'r_weight must have dtype'),
     (lambda a: a.update(r_weight=[1.0]), TypeError, 'r_weight must be a torch.Tensor'),
-    (lambda a: a.update(scale=0.0), ValueError, 'scale must be a positive float'),
+    (lambda a: a.update(scale=0.0), ValueError, 'scale must be a positive finite float'),
+    (lambda a: a.update(scale=float('inf')), ValueError, 'scale must be a positive finite float, got inf'),
+    (lambda a: a.update(scale=float('nan')), ValueError, 'scale must be a positive finite float, got nan'),
     (lambda a: a.update(scale='1'), TypeError, 'scale must be a float'),
     (lambda a: a.update(return_lse=1), TypeError, 'return_lse must be a bool'),
     (lambda a: a.update(backend='cuda'), ValueError, 'backend must be one of'),
@@ -206,6 +208,12 @@ def test_errors_name_the_argument(edit, error, match):
     edit(args)
     with pytest.raises(error, match=match):
         routed_attention(**args)
+
+
+def test_arguments_after_r_idx_are_keyword_only():
+    q, k, v, r_idx, _ = make_inputs(requires_grad=False)
+    with pytest.raises(TypeError, match='positional arguments'):
+        routed_attention(q, k, v, r_idx, 0.5)
 
 
 def test_other_device_is_rejected():

@@ -54,12 +54,12 @@ def _spec(t):
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
 def test_na_meta_matches_cpu_shapes(fn, shape, kernel_size, dilation, extra, dtype):
     inputs = _na_inputs(shape, kernel_size, extra, dtype=dtype)
-    out, lse = fn(*inputs[:3], kernel_size, dilation, rpb=inputs[3], return_lse=True)
+    out, lse = fn(*inputs[:3], kernel_size, dilation=dilation, rpb=inputs[3], return_lse=True)
     meta = _to_meta(inputs)
-    m_out, m_lse = fn(*meta[:3], kernel_size, dilation, rpb=meta[3], return_lse=True)
+    m_out, m_lse = fn(*meta[:3], kernel_size, dilation=dilation, rpb=meta[3], return_lse=True)
     assert m_out.is_meta and m_lse.is_meta
     assert _spec(m_out) == _spec(out) and _spec(m_lse) == _spec(lse) == (tuple(out.shape[:-1]), torch.float32)
-    assert fn(*meta[:3], kernel_size, dilation, rpb=meta[3]).shape == out.shape
+    assert fn(*meta[:3], kernel_size, dilation=dilation, rpb=meta[3]).shape == out.shape
     # backward on meta: every differentiable input gets a gradient of its own shape and dtype
     (m_out.sum() + m_lse.sum()).backward()
     for t in meta:

@@ -128,7 +128,7 @@ class NeighborhoodAttention2d(nn.Module):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
         q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
-        x = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale)
+        x = na2d(q, k, v, self.kernel_size, dilation=self.dilation, rpb=self.rpb, scale=self.scale)
         x = x.reshape(B, Hp, Wp, C)
         if pad_b or pad_r:
             x = x[:, :H, :W]
