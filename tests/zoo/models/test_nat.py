@@ -121,7 +121,7 @@ def test_triton_backend_agrees_interpreted(monkeypatch):
 @pytest.mark.parametrize('name', TINY)
 def test_classifier_contract(name):
     model = timm.create_model(name).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, *model.pretrained_cfg['input_size'])  # vitrpb_test is fixed to its 64 px table
     pool = model.pretrained_cfg['pool_size']
     with torch.no_grad():
         feats = model.forward_features(x)
