@@ -1,0 +1,396 @@
+"""The timm contract, checked for every registered zoo model (as timm's own ``tests/test_models.py`` does).
+
+Every model a ``zoo.models.*`` module registers is covered: a family that lands later gets every check by
+registering, and must register a tiny ``*_test`` variant. Tiny variants run on CPU at small inputs: forward,
+backward, gradient checkpointing, values compared (and the same model on meta and under FakeTensorMode gives the
+CPU shapes). Full variants are built and run on the ``meta`` device only, where nothing is computed:
+construction with ``device=`` / ``dtype=``, the pretrained cfg against the real modules, one forward at an odd
+size (200x136; shapes, and every parameter reached by the autograd graph) and ``features_only`` at 512x704.
+
+Beyond timm's suite: ``create_model(device=, dtype=)``, the cfg names resolving to real modules, ``in_chans``,
+``features_only`` at 512x704 and 200x136 (tiny variants: divided by 8 and 4), every parameter receiving a
+gradient, identical gradients with checkpointing, a new head fitting pruned features, and ``import zoo``
+warning-free in a fresh interpreter.
+"""
+import copy
+import functools
+import inspect
+import math
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import get_channel_dim, get_spatial_dim
+from timm.models import FeatureInfo, group_parameters
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+import zoo  # noqa: F401  (registers the models)
+
+
+def _zoo_models():
+    """``{name: module}`` of the models whose timm entrypoint is defined in a ``zoo.models.*`` module."""
+    out = {}
+    for name in timm.list_models():
+        module = timm.models.model_entrypoint(name).__module__
+        if module.startswith('zoo.models.'):
+            out[name] = module
+    return out
+
+
+MODELS = _zoo_models()
+ALL = sorted(MODELS)
+TINY = [n for n in ALL if n.endswith('_test')]
+FULL = [n for n in ALL if not n.endswith('_test')]
+# (H, W) of a detection / segmentation input and an odd one; tiny variants run them divided by the second number
+DENSE_SIZES = {'512x704': ((512, 704), 8), '200x136': ((200, 136), 4)}
+TINY_MAX_PARAMS = 1_000_000
+META_DTYPE = torch.bfloat16
+
+
+def _cfg(name: str) -> dict:
+    return timm.models.get_pretrained_cfg(name).to_dict()
+
+
+def _fixed_size_kwargs(name: str, size) -> dict:
+    """Models with a fixed input size (absolute position tables) are built for the size they are fed."""
+    return dict(img_size=tuple(size)) if _cfg(name).get('fixed_input_size') else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_model(name: str) -> torch.nn.Module:
+    """The model built on the meta device in ``META_DTYPE``, shared by the checks that do not change it."""
+    return timm.create_model(name, device='meta', dtype=META_DTYPE).eval()
+
+
+def _image(name: str, batch: int = 2, size=None, device='cpu', dtype=torch.float32) -> torch.Tensor:
+    size = size or _cfg(name)['input_size'][1:]
+    return torch.randn(batch, 3, *size, device=device, dtype=dtype)
+
+
+def _layout(model: torch.nn.Module, feats: torch.Tensor):
+    """(channels, (H, W)) of ``forward_features`` output, laid out as ``model.output_fmt``."""
+    fmt = getattr(model, 'output_fmt', 'NCHW')
+    h, w = get_spatial_dim(fmt)
+    return feats.shape[get_channel_dim(fmt)], (feats.shape[h], feats.shape[w])
+
+
+def _check_reduced(size, reduction: int, out_size) -> None:
+    """A stride-``reduction`` map of a ``size`` input has floor or ceil of ``size / reduction`` positions."""
+    for s, o in zip(size, out_size):
+        assert o in (s // reduction, math.ceil(s / reduction)), (tuple(size), reduction, tuple(out_size))
+
+
+def _check_intermediates(model, x, inter) -> None:
+    info = FeatureInfo(model.feature_info, list(range(len(model.feature_info))))
+    assert len(inter) == len(info)
+    for f, chans, reduction in zip(inter, info.channels(), info.reduction()):
+        assert f.shape[:2] == (x.shape[0], chans) and f.dtype == x.dtype
+        _check_reduced(x.shape[2:], reduction, f.shape[2:])
+
+
+def _reached_parameters(*outputs: torch.Tensor) -> set:
+    """ids of the leaf tensors the autograd graph of ``outputs`` reaches (those a backward would give a grad)."""
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen, leaves = set(), set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, 'variable'):
+            leaves.add(id(fn.variable))
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return leaves
+
+
+def test_every_family_registers_a_tiny_variant():
+    families = {}
+    for name, module in MODELS.items():
+        families.setdefault(module, []).append(name)
+    assert {'zoo.models.nat', 'zoo.models.biformer'} <= set(families)
+    for module, names in families.items():
+        assert any(n.endswith('_test') for n in names), f'{module} registers no *_test variant for the contract'
+
+
+def test_import_zoo_raises_no_warning():
+    # timm warns when a name is registered twice: a zoo name shadowing a timm one fails here
+    result = subprocess.run(
+        [sys.executable, '-W', 'error', '-c', 'import zoo, timm; assert timm.is_model("nat_test")'],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_pretrained_cfg_and_interface(name):
+    cfg = _cfg(name)
+    model = _meta_model(name)
+    assert model.pretrained_cfg == cfg and model.default_cfg == cfg
+    in_chans, *size = cfg['input_size']
+    assert model.in_chans == in_chans == 3 and len(size) == 2 and min(size) > 0
+    assert len(cfg['pool_size']) == 2 and min(cfg['pool_size']) > 0
+    assert len(cfg['mean']) == len(cfg['std']) == in_chans and min(cfg['std']) > 0
+    assert 0 < cfg['crop_pct'] <= 1 and cfg['interpolation'] in ('bilinear', 'bicubic', 'nearest')
+    assert cfg['num_classes'] == model.num_classes > 0 and cfg.get('license')
+    assert model.num_features > 0 and model.head_hidden_size > 0
+    # the names timm's loaders use resolve to the real modules, with the shapes they adapt
+    first_conv = cfg['first_conv'] if isinstance(cfg['first_conv'], (tuple, list)) else (cfg['first_conv'],)
+    for conv in first_conv:
+        assert model.get_submodule(conv).weight.shape[1] == in_chans, conv
+    assert model.get_submodule(cfg['classifier']) is model.get_classifier()
+    assert model.get_classifier().weight.shape == (model.num_classes, model.head_hidden_size)
+    # what the optimizer factory relies on
+    names = [n for n, _ in model.named_parameters()]
+    for coarse in (False, True):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        assert sorted(n for g in groups.values() for n in g) == sorted(names) and len(groups) > 1
+    assert set(model.no_weight_decay()) <= set(names)
+    assert inspect.signature(model.reset_classifier).parameters['global_pool'].default is None
+    with pytest.raises(TypeError):
+        timm.create_model(name, device='meta', not_a_model_arg=1)
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_reset_classifier_keeps_device_dtype_and_frozen(name):
+    model = copy.deepcopy(_meta_model(name)).to(dtype=torch.float64)
+    # a new classifier is made on the model's device and dtype, also from a headless state
+    for args in ((0,), (2,), (0, ''), (2, 'avg')):
+        model.reset_classifier(*args)
+        if args[0]:
+            classifier = list(model.get_classifier().parameters())
+            assert classifier and all(p.is_meta and p.dtype == torch.float64 for p in classifier), args
+    assert not any(m.training for m in model.modules())
+    model.requires_grad_(False)
+    model.reset_classifier(0)
+    model.reset_classifier(0, '')
+    assert not [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize('name', FULL)
+def test_full_variant_on_meta(name):
+    cfg = _cfg(name)
+    model = _meta_model(name)
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert all(t.is_meta for t in tensors)
+    assert all(t.dtype == META_DTYPE for t in tensors if t.is_floating_point())
+    # the cfg's pool size is its input size over the final reduction (exact: cfg sizes are multiples of it)
+    reduction = model.feature_info[-1]['reduction']
+    assert [s / reduction for s in cfg['input_size'][1:]] == list(cfg['pool_size'])
+    # one forward at the odd size (the cfg size for a fixed-size model): the feature info and the head against the
+    # real shapes, every parameter in the autograd graph
+    size = cfg['input_size'][1:] if cfg.get('fixed_input_size') else DENSE_SIZES['200x136'][0]
+    x = _image(name, size=size, device='meta', dtype=META_DTYPE)
+    final, inter = model.forward_intermediates(x)
+    chans, spatial = _layout(model, final)
+    assert chans == model.num_features
+    _check_reduced(size, reduction, spatial)
+    _check_intermediates(model, x, inter)
+    pre = model.forward_head(final, pre_logits=True)
+    logits = model.forward_head(final)
+    assert pre.shape == (2, model.head_hidden_size) and logits.shape == (2, model.num_classes)
+    assert logits.dtype == META_DTYPE
+    reached = _reached_parameters(logits, *inter)
+    assert not [n for n, p in model.named_parameters() if id(p) not in reached], 'parameters without a gradient'
+
+
+@pytest.mark.parametrize('name', FULL)
+def test_full_variant_features_only(name):
+    # the odd size runs through forward_intermediates above; features_only at the detection size here
+    size = DENSE_SIZES['512x704'][0]
+    model = timm.create_model(
+        name, features_only=True, device='meta', dtype=META_DTYPE, **_fixed_size_kwargs(name, size))
+    info = model.feature_info
+    feats = model(_image(name, batch=1, size=size, device='meta', dtype=META_DTYPE))
+    assert len(feats) == len(info.out_indices) >= 1
+    for f, chans, reduction in zip(feats, info.channels(), info.reduction()):
+        assert f.shape[:2] == (1, chans)
+        _check_reduced(size, reduction, f.shape[2:])
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_forward_backward(name):
+    model = timm.create_model(name, num_classes=7).train()
+    params = dict(model.named_parameters())
+    assert sum(p.numel() for p in params.values()) < TINY_MAX_PARAMS
+    out = model(_image(name))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    F.cross_entropy(out, torch.tensor([1, 2])).backward()
+    assert not [n for n, p in params.items() if p.grad is None], 'parameters without a gradient'
+    assert not [n for n, p in params.items() if not torch.isfinite(p.grad).all()]
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_meta_and_fake_match_cpu(name):
+    x = _image(name)
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        expected = [model(x), *model.forward_intermediates(x)[1]]
+        meta = _meta_model(name)
+        x_meta = x.to('meta', META_DTYPE)
+        for a, b in zip(expected, [meta(x_meta), *meta.forward_intermediates(x_meta)[1]]):
+            assert b.is_meta and b.shape == a.shape and b.dtype == META_DTYPE
+        # fake inputs through the real model, as shape propagation and memory estimators run it
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            x_fake = mode.from_tensor(x)
+            out = [model(x_fake), *model.forward_intermediates(x_fake)[1]]
+        for a, b in zip(expected, out):
+            assert isinstance(b, FakeTensor) and b.shape == a.shape and b.dtype == a.dtype
+        # nothing fake left behind in a cache
+        torch.testing.assert_close(model(x), expected[0])
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_dtypes(name):
+    model = timm.create_model(name).eval()
+    x = _image(name)
+    with torch.no_grad():
+        ref = model(x)
+        # another dtype after a first forward: no stale cache
+        model.to(torch.float64)
+        out = model(x.double())
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out.float(), ref, atol=1e-4, rtol=1e-3)
+        model = timm.create_model(name, device='cpu', dtype=torch.bfloat16).eval()
+        assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+        out = model(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_classifier(name):
+    model = timm.create_model(name).eval()
+    x = _image(name)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        chans, spatial = _layout(model, feats)
+        assert chans == model.num_features and spatial == tuple(_cfg(name)['pool_size'])
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (2, model.head_hidden_size)
+        logits = model(x)
+        assert logits.shape == (2, model.num_classes)
+        torch.testing.assert_close(model.forward_head(feats), logits)
+
+        model.reset_classifier(0)
+        assert model.num_classes == 0
+        torch.testing.assert_close(model(x), pre)
+        model.reset_classifier(0, '')
+        torch.testing.assert_close(model(x), feats)
+        model.reset_classifier(5, 'avg')
+        assert model(x).shape == (2, 5)
+        model.reset_classifier(3)
+        assert model.global_pool == 'avg' and model(x).shape == (2, 3)
+
+        bare = timm.create_model(name, num_classes=0).eval()
+        assert bare(x).shape == pre.shape and bare.num_classes == 0
+        bare = timm.create_model(name, num_classes=0, global_pool='').eval()
+        assert bare(x).shape == feats.shape
+        one = timm.create_model(name, in_chans=1).eval()
+        assert one.in_chans == 1 and one(x[:, :1]).shape == logits.shape
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_forward_intermediates(name):
+    model = timm.create_model(name).eval()
+    x = _image(name)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        _check_intermediates(model, x, inter)
+        only = model.forward_intermediates(x, intermediates_only=True)
+        for a, b in zip(only, inter):
+            torch.testing.assert_close(a, b)
+        # the normed last intermediate is the final feature map
+        nhwc = model.forward_intermediates(x, indices=1, norm=True, output_fmt='NHWC', intermediates_only=True)
+        final_nhwc = final.permute(0, 2, 3, 1) if getattr(model, 'output_fmt', 'NCHW') == 'NCHW' else final
+        assert len(nhwc) == 1
+        torch.testing.assert_close(nhwc[0], final_nhwc)
+        early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
+        for a, b in zip(early, inter[:2]):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match='output_fmt'):
+        model.forward_intermediates(x, output_fmt='NLC')
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_grad_checkpointing_same_gradients(name):
+    model = timm.create_model(name).train()
+    x = _image(name)
+    model(x).sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        expected_final, expected_inter = model.forward_intermediates(x)
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-5, rtol=1e-4, msg=n)
+    final, inter = model.forward_intermediates(x)
+    for a, b in zip([final, *inter], [expected_final, *expected_inter]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.set_grad_checkpointing(False)
+    assert not model.grad_checkpointing
+
+
+@pytest.mark.parametrize('which', list(DENSE_SIZES))
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_features_only(name, which):
+    size, scale = DENSE_SIZES[which]
+    size = tuple(s // scale for s in size)
+    kwargs = _fixed_size_kwargs(name, size)
+    model = timm.create_model(name, features_only=True, **kwargs).eval()
+    info = timm.create_model(name, device='meta', **kwargs).feature_info
+    taken = [info[i] for i in model.feature_info.out_indices]
+    assert model.feature_info.channels() == [i['num_chs'] for i in taken]
+    assert model.feature_info.reduction() == [i['reduction'] for i in taken]
+    x = _image(name, batch=1, size=size)
+    with torch.no_grad():
+        feats = model(x)
+    assert len(feats) == len(taken)
+    for f, i in zip(feats, taken):
+        assert f.shape[:2] == (1, i['num_chs']) and torch.isfinite(f).all()
+        _check_reduced(size, i['reduction'], f.shape[2:])
+    last = len(info) - 1
+    picked = timm.create_model(name, features_only=True, out_indices=(0, last), **kwargs).eval()
+    assert picked.feature_info.channels() == [info[0]['num_chs'], info[last]['num_chs']]
+    with torch.no_grad():
+        assert [f.shape[1] for f in picked(x)] == picked.feature_info.channels()
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_prune_intermediate_layers(name):
+    model = timm.create_model(name).eval()
+    last = len(model.feature_info) - 1
+    x = _image(name)
+    with torch.no_grad():
+        expected = model(x)
+        taps = model.forward_intermediates(x, intermediates_only=True)
+        keep_head = copy.deepcopy(model)
+        keep_head.prune_intermediate_layers([last], prune_head=False)
+        torch.testing.assert_close(keep_head(x), expected)
+    for i in range(last + 1):
+        with torch.no_grad():
+            early = model.forward_intermediates(x, indices=[i], stop_early=True, intermediates_only=True)
+            torch.testing.assert_close(early[0], taps[i])
+            pruned = copy.deepcopy(model)
+            take = pruned.prune_intermediate_layers([i])
+            assert pruned.num_classes == 0
+            tap = pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0]
+            torch.testing.assert_close(tap, taps[i])
+            # a new head fits the pruned features
+            pruned.reset_classifier(4, 'avg')
+            assert pruned(x).shape == (2, 4)
+            # without the norm (as features_only), the features end at the tap
+            pruned = copy.deepcopy(model)
+            take = pruned.prune_intermediate_layers([i], prune_norm=True)
+            if i < last:
+                feats = pruned.forward_features(x)
+                if getattr(pruned, 'output_fmt', 'NCHW') == 'NHWC':
+                    feats = feats.permute(0, 3, 1, 2)
+                torch.testing.assert_close(feats, taps[i])
+        pruned.train()
+        selected = pruned.forward_intermediates(x, indices=take, intermediates_only=True)
+        sum(f.sum() for f in selected + [pruned(x)]).backward()
+        unused = [n for n, p in pruned.named_parameters() if p.requires_grad and p.grad is None]
+        assert not unused, f'pruned to {i}, unused parameters: {unused}'
