@@ -1,4 +1,7 @@
-"""BiFormer models: fidelity numbers, the timm contract and the checkpoint filter."""
+"""BiFormer models: fidelity numbers, family semantics and the checkpoint filter.
+
+The timm contract (classifier, features, intermediates, pruning, checkpointing, meta / dtype) is checked for every
+model in test_contract.py."""
 import math
 import re
 
@@ -48,18 +51,6 @@ def test_param_count_matches_official(name):
 
 
 @pytest.mark.parametrize('name', TINY)
-def test_tiny_variant_forward_backward(name):
-    model = timm.create_model(name, num_classes=10)
-    assert _params(model) < 1_000_000
-    x = torch.randn(2, 3, 64, 64)
-    out = model(x)
-    assert out.shape == (2, 10)
-    torch.nn.functional.cross_entropy(out, torch.tensor([1, 2])).backward()
-    bad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
-    assert not bad
-
-
-@pytest.mark.parametrize('name', TINY)
 @pytest.mark.parametrize('size', [(32, 32), (70, 54), (45, 33)], ids=['32x32', '70x54', '45x33'])
 def test_tiny_variant_any_size(name, size):
     model = timm.create_model(name).eval()
@@ -105,29 +96,9 @@ def test_triton_backend_agrees_interpreted(name, monkeypatch):
 
 
 @pytest.mark.parametrize('name', TINY)
-def test_classifier_contract(name):
-    model = timm.create_model(name).eval()
-    x = torch.randn(2, 3, 32, 32)
-    pool = model.pretrained_cfg['pool_size']
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        assert feats.shape == (2, model.num_features, *pool)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
-        assert model.get_classifier() is model.head.fc
-        model.reset_classifier(0)
-        assert model(x).shape == (2, model.num_features)
-        model.reset_classifier(0, '')
-        assert model(x).shape == (2, model.num_features, *pool)
-        model.reset_classifier(7, 'avg')
-        assert model(x).shape == (2, 7)
-    bare = timm.create_model(name, num_classes=0, global_pool='')
-    assert bare(x).dim() == 4
-    state = timm.create_model(name).state_dict()
-    assert model.pretrained_cfg['classifier'] + '.weight' in state
-    assert model.pretrained_cfg['first_conv'] + '.weight' in state
+def test_no_weight_decay_and_groups(name):
+    model = timm.create_model(name, device='meta')
     assert model.no_weight_decay() == set()
-    groups = timm.models.group_parameters(model, model.group_matcher())
-    assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
     coarse = timm.models.group_parameters(model, model.group_matcher(coarse=True))
     assert len(coarse) == 2 + len(model.stages)  # stem, stages, then norm and head
 
@@ -137,72 +108,17 @@ def test_features_only(name):
     model = timm.create_model(name, features_only=True).eval()
     assert model.feature_info.reduction() == [4, 8, 16, 32]
     assert model.feature_info.channels() == [16, 32, 64, 128]
-    x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
-        feats = model(x)
-    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+        feats = model(torch.randn(1, 3, 64, 48))
+    # the 'conv' layout pads (rounds up), the 'patch' layout's convs floor, as the official ones
     rounding = math.ceil if model_cfgs[name].layout == 'conv' else math.floor
     assert [(f.shape[2], f.shape[3]) for f in feats] == [(64 // r, rounding(48 / r)) for r in (4, 8, 16, 32)]
-    picked = timm.create_model(name, features_only=True, out_indices=(1, 3))
-    assert picked.feature_info.reduction() == [8, 32]
-    assert len(picked(x)) == 2
 
 
 def test_features_only_full_variant():
     model = timm.create_model('biformer_base', features_only=True, device='meta')
     assert model.feature_info.reduction() == [4, 8, 16, 32]
     assert model.feature_info.channels() == [96, 192, 384, 768]
-
-
-@pytest.mark.parametrize('name', TINY)
-@pytest.mark.parametrize('checkpointing', [False, True], ids=['plain', 'grad_ckpt'])
-def test_forward_intermediates(name, checkpointing):
-    model = timm.create_model(name).eval()
-    model.set_grad_checkpointing(checkpointing)
-    x = torch.randn(2, 3, 64, 64, requires_grad=checkpointing)
-    final, inter = model.forward_intermediates(x)
-    torch.testing.assert_close(final, model.forward_features(x))
-    assert len(inter) == len(model.feature_info)
-    for info, feat in zip(model.feature_info, inter):
-        assert feat.shape[1] == info['num_chs'] and feat.shape[2] == 64 // info['reduction']
-    nhwc = model.forward_intermediates(x, indices=1, output_fmt='NHWC', intermediates_only=True, norm=True)
-    torch.testing.assert_close(nhwc[0], final.permute(0, 2, 3, 1))
-    early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
-    torch.testing.assert_close(early[1], inter[1])
-    with pytest.raises(ValueError, match='output_fmt'):
-        model.forward_intermediates(x, output_fmt='NLC')
-
-
-@pytest.mark.parametrize('name', ['biformer_test', 'biformer_stl_nchw_test'])
-def test_grad_checkpointing_same_gradients(name):
-    model = timm.create_model(name)
-    x = torch.randn(2, 3, 64, 64)
-    model(x).sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    assert all(stage.grad_checkpointing for stage in model.stages)
-    model(x).sum().backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)
-
-
-def test_prune_intermediate_layers():
-    model = timm.create_model('biformer_test').eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        full = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
-        kept = model.prune_intermediate_layers([0, 1])
-        pruned = model.forward_intermediates(x, indices=kept, intermediates_only=True)
-    assert kept == [0, 1] and len(model.stages) == 2
-    for a, b in zip(full, pruned):
-        torch.testing.assert_close(a, b)
-    assert model.num_classes == 0 and model.num_features == 32
-
-
-def test_meta_device_and_dtype():
-    model = timm.create_model('biformer_stl_nchw_test', device='meta', dtype=torch.bfloat16)
-    assert all(p.is_meta and p.dtype == torch.bfloat16 for p in model.parameters())
 
 
 def test_cfgs_and_overlay():
