@@ -25,11 +25,18 @@ from typing import Callable, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, create_conv2d, get_act_layer, get_norm_act_layer, make_divisible
 
 __all__ = ['MbConvBlock2d']
 
 LayerType = Union[str, Callable[..., nn.Module]]
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv as a matmul over channels-last tokens (the conv's own weights): on CPU PyTorch runs 1x1 convs on
+    channels-last maps through its slow im2col path; the result is NCHW with channels-last strides."""
+    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
 
 
 class MbConvBlock2d(nn.Module):
@@ -123,10 +130,15 @@ class MbConvBlock2d(nn.Module):
         """``[B, in_chs, H, W]`` -> ``[B, out_chs, ceil(H / stride), ceil(W / stride)]`` ('same' padding)."""
         if x.dim() != 4 or x.shape[1] != self.in_chs:
             raise ValueError(f'x must have shape [B, {self.in_chs}, H, W], got {tuple(x.shape)}')
-        shortcut = self.shortcut(x)
-        x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
+        if isinstance(self.shortcut, nn.Identity):
+            shortcut = x
+        else:
+            shortcut = self.shortcut.pool(x)
+            if isinstance(self.shortcut.expand, nn.Conv2d):
+                shortcut = _pointwise(self.shortcut.expand, shortcut)
+        x = self.norm1(_pointwise(self.conv1_1x1, self.pre_norm(x)))
         x = self.se(self.norm2(self.conv2_kxk(x)))
-        return self.drop_path(self.conv3_1x1(x)) + shortcut
+        return self.drop_path(_pointwise(self.conv3_1x1, x)) + shortcut
 
     def extra_repr(self) -> str:
         return f'in_chs={self.in_chs}, out_chs={self.out_chs}, stride={self.stride}'

@@ -15,8 +15,10 @@ map is zero-padded to the next multiple (inside :func:`~zoo.layers.window_partit
 real token's output never depends on the padding, and both rules give what attending over the real tokens of a
 (full-size, padded) window would. Where the partition divides the map, this is exactly timm's computation.
 
-Cost: ``qkv`` runs on the real tokens before partitioning and ``proj`` after the reverse, so padding adds only
-attention work; the mask (and a bias per window) exists only for padded maps.
+Cost: where the partition divides the map, the work and the copies are timm's (one partition copy of the tokens,
+one reverse copy of the output), except that the bias is a gather and reaches SDPA as a 4-D mask (CPU SDPA takes its
+flash kernel; timm's 3-D bias falls back to the math path). On a padded map ``qkv`` also runs on the padded tokens
+and the bias becomes a per-window mask; ``proj`` always runs after the reverse, on the real tokens only.
 """
 from __future__ import annotations
 
@@ -131,18 +133,18 @@ class PartitionAttentionCl(nn.Module):
         B, H, W, C = x.shape
         size = (min(self.partition_size[0], H), min(self.partition_size[1], W))
         n = size[0] * size[1]
-        qkv = self._partition(self.qkv(x), size)  # [B * windows, ph, pw, 3 * C]
+        windows = self._partition(x, size)  # [B * windows, ph, pw, C]
+        qkv = self.qkv(windows.reshape(-1, n, C))
         if self.head_first:
-            q, k, v = qkv.reshape(-1, n, self.num_heads, 3 * self.dim_head).transpose(1, 2).chunk(3, dim=-1)
+            q, k, v = qkv.view(-1, n, self.num_heads, 3 * self.dim_head).transpose(1, 2).chunk(3, dim=-1)
         else:
-            q, k, v = qkv.reshape(-1, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
-        # the explicit path builds the bias as the official code does, so fvcore counts it as the published GMACs
-        bias = self.rel_pos.get_bias(size, one_hot=not self.fused_attn).to(q.dtype)  # [heads, N, N]
+            q, k, v = qkv.view(-1, n, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
+        # the explicit path builds the bias as the official code does, so fvcore counts it as the published GMACs;
+        # 4-D, so that CPU SDPA takes its flash kernel (a 3-D mask sends it to the slow math path)
+        bias = self.rel_pos.get_bias(size, one_hot=not self.fused_attn).to(q.dtype).unsqueeze(0)  # [1, heads, N, N]
         if padded_size((H, W), size) != (H, W):
-            mask = self._key_mask((H, W), size, q.dtype, q.device)
-            bias = bias + mask  # [windows, heads, N, N]
-            # [B, windows, heads, N, dim_head]: the per-window bias broadcasts over the batch
-            q, k, v = (t.reshape(B, mask.shape[0], self.num_heads, n, -1) for t in (q, k, v))
+            mask = self._key_mask((H, W), size, q.dtype, q.device)  # [windows, 1, 1, N]
+            bias = (bias + mask).repeat(B, 1, 1, 1)  # [B * windows, heads, N, N]
         if self.fused_attn:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
@@ -150,8 +152,7 @@ class PartitionAttentionCl(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1) + bias
             attn = self.attn_drop(attn.softmax(dim=-1))
             out = attn @ v
-        out = out.reshape(-1, self.num_heads, n, self.dim_head).transpose(1, 2).reshape(-1, size[0], size[1], C)
-        out = self._reverse(out, size, (H, W))
+        out = self._reverse(out.transpose(1, 2).reshape(-1, size[0], size[1], C), size, (H, W))
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:

@@ -157,9 +157,14 @@ def test_training_mode_matches_timm():
     assert _rel_err(out, out_ref) <= TOL
     out_ref.square().sum().backward()
     out.square().sum().backward()
-    grads = dict(ref.named_parameters())
-    for name, p in ours.named_parameters():
-        assert _rel_err(p.grad, grads[name].grad) <= 1e-3, name
+    ref_grads = {n: p.grad for n, p in ref.named_parameters()}
+    grads = {n: p.grad for n, p in ours.named_parameters()}
+    assert grads.keys() == ref_grads.keys()
+    flat, flat_ref = (torch.cat([g[n].flatten() for n in sorted(g)]) for g in (grads, ref_grads))
+    assert _rel_err(flat, flat_ref) <= TOL
+    # per parameter, up to rounding noise (a conv bias before a train-mode BN has a gradient of ~0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-3, atol=1e-4 * flat_ref.abs().max().item(), msg=name)
 
 
 @pytest.mark.parametrize('size', [(256, 256), (200, 136), (64, 64), (33, 47)], ids=str)
