@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -39,6 +40,37 @@ def dot_precision(t: torch.Tensor) -> str:
     return 'tf32'
 
 
+def row_alignment(*tensors: torch.Tensor) -> int:
+    """Largest power of two, at most 16, dividing every stride but the last of every tensor (in elements).
+
+    The kernels do not specialise strides (one kernel serves every resolution), so this is how they learn that row
+    offsets allow 16-byte vector loads.
+    """
+    align = 16
+    for t in tensors:
+        for stride in t.stride()[:-1]:
+            while stride % align:
+                align //= 2
+    return align
+
+
+def target_arch(t: torch.Tensor) -> int:
+    """Compute capability the kernels are built for (80 for sm80, 90 for sm90): ``t``'s GPU, else the target of
+    Triton's active driver (a stand-in driver that compiles without a GPU); 0 in the interpreter."""
+    if t.is_cuda:
+        return _capability(t.device.index if t.device.index is not None else torch.cuda.current_device())
+    if triton_interpreting():
+        return 0
+    from triton.runtime.driver import driver
+    return driver.active.get_current_target().arch
+
+
 def on_device_of(t: torch.Tensor):
     """Context making ``t``'s CUDA device current: Triton launches on the current device."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor

@@ -23,16 +23,36 @@ import triton
 from .._utils.triton_launch import dot_fp32 as _dot_fp32
 from .._utils.triton_launch import dot_precision as _precision
 from .._utils.triton_launch import on_device_of as _device_of
+from .._utils.triton_launch import row_alignment as _alignment
+from .._utils.triton_launch import target_arch as _arch
 from .._utils.triton_launch import unit_last as _unit_last
 from .indexing import group_length, window_start
 from .triton_kernels import na_bwd_kernel_dkv, na_bwd_kernel_dq, na_fwd_kernel
 
 __all__ = ['na_triton', 'na_fwd', 'na_bwd', 'na_block_config']
 
-# query tile of the forward and dQ kernels (key tile of the dK/dV kernel) per rank, leading dummy axes included
-_TILES = {1: (1, 1, 64), 2: (1, 8, 8), 3: (4, 4, 4)}
-# rows of the streamed sub-tile: 128 made every sm90 build of the backward spill registers
-_SUB_ROWS = 64
+# stationary tile (queries of the forward and dQ kernels, keys of the dK/dV kernel) per rank and row count,
+# leading dummy axes included
+_TILES = {
+    1: {64: (1, 1, 64), 32: (1, 1, 32), 16: (1, 1, 16)},
+    2: {64: (1, 8, 8), 32: (1, 4, 8), 16: (1, 4, 4)},
+    3: {64: (4, 4, 4), 32: (2, 4, 4), 16: (1, 4, 4)},
+}
+# (stationary rows, streamed rows, warps, stages) of the fwd, dq and dkv kernels by (bytes per element, padded head
+# dim, architecture), chosen from compiling every kernel for sm80 and sm90 (python -m bench.build_matrix; figures
+# in BENCHMARKS.md): the largest tiles that fit shared memory and keep 16-bit kernels free of register spills.
+# Backward kernels hold more tiles at once (q, dO, dQ or k, v, dK, dV, P and dS) and take 8 warps. fp32 multiplies
+# with three TF32 products on split operands: 16-row tiles, one stage. Other GPUs take the sm80 plans.
+_WIDE, _BWD8 = (64, 64, 4, 2), (64, 64, 8, 2)
+_PLANS = {
+    **{(2, d, 90): dict(fwd=_WIDE, dq=_BWD8, dkv=_BWD8) for d in (16, 32, 64)},
+    (2, 128, 90): dict(fwd=_BWD8, dq=(32, 64, 8, 2), dkv=(32, 64, 8, 2)),
+    (2, 16, 80): dict(fwd=_WIDE, dq=_BWD8, dkv=_BWD8),
+    (2, 32, 80): dict(fwd=_WIDE, dq=(64, 32, 8, 2), dkv=(64, 32, 8, 2)),
+    **{(2, d, 80): dict(fwd=(64, 32, 8, 2), dq=(64, 32, 8, 2), dkv=(64, 32, 8, 2)) for d in (64, 128)},
+    **{(4, d, arch): dict(fwd=(16, 32, 4, 1), dq=(16, 32, 4, 1), dkv=(16, 32, 4, 1))
+       for d in (16, 32, 64, 128) for arch in (80, 90)},
+}
 
 
 def na_block_config(
@@ -40,36 +60,52 @@ def na_block_config(
         stride: tuple[int, ...],
         head_dim: int,
         head_dim_v: int,
+        dtype: torch.dtype = torch.float16,
+        arch: int = 90,
 ) -> dict:
     """Tile shapes and launch options of every kernel, chosen in one place.
 
-    The stationary tile (queries in the forward and dQ kernels, keys in the dK/dV kernel) is fixed per rank. The
-    streamed sub-tile covers, per axis, the box that the stationary tile needs (``tile + kernel + stride - 2``,
-    rounded up to a power of two), halved on its largest axis until it has at most 64 rows.
+    Per kernel, the stationary tile (queries in the forward and dQ kernels, keys in the dK/dV kernel) has a fixed
+    shape per rank and row count. The streamed sub-tile covers, per axis, the box that the stationary tile needs
+    (``tile + kernel + stride - 2``, rounded up to a power of two), halved on its largest axis until it has at most
+    the plan's streamed rows.
 
     Args:
         kernel_size: per-axis kernel sizes, 1 to 3 axes.
         stride: per-axis strides.
         head_dim: head dim of query and key.
         head_dim_v: head dim of value.
+        dtype: dtype of the inputs.
+        arch: compute capability the kernels run on (80, 90, ...; 0 in the interpreter).
 
     Returns:
-        dict with ``tile`` and ``sub`` (3-tuples), ``cand`` (3-tuple, candidates of the inverse-window search),
-        ``block_d``, ``block_dv``, ``num_warps`` and ``num_stages``.
+        dict with ``cand`` (3-tuple, candidates of the inverse-window search), ``block_d``, ``block_dv`` and, for
+        each of ``fwd``, ``dq`` and ``dkv``, a dict of ``tile``, ``sub`` (3-tuples), ``num_warps`` and
+        ``num_stages``.
     """
     rank = len(kernel_size)
-    tile = _TILES[rank]
     kernel3 = _to_3d(kernel_size, 1)
     stride3 = _to_3d(stride, 1)
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_dv = max(16, triton.next_power_of_2(head_dim_v))
-    sub = [triton.next_power_of_2(t + k + s - 2) for t, k, s in zip(tile, kernel3, stride3)]
-    while sub[0] * sub[1] * sub[2] > _SUB_ROWS:
-        sub[sub.index(max(sub))] //= 2
-    cand = tuple(triton.next_power_of_2(k + s - 1) for k, s in zip(kernel3, stride3))
-    return dict(
-        tile=tile, sub=tuple(sub), cand=cand, block_d=block_d, block_dv=block_dv,
-        num_warps=4 if max(block_d, block_dv) <= 64 else 8, num_stages=2)
+    element = torch.finfo(dtype).bits // 8
+    cfg = dict(cand=tuple(triton.next_power_of_2(k + s - 1) for k, s in zip(kernel3, stride3)),
+               block_d=block_d, block_dv=block_dv)
+    plans = _PLANS[element, max(block_d, block_dv), 90 if arch == 90 else 80]
+    for name in ('fwd', 'dq', 'dkv'):
+        rows, sub_rows, warps, stages = plans[name]
+        tile = _TILES[rank][rows]
+        sub = [triton.next_power_of_2(t + k + s - 2) for t, k, s in zip(tile, kernel3, stride3)]
+        while sub[0] * sub[1] * sub[2] > sub_rows:
+            sub[sub.index(max(sub))] //= 2
+        cfg[name] = dict(tile=tile, sub=tuple(sub), num_warps=warps, num_stages=stages)
+    return cfg
+
+
+def _launch_options(kernel_cfg: dict) -> dict:
+    t, u = kernel_cfg['tile'], kernel_cfg['sub']
+    return dict(T0=t[0], T1=t[1], T2=t[2], U0=u[0], U1=u[1], U2=u[2], num_warps=kernel_cfg['num_warps'],
+                num_stages=kernel_cfg['num_stages'])
 
 
 def na_fwd(
@@ -87,12 +123,12 @@ def na_fwd(
     query, key, value = _unit_last(query), _unit_last(key), _unit_last(value)
     batch, *spatial, heads, head_dim = query.shape
     heads_kv, head_dim_v = key.shape[-2], value.shape[-1]
-    cfg = na_block_config(kernel_size, stride, head_dim, head_dim_v)
+    cfg = na_block_config(kernel_size, stride, head_dim, head_dim_v, query.dtype, _arch(query))
     out = query.new_empty(*query.shape[:-1], head_dim_v)
     lse = query.new_empty(query.shape[:-1], dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
-    grid = (_num_tiles(spatial, dilation, cfg['tile']) * batch * heads,)
+    grid = (_num_tiles(spatial, dilation, cfg['fwd']['tile']) * batch * heads,)
     na_fwd_kernel[grid](
         query, key, value, rpb if rpb is not None else query, out, lse,
         *_strides(query), *_strides(key), *_strides(value), *_strides(out), *_strides(lse, heads_last=False),
@@ -100,10 +136,10 @@ def na_fwd(
         *_to_3d(spatial, 1), *_to_3d(dilation, 1),
         heads, heads // heads_kv,
         scale,
-        *_kernel_constants(kernel_size, stride, is_causal, cfg),
+        *_kernel_constants(kernel_size, stride, is_causal),
         DK=head_dim, DV=head_dim_v, BD=cfg['block_d'], BDV=cfg['block_dv'],
         HAS_RPB=rpb is not None, DOT_FP32=_dot_fp32(query), PRECISION=_precision(query),
-        num_warps=cfg['num_warps'], num_stages=cfg['num_stages'],
+        ALIGN=_alignment(query, key, value, out), **_launch_options(cfg['fwd']),
     )
     return out, lse
 
@@ -141,7 +177,7 @@ def na_bwd(
     lse = lse.contiguous()
     batch, *spatial, heads, head_dim = query.shape
     heads_kv, head_dim_v = key.shape[-2], value.shape[-1]
-    cfg = na_block_config(kernel_size, stride, head_dim, head_dim_v)
+    cfg = na_block_config(kernel_size, stride, head_dim, head_dim_v, query.dtype, _arch(query))
     dq = torch.empty_like(query, memory_format=torch.contiguous_format)
     dk = torch.empty_like(key, memory_format=torch.contiguous_format)
     dv = torch.empty_like(value, memory_format=torch.contiguous_format)
@@ -155,13 +191,13 @@ def na_bwd(
         grad_lse = grad_lse.float().contiguous()
     common = dict(
         DK=head_dim, DV=head_dim_v, BD=cfg['block_d'], BDV=cfg['block_dv'], HAS_RPB=rpb is not None,
-        DOT_FP32=_dot_fp32(query), PRECISION=_precision(query), num_warps=cfg['num_warps'],
-        num_stages=cfg['num_stages'])
-    constants = _kernel_constants(kernel_size, stride, is_causal, cfg)
+        DOT_FP32=_dot_fp32(query), PRECISION=_precision(query),
+        ALIGN=_alignment(query, key, value, out, grad_out, dq, dk, dv))
+    constants = _kernel_constants(kernel_size, stride, is_causal)
     sizes = (*_to_3d(spatial, 1), *_to_3d(dilation, 1))
     rpb_arg = rpb if rpb is not None else query
 
-    grid = (_num_tiles(spatial, dilation, cfg['tile']) * batch * heads,)
+    grid = (_num_tiles(spatial, dilation, cfg['dq']['tile']) * batch * heads,)
     na_bwd_kernel_dq[grid](
         query, key, value, rpb_arg, out, grad_out, lse, grad_lse if grad_lse is not None else lse, delta, dq,
         ds if store_ds else lse,
@@ -174,9 +210,9 @@ def na_bwd(
         scale,
         *constants,
         HAS_DLSE=grad_lse is not None, STORE_DS=store_ds,
-        **common,
+        **common, **_launch_options(cfg['dq']),
     )
-    grid = (_num_tiles(spatial, dilation, cfg['tile']) * batch * heads_kv,)
+    grid = (_num_tiles(spatial, dilation, cfg['dkv']['tile']) * batch * heads_kv,)
     na_bwd_kernel_dkv[grid](
         query, key, value, rpb_arg, grad_out, lse, delta, dk, dv,
         *_strides(query), *_strides(key), *_strides(value), *_strides(grad_out),
@@ -187,7 +223,7 @@ def na_bwd(
         scale,
         *constants,
         CAND0=cfg['cand'][0], CAND1=cfg['cand'][1], CAND2=cfg['cand'][2],
-        **common,
+        **common, **_launch_options(cfg['dkv']),
     )
     drpb = _rpb_grad(ds, kernel_size, dilation).to(rpb.dtype) if store_ds else None
     return dq, dk, dv, drpb
@@ -230,9 +266,8 @@ def _rpb_strides(rpb: torch.Tensor | None) -> tuple[int, ...]:
     return (rpb.stride(0), *_to_3d(rpb.stride()[1:], 0))
 
 
-def _kernel_constants(kernel_size, stride, is_causal, cfg) -> tuple:
-    return (*_to_3d(kernel_size, 1), *_to_3d(stride, 1), *_to_3d(tuple(bool(c) for c in is_causal), False),
-            *cfg['tile'], *cfg['sub'])
+def _kernel_constants(kernel_size, stride, is_causal) -> tuple:
+    return *_to_3d(kernel_size, 1), *_to_3d(stride, 1), *_to_3d(tuple(bool(c) for c in is_causal), False)
 
 
 def _num_tiles(spatial, dilation, tile) -> int:

@@ -10,12 +10,15 @@ not recompile); kernel size, stride, causal flags and tile shapes are compile-ti
 import triton
 import triton.language as tl
 
-# the smallest logit of a row before it has seen a valid key; finite so that no exp2(-inf + inf) appears
-NEG_INIT = tl.constexpr(-1.0e30)
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+from .._utils.triton_common import LN2, LOG2E, NEG_INIT, dot
 
-RUNTIME_SIZES = ['L0', 'L1', 'L2', 'D0', 'D1', 'D2']
+# runtime ints that are never specialised (Triton would compile one kernel per value of `x % 16 == 0` and
+# `x == 1`): sizes, dilations, head counts and every stride, so that one kernel serves every resolution, batch and
+# layout; the alignment of the rows is passed as the constexpr ALIGN instead
+_TENSORS = ('q', 'k', 'v', 'o', 'do', 'l', 'dq', 'dk', 'dv', 'ds')
+RUNTIME_ARGS = (['L0', 'L1', 'L2', 'D0', 'D1', 'D2', 'NH', 'NHK', 'G']
+                + [f'stride_{t}{axis}' for t in _TENSORS for axis in 'b012h']
+                + [f'stride_r{axis}' for axis in 'h012'])
 
 
 @triton.jit
@@ -87,10 +90,14 @@ def _tile_coords(s0, s1, s2, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexp
 
 
 @triton.jit
-def _row_offsets(base, x0, x1, x2, D0, D1, D2, st0, st1, st2):
-    # int64 element offsets of in-group coordinates (the group offset is already in `base`)
-    return (base + (x0 * D0).to(tl.int64) * st0 + (x1 * D1).to(tl.int64) * st1
-            + (x2 * D2).to(tl.int64) * st2)
+def _row_offsets(base, x0, x1, x2, D0, D1, D2, st0, st1, st2, ALIGN: tl.constexpr):
+    # int64 element offsets of in-group coordinates (the group offset is already in `base`); strides are not
+    # specialised, so the launcher states that they are multiples of ALIGN (16-byte vector loads need it); the hint
+    # must sit on the op that computes the offsets, not on a function argument
+    offsets = base + (x0 * D0).to(tl.int64) * st0 + (x1 * D1).to(tl.int64) * st1 + (x2 * D2).to(tl.int64) * st2
+    if ALIGN > 1:
+        offsets = tl.multiple_of(offsets, ALIGN)
+    return offsets
 
 
 @triton.jit
@@ -110,21 +117,13 @@ def _window_mask(valid, rel, width, K: tl.constexpr):
 
 @triton.jit
 def _bias(rpb, i_h, dx0, dx1, dx2, mask, srh, sr0, sr1, sr2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr):
-    # gather of the legacy bias table at the in-group offsets key - query (dx, broadcast 2-D) + K - 1, in fp32
-    idx = i_h.to(tl.int64) * srh + (dx0 + K0 - 1) * sr0 + (dx1 + K1 - 1) * sr1 + (dx2 + K2 - 1) * sr2
+    # gather of the legacy bias table at the in-group offsets key - query (dx, broadcast 2-D) + K - 1, in fp32;
+    # the table is small: 32-bit offsets (half the registers of 64-bit ones over the whole [BM, BN] tile)
+    idx = i_h * srh + (dx0 + K0 - 1) * sr0 + (dx1 + K1 - 1) * sr1 + (dx2 + K2 - 1) * sr2
     return tl.load(rpb + idx, mask=mask, other=0.).to(tl.float32)
 
 
-@triton.jit
-def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    # the interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there
-    if DOT_FP32:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit(do_not_specialize=RUNTIME_SIZES)
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def na_fwd_kernel(
     q, k, v, rpb, o, lse,
     stride_qb, stride_q0, stride_q1, stride_q2, stride_qh,
@@ -142,7 +141,7 @@ def na_fwd_kernel(
     T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
     U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    HAS_RPB: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_RPB: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     i_h, i_b, g0, g1, g2, s0, s1, s2, n0, n1, n2 = _decode_program(
         tl.program_id(0), NH, L0, L1, L2, D0, D1, D2, T0, T1, T2)
@@ -176,7 +175,7 @@ def na_fwd_kernel(
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
     base_q = _base_offset(i_b, i_h, g0, g1, g2, stride_qb, stride_q0, stride_q1, stride_q2, stride_qh)
-    row_q = _row_offsets(base_q, qx0, qx1, qx2, D0, D1, D2, stride_q0, stride_q1, stride_q2)
+    row_q = _row_offsets(base_q, qx0, qx1, qx2, D0, D1, D2, stride_q0, stride_q1, stride_q2, ALIGN)
     # [BM, BD]
     b_q = tl.load(q + row_q[:, None] + o_d[None, :], mask=q_valid[:, None] & (o_d[None, :] < DK), other=0.)
     base_k = _base_offset(i_b, i_hk, g0, g1, g2, stride_kb, stride_k0, stride_k1, stride_k2, stride_kh)
@@ -189,8 +188,8 @@ def na_fwd_kernel(
         kx0, kx1, kx2 = _tile_coords(
             b0 + (it // (nb1 * nb2)) * U0, b1 + ((it // nb2) % nb1) * U1, b2 + (it % nb2) * U2, U0, U1, U2)
         k_valid = (kx0 < be0) & (kx1 < be1) & (kx2 < be2)
-        row_k = _row_offsets(base_k, kx0, kx1, kx2, D0, D1, D2, stride_k0, stride_k1, stride_k2)
-        row_v = _row_offsets(base_v, kx0, kx1, kx2, D0, D1, D2, stride_v0, stride_v1, stride_v2)
+        row_k = _row_offsets(base_k, kx0, kx1, kx2, D0, D1, D2, stride_k0, stride_k1, stride_k2, ALIGN)
+        row_v = _row_offsets(base_v, kx0, kx1, kx2, D0, D1, D2, stride_v0, stride_v1, stride_v2, ALIGN)
         # [BN, BD]
         b_k = tl.load(k + row_k[:, None] + o_d[None, :], mask=k_valid[:, None] & (o_d[None, :] < DK), other=0.)
         # [BN, BDV]
@@ -201,7 +200,7 @@ def na_fwd_kernel(
         b_mask = _window_mask(b_mask, kx1[None, :] - ws1[:, None], (we1 - ws1)[:, None], K1)
         b_mask = _window_mask(b_mask, kx2[None, :] - ws2[:, None], (we2 - ws2)[:, None], K2)
         # [BM, BN], logits in log2 units
-        b_s = _dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
+        b_s = dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
         if HAS_RPB:
             b_s += LOG2E * _bias(rpb, i_h, kx0[None, :] - qx0[:, None], kx1[None, :] - qx1[:, None],
                                  kx2[None, :] - qx2[:, None], b_mask, stride_rh, stride_r0, stride_r1, stride_r2,
@@ -211,21 +210,21 @@ def na_fwd_kernel(
         b_alpha = tl.exp2(b_m - b_m_new)
         b_p = tl.exp2(b_s - b_m_new[:, None])
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
-        b_acc = b_acc * b_alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v, DOT_FP32, PRECISION)
+        b_acc = b_acc * b_alpha[:, None] + dot(b_p.to(b_v.dtype), b_v, DOT_FP32, PRECISION)
         b_m = b_m_new
 
     b_l = tl.where(b_l > 0, b_l, 1.)
     b_o = b_acc / b_l[:, None]
     base_o = _base_offset(i_b, i_h, g0, g1, g2, stride_ob, stride_o0, stride_o1, stride_o2, stride_oh)
-    row_o = _row_offsets(base_o, qx0, qx1, qx2, D0, D1, D2, stride_o0, stride_o1, stride_o2)
+    row_o = _row_offsets(base_o, qx0, qx1, qx2, D0, D1, D2, stride_o0, stride_o1, stride_o2, ALIGN)
     tl.store(o + row_o[:, None] + o_dv[None, :], b_o.to(o.dtype.element_ty),
              mask=q_valid[:, None] & (o_dv[None, :] < DV))
     base_l = _base_offset(i_b, i_h, g0, g1, g2, stride_lb, stride_l0, stride_l1, stride_l2, stride_lh)
-    row_l = _row_offsets(base_l, qx0, qx1, qx2, D0, D1, D2, stride_l0, stride_l1, stride_l2)
+    row_l = _row_offsets(base_l, qx0, qx1, qx2, D0, D1, D2, stride_l0, stride_l1, stride_l2, 1)
     tl.store(lse + row_l, (b_m + tl.log2(b_l)) * LN2, mask=q_valid)
 
 
-@triton.jit(do_not_specialize=RUNTIME_SIZES)
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def na_bwd_kernel_dq(
     q, k, v, rpb, o, do, lse, dlse, delta, dq, ds,
     stride_qb, stride_q0, stride_q1, stride_q2, stride_qh,
@@ -247,7 +246,7 @@ def na_bwd_kernel_dq(
     U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     HAS_RPB: tl.constexpr, HAS_DLSE: tl.constexpr, STORE_DS: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     # Q-stationary over the forward box; also writes delta = rowsum(dO * O) - dlse for the dK/dV kernel and, for the
     # bias gradient, dS of every (query, window offset) pair
@@ -284,14 +283,14 @@ def na_bwd_kernel_dq(
     m_d = q_valid[:, None] & (o_d[None, :] < DK)
     m_dv = q_valid[:, None] & (o_dv[None, :] < DV)
     row_q = _row_offsets(_base_offset(i_b, i_h, g0, g1, g2, stride_qb, stride_q0, stride_q1, stride_q2, stride_qh),
-                         qx0, qx1, qx2, D0, D1, D2, stride_q0, stride_q1, stride_q2)
+                         qx0, qx1, qx2, D0, D1, D2, stride_q0, stride_q1, stride_q2, ALIGN)
     row_o = _row_offsets(_base_offset(i_b, i_h, g0, g1, g2, stride_ob, stride_o0, stride_o1, stride_o2, stride_oh),
-                         qx0, qx1, qx2, D0, D1, D2, stride_o0, stride_o1, stride_o2)
+                         qx0, qx1, qx2, D0, D1, D2, stride_o0, stride_o1, stride_o2, ALIGN)
     row_do = _row_offsets(
         _base_offset(i_b, i_h, g0, g1, g2, stride_dob, stride_do0, stride_do1, stride_do2, stride_doh),
-        qx0, qx1, qx2, D0, D1, D2, stride_do0, stride_do1, stride_do2)
+        qx0, qx1, qx2, D0, D1, D2, stride_do0, stride_do1, stride_do2, ALIGN)
     row_l = _row_offsets(_base_offset(i_b, i_h, g0, g1, g2, stride_lb, stride_l0, stride_l1, stride_l2, stride_lh),
-                         qx0, qx1, qx2, D0, D1, D2, stride_l0, stride_l1, stride_l2)
+                         qx0, qx1, qx2, D0, D1, D2, stride_l0, stride_l1, stride_l2, 1)
     # [BM, BD]
     b_q = tl.load(q + row_q[:, None] + o_d[None, :], mask=m_d, other=0.)
     # [BM, BDV]
@@ -306,7 +305,7 @@ def na_bwd_kernel_dq(
     if STORE_DS:
         row_ds = _row_offsets(
             _base_offset(i_b, i_h, g0, g1, g2, stride_dsb, stride_ds0, stride_ds1, stride_ds2, stride_dsh),
-            qx0, qx1, qx2, D0, D1, D2, stride_ds0, stride_ds1, stride_ds2)
+            qx0, qx1, qx2, D0, D1, D2, stride_ds0, stride_ds1, stride_ds2, 1)
 
     base_k = _base_offset(i_b, i_hk, g0, g1, g2, stride_kb, stride_k0, stride_k1, stride_k2, stride_kh)
     base_v = _base_offset(i_b, i_hk, g0, g1, g2, stride_vb, stride_v0, stride_v1, stride_v2, stride_vh)
@@ -315,8 +314,8 @@ def na_bwd_kernel_dq(
         kx0, kx1, kx2 = _tile_coords(
             b0 + (it // (nb1 * nb2)) * U0, b1 + ((it // nb2) % nb1) * U1, b2 + (it % nb2) * U2, U0, U1, U2)
         k_valid = (kx0 < be0) & (kx1 < be1) & (kx2 < be2)
-        row_k = _row_offsets(base_k, kx0, kx1, kx2, D0, D1, D2, stride_k0, stride_k1, stride_k2)
-        row_v = _row_offsets(base_v, kx0, kx1, kx2, D0, D1, D2, stride_v0, stride_v1, stride_v2)
+        row_k = _row_offsets(base_k, kx0, kx1, kx2, D0, D1, D2, stride_k0, stride_k1, stride_k2, ALIGN)
+        row_v = _row_offsets(base_v, kx0, kx1, kx2, D0, D1, D2, stride_v0, stride_v1, stride_v2, ALIGN)
         # [BN, BD]
         b_k = tl.load(k + row_k[:, None] + o_d[None, :], mask=k_valid[:, None] & (o_d[None, :] < DK), other=0.)
         # [BN, BDV]
@@ -327,16 +326,16 @@ def na_bwd_kernel_dq(
         b_mask = _window_mask(b_mask, kx1[None, :] - ws1[:, None], (we1 - ws1)[:, None], K1)
         b_mask = _window_mask(b_mask, kx2[None, :] - ws2[:, None], (we2 - ws2)[:, None], K2)
         # [BM, BN]
-        b_s = _dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
+        b_s = dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
         if HAS_RPB:
             b_s += LOG2E * _bias(rpb, i_h, kx0[None, :] - qx0[:, None], kx1[None, :] - qx1[:, None],
                                  kx2[None, :] - qx2[:, None], b_mask, stride_rh, stride_r0, stride_r1, stride_r2,
                                  K0, K1, K2)
         b_p = tl.where(b_mask, tl.exp2(b_s - b_lse[:, None]), 0.)
         # [BM, BN]
-        b_dp = _dot(b_do, tl.trans(b_v), DOT_FP32, PRECISION)
+        b_dp = dot(b_do, tl.trans(b_v), DOT_FP32, PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dq += _dot(b_ds.to(b_k.dtype), b_k, DOT_FP32, PRECISION)
+        b_dq += dot(b_ds.to(b_k.dtype), b_k, DOT_FP32, PRECISION)
         if STORE_DS:
             # window offset (a0, a1, a2) of each key, flattened row-major over the kernel
             b_off = ((kx0[None, :] - ws0[:, None]) * K1 + (kx1[None, :] - ws1[:, None])) * K2 + \
@@ -345,11 +344,11 @@ def na_bwd_kernel_dq(
 
     row_dq = _row_offsets(
         _base_offset(i_b, i_h, g0, g1, g2, stride_dqb, stride_dq0, stride_dq1, stride_dq2, stride_dqh),
-        qx0, qx1, qx2, D0, D1, D2, stride_dq0, stride_dq1, stride_dq2)
+        qx0, qx1, qx2, D0, D1, D2, stride_dq0, stride_dq1, stride_dq2, ALIGN)
     tl.store(dq + row_dq[:, None] + o_d[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=m_d)
 
 
-@triton.jit(do_not_specialize=RUNTIME_SIZES)
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def na_bwd_kernel_dkv(
     q, k, v, rpb, do, lse, delta, dk, dv,
     stride_qb, stride_q0, stride_q1, stride_q2, stride_qh,
@@ -370,7 +369,7 @@ def na_bwd_kernel_dkv(
     U0: tl.constexpr, U1: tl.constexpr, U2: tl.constexpr,
     CAND0: tl.constexpr, CAND1: tl.constexpr, CAND2: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    HAS_RPB: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_RPB: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     # KV-stationary: a program owns a T0 x T1 x T2 tile of keys of one key head and walks the U0 x U1 x U2 query
     # sub-tiles of the exact inverse box, for each of the G query heads of that key head (deterministic, no atomics)
@@ -395,9 +394,9 @@ def na_bwd_kernel_dkv(
     m_d = k_valid[:, None] & (o_d[None, :] < DK)
     m_dv = k_valid[:, None] & (o_dv[None, :] < DV)
     row_k = _row_offsets(_base_offset(i_b, i_hk, g0, g1, g2, stride_kb, stride_k0, stride_k1, stride_k2, stride_kh),
-                         kx0, kx1, kx2, D0, D1, D2, stride_k0, stride_k1, stride_k2)
+                         kx0, kx1, kx2, D0, D1, D2, stride_k0, stride_k1, stride_k2, ALIGN)
     row_v = _row_offsets(_base_offset(i_b, i_hk, g0, g1, g2, stride_vb, stride_v0, stride_v1, stride_v2, stride_vh),
-                         kx0, kx1, kx2, D0, D1, D2, stride_v0, stride_v1, stride_v2)
+                         kx0, kx1, kx2, D0, D1, D2, stride_v0, stride_v1, stride_v2, ALIGN)
     # [BN, BD]
     b_k = tl.load(k + row_k[:, None] + o_d[None, :], mask=m_d, other=0.)
     # [BN, BDV]
@@ -419,13 +418,13 @@ def na_bwd_kernel_dkv(
         we2 = _window_end(qx2, ws2, K2, C2)
         row_q = _row_offsets(
             _base_offset(i_b, i_h, g0, g1, g2, stride_qb, stride_q0, stride_q1, stride_q2, stride_qh),
-            qx0, qx1, qx2, D0, D1, D2, stride_q0, stride_q1, stride_q2)
+            qx0, qx1, qx2, D0, D1, D2, stride_q0, stride_q1, stride_q2, ALIGN)
         row_do = _row_offsets(
             _base_offset(i_b, i_h, g0, g1, g2, stride_dob, stride_do0, stride_do1, stride_do2, stride_doh),
-            qx0, qx1, qx2, D0, D1, D2, stride_do0, stride_do1, stride_do2)
+            qx0, qx1, qx2, D0, D1, D2, stride_do0, stride_do1, stride_do2, ALIGN)
         row_l = _row_offsets(
             _base_offset(i_b, i_h, g0, g1, g2, stride_lb, stride_l0, stride_l1, stride_l2, stride_lh),
-            qx0, qx1, qx2, D0, D1, D2, stride_l0, stride_l1, stride_l2)
+            qx0, qx1, qx2, D0, D1, D2, stride_l0, stride_l1, stride_l2, 1)
         # [BM, BD]
         b_q = tl.load(q + row_q[:, None] + o_d[None, :], mask=q_valid[:, None] & (o_d[None, :] < DK), other=0.)
         # [BM, BDV]
@@ -440,25 +439,25 @@ def na_bwd_kernel_dkv(
         b_mask = _window_mask(b_mask, kx0[:, None] - ws0[None, :], (we0 - ws0)[None, :], K0)
         b_mask = _window_mask(b_mask, kx1[:, None] - ws1[None, :], (we1 - ws1)[None, :], K1)
         b_mask = _window_mask(b_mask, kx2[:, None] - ws2[None, :], (we2 - ws2)[None, :], K2)
-        b_st = _dot(b_k, tl.trans(b_q), DOT_FP32, PRECISION) * qk_scale
+        b_st = dot(b_k, tl.trans(b_q), DOT_FP32, PRECISION) * qk_scale
         if HAS_RPB:
             b_st += LOG2E * _bias(rpb, i_h, kx0[:, None] - qx0[None, :], kx1[:, None] - qx1[None, :],
                                   kx2[:, None] - qx2[None, :], b_mask, stride_rh, stride_r0, stride_r1, stride_r2,
                                   K0, K1, K2)
         b_pt = tl.where(b_mask, tl.exp2(b_st - b_lse[None, :]), 0.)
         # [BN, BDV]
-        b_dv += _dot(b_pt.to(b_do.dtype), b_do, DOT_FP32, PRECISION)
+        b_dv += dot(b_pt.to(b_do.dtype), b_do, DOT_FP32, PRECISION)
         # [BN, BM]
-        b_dpt = _dot(b_v, tl.trans(b_do), DOT_FP32, PRECISION)
+        b_dpt = dot(b_v, tl.trans(b_do), DOT_FP32, PRECISION)
         b_dst = b_pt * (b_dpt - b_delta[None, :])
         # [BN, BD]
-        b_dk += _dot(b_dst.to(b_q.dtype), b_q, DOT_FP32, PRECISION)
+        b_dk += dot(b_dst.to(b_q.dtype), b_q, DOT_FP32, PRECISION)
 
     row_dk = _row_offsets(
         _base_offset(i_b, i_hk, g0, g1, g2, stride_dkb, stride_dk0, stride_dk1, stride_dk2, stride_dkh),
-        kx0, kx1, kx2, D0, D1, D2, stride_dk0, stride_dk1, stride_dk2)
+        kx0, kx1, kx2, D0, D1, D2, stride_dk0, stride_dk1, stride_dk2, ALIGN)
     row_dv = _row_offsets(
         _base_offset(i_b, i_hk, g0, g1, g2, stride_dvb, stride_dv0, stride_dv1, stride_dv2, stride_dvh),
-        kx0, kx1, kx2, D0, D1, D2, stride_dv0, stride_dv1, stride_dv2)
+        kx0, kx1, kx2, D0, D1, D2, stride_dv0, stride_dv1, stride_dv2, ALIGN)
     tl.store(dk + row_dk[:, None] + o_d[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=m_d)
     tl.store(dv + row_dv[:, None] + o_dv[None, :], b_dv.to(dv.dtype.element_ty), mask=m_dv)

@@ -26,6 +26,7 @@ import triton
 from .._utils.triton_launch import dot_fp32 as _dot_fp32
 from .._utils.triton_launch import dot_precision as _precision
 from .._utils.triton_launch import on_device_of as _device_of
+from .._utils.triton_launch import row_alignment as _alignment
 from .._utils.triton_launch import unit_last as _unit_last
 from .triton_kernels import bra_bwd_kernel_dkv, bra_bwd_kernel_dq, bra_fwd_kernel
 
@@ -38,7 +39,8 @@ _MAX_PACKED_COLS = 128
 _MAX_ROWS = 64
 
 
-def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_size: int = 2) -> dict:
+def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_size: int = 2,
+                     atomic: bool = False) -> dict:
     """Tile shapes of the kernels, chosen in one place.
 
     The stationary side (query tokens in the forward and dQ kernels, key tokens in the dK/dV kernel) takes
@@ -54,6 +56,8 @@ def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_si
         head_dim: head dim of query and key.
         head_dim_v: head dim of value.
         element_size: bytes per element of the inputs.
+        atomic: for the backward whose dQ kernel also adds dK and dV with atomics (it holds their tiles too: at most
+            32 rows from 128-byte rows, and twice the warps, up to 8; it spilled registers on sm80 otherwise).
 
     Returns:
         dict with ``fwd`` and ``dkv`` (each: ``pack``, ``g``, ``bm``, ``bn``, and the tile counts ``nmt``/``nkc``
@@ -66,6 +70,8 @@ def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_si
     if element_size == 4:
         # fp32 products are three TF32 ones, with split operands: half the rows keep them out of local memory
         max_rows = max(_MIN_ROWS, max_rows // 2)
+    if atomic and row_bytes >= 128:
+        max_rows = min(max_rows, _MAX_ROWS // 2)
 
     def side(stat: int, stream: int) -> tuple[bool, int, int, int]:
         # (pack, g, stationary rows, streamed rows)
@@ -82,7 +88,10 @@ def bra_block_config(m: int, mk: int, head_dim: int, head_dim_v: int, element_si
     dkv = dict(pack=pack, g=g, bm=bm, bn=bn, nkt=1 if pack else triton.cdiv(mk, bn), nqc=1 if pack else
                triton.cdiv(m, bm))
     big = max(fwd['bm'] * fwd['bn'], dkv['bm'] * dkv['bn']) >= 64 * 64 or row_bytes > 128
-    num_warps = 8 if row_bytes > 256 else 4 if big or element_size == 4 else 2
+    # 8 warps from 256-byte rows (16-bit head dim 128, fp32 from 64): 4 spilled registers there on sm90
+    num_warps = 8 if row_bytes >= 256 else 4 if big or element_size == 4 else 2
+    if atomic:
+        num_warps = min(8, 2 * num_warps)
     return dict(fwd=fwd, dkv=dkv, block_d=block_d, block_dv=block_dv, num_warps=num_warps, num_stages=2)
 
 
@@ -157,7 +166,7 @@ def bra_fwd(
         M=m, MK=mk, G=f['g'], BM=f['bm'], BN=f['bn'], NMT=f['nmt'], NKC=f['nkc'],
         DK=head_dim, DV=head_dim_v, BD=cfg['block_d'], BDV=cfg['block_dv'],
         PACK=f['pack'], HAS_W=rw is not None, DOT_FP32=_dot_fp32(query), PRECISION=_precision(query),
-        num_warps=cfg['num_warps'], num_stages=cfg['num_stages'],
+        ALIGN=_alignment(query, key, value, out), num_warps=cfg['num_warps'], num_stages=cfg['num_stages'],
     )
     return out, lse
 
@@ -196,7 +205,7 @@ def bra_bwd(
     lse = lse.contiguous()
     batch, heads, n_q, m, head_dim = query.shape
     n_k, mk, head_dim_v = key.shape[2], key.shape[3], value.shape[-1]
-    cfg = bra_block_config(m, mk, head_dim, head_dim_v, query.element_size())
+    cfg = bra_block_config(m, mk, head_dim, head_dim_v, query.element_size(), atomic=not deterministic)
     f, b = cfg['fwd'], cfg['dkv']
     ridx, rw = _routing(r_idx, r_weight)
     topk = ridx.shape[-1]
@@ -217,7 +226,8 @@ def bra_bwd(
     common = dict(
         DK=head_dim, DV=head_dim_v, BD=cfg['block_d'], BDV=cfg['block_dv'], HAS_W=rw is not None,
         DOT_FP32=_dot_fp32(query), PRECISION=_precision(query), num_warps=cfg['num_warps'],
-        num_stages=cfg['num_stages'])
+        num_stages=cfg['num_stages'],
+        ALIGN=_alignment(query, key, value, out, grad_out, dq, *((dk, dv) if deterministic else (dk32, dv32))))
 
     n_tiles = triton.cdiv(n_q, f['g']) if f['pack'] else n_q * f['nmt']
     bra_bwd_kernel_dq[(n_tiles * batch * heads,)](

@@ -20,21 +20,14 @@ and value rows of routed region ``t`` are scaled by ``w = r_weight[..., r, t]``:
 import triton
 import triton.language as tl
 
-# the smallest logit of a row before it has seen a valid key; finite so that no exp2(-inf + inf) appears
-NEG_INIT = tl.constexpr(-1.0e30)
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+from .._utils.triton_common import LN2, LOG2E, NEG_INIT, dot
 
-RUNTIME_SIZES = ['NR', 'NRK', 'NQT', 'NITEMS', 'TOPK']
-
-
-@triton.jit
-def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    # the interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there
-    if DOT_FP32:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
+# runtime ints that are never specialised (Triton would compile one kernel per value of `x % 16 == 0` and
+# `x == 1`): region counts, routing width, head count and every stride, so that one kernel serves every
+# resolution, batch and layout; the alignment of the rows is passed as the constexpr ALIGN instead
+_TENSORS = ('q', 'k', 'v', 'o', 'do', 'dq', 'dk', 'dv', 'a', 'l', 'i', 'w')
+RUNTIME_ARGS = (['NH', 'NR', 'NRK', 'NQT', 'NITEMS', 'TOPK']
+                + [f'stride_{t}{axis}' for t in _TENSORS for axis in 'bhrm'])
 
 
 @triton.jit
@@ -59,11 +52,16 @@ def _stationary_rows(pid, N, S: tl.constexpr, G: tl.constexpr, B: tl.constexpr, 
 
 
 @triton.jit
-def _offsets(base, region, tok, stride_r, stride_m):
-    return base + region.to(tl.int64) * stride_r + tok.to(tl.int64) * stride_m
+def _offsets(base, region, tok, stride_r, stride_m, ALIGN: tl.constexpr):
+    # int64 element offsets of rows; strides are not specialised, so the launcher states that they are multiples of
+    # ALIGN (16-byte vector loads need it); the hint must sit on the op that computes the offsets
+    offsets = base + region.to(tl.int64) * stride_r + tok.to(tl.int64) * stride_m
+    if ALIGN > 1:
+        offsets = tl.multiple_of(offsets, ALIGN)
+    return offsets
 
 
-@triton.jit(do_not_specialize=RUNTIME_SIZES)
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def bra_fwd_kernel(
     q, k, v, ridx, rw, o, lse,
     stride_qb, stride_qh, stride_qr, stride_qm,
@@ -77,7 +75,7 @@ def bra_fwd_kernel(
     M: tl.constexpr, MK: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     NMT: tl.constexpr, NKC: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PACK: tl.constexpr, HAS_W: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    PACK: tl.constexpr, HAS_W: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     # Q-stationary: for t in 0..TOPK-1, the t-th routed region of every slot streams through an online softmax
     # one grid axis (B * H may exceed the 65535 of the second one); query tiles of one (batch, head) are adjacent,
@@ -92,7 +90,7 @@ def bra_fwd_kernel(
     o_d = tl.arange(0, BD)
     o_dv = tl.arange(0, BDV)
     row_q = _offsets(i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh, r0 + q_slot, q_tok,
-                     stride_qr, stride_qm)
+                     stride_qr, stride_qm, ALIGN)
     # [BM, BD]
     b_q = tl.load(q + row_q[:, None] + o_d[None, :], mask=q_valid[:, None] & (o_d[None, :] < DK), other=0.)
     base_k = i_b.to(tl.int64) * stride_kb + i_h.to(tl.int64) * stride_kh
@@ -122,8 +120,8 @@ def bra_fwd_kernel(
         for c in range(0, NKC):
             k_tok = k_tok0 + c * BN
             k_valid = slot_ok & (k_tok < MK)
-            row_k = _offsets(base_k, b_rid, k_tok, stride_kr, stride_km)
-            row_v = _offsets(base_v, b_rid, k_tok, stride_vr, stride_vm)
+            row_k = _offsets(base_k, b_rid, k_tok, stride_kr, stride_km, ALIGN)
+            row_v = _offsets(base_v, b_rid, k_tok, stride_vr, stride_vm, ALIGN)
             # [BN, BD]
             b_k = tl.load(k + row_k[:, None] + o_d[None, :], mask=k_valid[:, None] & (o_d[None, :] < DK), other=0.)
             # [BN, BDV]
@@ -133,7 +131,7 @@ def bra_fwd_kernel(
             if PACK:
                 b_mask = b_mask & (q_slot[:, None] == k_slot[None, :])
             # [BM, BN], logits in log2 units
-            b_s = _dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
+            b_s = dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * qk_scale
             if HAS_W:
                 b_s = b_s * b_w[None, :]
             b_s = tl.where(b_mask, b_s, float('-inf'))
@@ -143,20 +141,20 @@ def bra_fwd_kernel(
             b_l = b_l * b_alpha + tl.sum(b_p, 1)
             if HAS_W:
                 b_p = b_p * b_w[None, :]
-            b_acc = b_acc * b_alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v, DOT_FP32, PRECISION)
+            b_acc = b_acc * b_alpha[:, None] + dot(b_p.to(b_v.dtype), b_v, DOT_FP32, PRECISION)
             b_m = b_m_new
 
     b_l = tl.where(b_l > 0, b_l, 1.)
     b_o = b_acc / b_l[:, None]
     row_o = _offsets(i_b.to(tl.int64) * stride_ob + i_h.to(tl.int64) * stride_oh, r0 + q_slot, q_tok,
-                     stride_or, stride_om)
+                     stride_or, stride_om, ALIGN)
     tl.store(o + row_o[:, None] + o_dv[None, :], b_o.to(o.dtype.element_ty),
              mask=q_valid[:, None] & (o_dv[None, :] < DV))
-    row_l = _offsets(i_b.to(tl.int64) * stride_lb + i_h.to(tl.int64) * stride_lh, r0 + q_slot, q_tok, stride_lr, 1)
+    row_l = _offsets(i_b.to(tl.int64) * stride_lb + i_h.to(tl.int64) * stride_lh, r0 + q_slot, q_tok, stride_lr, 1, 1)
     tl.store(lse + row_l, (b_m + tl.log2(b_l)) * LN2, mask=q_valid)
 
 
-@triton.jit(do_not_specialize=RUNTIME_SIZES)
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def bra_bwd_kernel_dq(
     q, k, v, ridx, rw, o, do, lse, dlse, delta, dq, dw, dk32, dv32,
     stride_qb, stride_qh, stride_qr, stride_qm,
@@ -175,7 +173,7 @@ def bra_bwd_kernel_dq(
     NMT: tl.constexpr, NKC: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
     PACK: tl.constexpr, HAS_W: tl.constexpr, HAS_DLSE: tl.constexpr, STORE_DW: tl.constexpr, ATOMIC: tl.constexpr,
-    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     # Q-stationary over the forward loop. Writes dQ, delta = rowsum(dO * O) - dLSE (for the dK/dV kernel), the
     # soft-routing gradient of every (query region, query tile, t) (summed over tiles by the launcher) and, when
@@ -193,11 +191,13 @@ def bra_bwd_kernel_dq(
     m_d = q_valid[:, None] & (o_d[None, :] < DK)
     m_dv = q_valid[:, None] & (o_dv[None, :] < DV)
     q_reg = r0 + q_slot
-    row_q = _offsets(i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh, q_reg, q_tok, stride_qr, stride_qm)
-    row_o = _offsets(i_b.to(tl.int64) * stride_ob + i_h.to(tl.int64) * stride_oh, q_reg, q_tok, stride_or, stride_om)
+    row_q = _offsets(i_b.to(tl.int64) * stride_qb + i_h.to(tl.int64) * stride_qh, q_reg, q_tok, stride_qr, stride_qm,
+                     ALIGN)
+    row_o = _offsets(i_b.to(tl.int64) * stride_ob + i_h.to(tl.int64) * stride_oh, q_reg, q_tok, stride_or, stride_om,
+                     ALIGN)
     row_do = _offsets(i_b.to(tl.int64) * stride_dob + i_h.to(tl.int64) * stride_doh, q_reg, q_tok,
-                      stride_dor, stride_dom)
-    row_l = _offsets(i_b.to(tl.int64) * stride_lb + i_h.to(tl.int64) * stride_lh, q_reg, q_tok, stride_lr, 1)
+                      stride_dor, stride_dom, ALIGN)
+    row_l = _offsets(i_b.to(tl.int64) * stride_lb + i_h.to(tl.int64) * stride_lh, q_reg, q_tok, stride_lr, 1, 1)
     # [BM, BD]
     b_q = tl.load(q + row_q[:, None] + o_d[None, :], mask=m_d, other=0.)
     # [BM, BDV]
@@ -236,8 +236,8 @@ def bra_bwd_kernel_dq(
         for c in range(0, NKC):
             k_tok = k_tok0 + c * BN
             k_valid = slot_ok & (k_tok < MK)
-            row_k = _offsets(base_k, b_rid, k_tok, stride_kr, stride_km)
-            row_v = _offsets(base_v, b_rid, k_tok, stride_vr, stride_vm)
+            row_k = _offsets(base_k, b_rid, k_tok, stride_kr, stride_km, ALIGN)
+            row_v = _offsets(base_v, b_rid, k_tok, stride_vr, stride_vm, ALIGN)
             # [BN, BD]
             b_k = tl.load(k + row_k[:, None] + o_d[None, :], mask=k_valid[:, None] & (o_d[None, :] < DK), other=0.)
             # [BN, BDV]
@@ -247,9 +247,9 @@ def bra_bwd_kernel_dq(
             if PACK:
                 b_mask = b_mask & (q_slot[:, None] == k_slot[None, :])
             # [BM, BN] unweighted logits scale * q.k (natural units)
-            b_c = _dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * scale
+            b_c = dot(b_q, tl.trans(b_k), DOT_FP32, PRECISION) * scale
             # [BM, BN] dO . v
-            b_dov = _dot(b_do, tl.trans(b_v), DOT_FP32, PRECISION)
+            b_dov = dot(b_do, tl.trans(b_v), DOT_FP32, PRECISION)
             if HAS_W:
                 b_p = tl.where(b_mask, tl.exp2(b_c * (b_w * LOG2E)[None, :] - b_lse[:, None]), 0.)
                 b_ds = b_p * (b_dov * b_w[None, :] - b_delta[:, None])
@@ -261,12 +261,12 @@ def bra_bwd_kernel_dq(
                 b_p = tl.where(b_mask, tl.exp2(b_c * LOG2E - b_lse[:, None]), 0.)
                 b_ds = b_p * (b_dov - b_delta[:, None])
                 b_pw = b_p
-            b_dq += _dot(b_ds.to(b_k.dtype), b_k, DOT_FP32, PRECISION)
+            b_dq += dot(b_ds.to(b_k.dtype), b_k, DOT_FP32, PRECISION)
             if ATOMIC:
                 # [BN, BD], [BN, BDV]
-                b_dk = _dot(tl.trans(b_ds.to(b_q.dtype)), b_q, DOT_FP32, PRECISION) * scale
-                b_dv = _dot(tl.trans(b_pw.to(b_do.dtype)), b_do, DOT_FP32, PRECISION)
-                row_a = _offsets(base_a, b_rid, k_tok, stride_ar, stride_am)
+                b_dk = dot(tl.trans(b_ds.to(b_q.dtype)), b_q, DOT_FP32, PRECISION) * scale
+                b_dv = dot(tl.trans(b_pw.to(b_do.dtype)), b_do, DOT_FP32, PRECISION)
+                row_a = _offsets(base_a, b_rid, k_tok, stride_ar, stride_am, ALIGN)
                 tl.atomic_add(dk32 + row_a[:, None] + o_d[None, :], b_dk,
                               mask=k_valid[:, None] & (o_d[None, :] < DK), sem='relaxed')
                 tl.atomic_add(dv32 + row_a[:, None] + o_dv[None, :], b_dv,
@@ -281,11 +281,11 @@ def bra_bwd_kernel_dq(
                 tl.store(dw + base_w + r0.to(tl.int64) * stride_wr + t, tl.sum(b_dw, 0))
 
     row_dq = _offsets(i_b.to(tl.int64) * stride_dqb + i_h.to(tl.int64) * stride_dqh, q_reg, q_tok,
-                      stride_dqr, stride_dqm)
+                      stride_dqr, stride_dqm, ALIGN)
     tl.store(dq + row_dq[:, None] + o_d[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=m_d)
 
 
-@triton.jit(do_not_specialize=RUNTIME_SIZES)
+@triton.jit(do_not_specialize=RUNTIME_ARGS)
 def bra_bwd_kernel_dkv(
     q, k, v, rw, do, lse, delta, offsets, pairs, order, dk, dv,
     stride_qb, stride_qh, stride_qr, stride_qm,
@@ -301,7 +301,7 @@ def bra_bwd_kernel_dkv(
     M: tl.constexpr, MK: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     NKT: tl.constexpr, NQC: tl.constexpr, SHARED: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-    PACK: tl.constexpr, HAS_W: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    PACK: tl.constexpr, HAS_W: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, ALIGN: tl.constexpr,
 ):
     # KV-stationary and deterministic: a program owns key rows of one key region (or G packed small ones) and walks
     # the (query region, t) pairs that route to it, in the order of the CSR lists (sorted by r * TOPK + t), for
@@ -326,8 +326,10 @@ def bra_bwd_kernel_dkv(
     o_dv = tl.arange(0, BDV)
     m_d = k_valid[:, None] & (o_d[None, :] < DK)
     m_dv = k_valid[:, None] & (o_dv[None, :] < DV)
-    row_k = _offsets(k_b.to(tl.int64) * stride_kb + k_h.to(tl.int64) * stride_kh, k_reg, k_tok, stride_kr, stride_km)
-    row_v = _offsets(k_b.to(tl.int64) * stride_vb + k_h.to(tl.int64) * stride_vh, k_reg, k_tok, stride_vr, stride_vm)
+    row_k = _offsets(k_b.to(tl.int64) * stride_kb + k_h.to(tl.int64) * stride_kh, k_reg, k_tok, stride_kr, stride_km,
+                     ALIGN)
+    row_v = _offsets(k_b.to(tl.int64) * stride_vb + k_h.to(tl.int64) * stride_vh, k_reg, k_tok, stride_vr, stride_vm,
+                     ALIGN)
     # [BN, BD]
     b_k = tl.load(k + row_k[:, None] + o_d[None, :], mask=m_d, other=0.)
     # [BN, BDV]
@@ -371,9 +373,9 @@ def bra_bwd_kernel_dkv(
         for c in range(0, NQC):
             q_tok = q_tok0 + c * BM
             q_valid = pair_ok & (q_tok < M)
-            row_q = _offsets(base_q, b_r, q_tok, stride_qr, stride_qm)
-            row_do = _offsets(base_do, b_r, q_tok, stride_dor, stride_dom)
-            row_l = _offsets(base_l, b_r, q_tok, stride_lr, 1)
+            row_q = _offsets(base_q, b_r, q_tok, stride_qr, stride_qm, ALIGN)
+            row_do = _offsets(base_do, b_r, q_tok, stride_dor, stride_dom, ALIGN)
+            row_l = _offsets(base_l, b_r, q_tok, stride_lr, 1, 1)
             # [BM, BD]
             b_q = tl.load(q + row_q[:, None] + o_d[None, :], mask=q_valid[:, None] & (o_d[None, :] < DK), other=0.)
             # [BM, BDV]
@@ -387,9 +389,9 @@ def bra_bwd_kernel_dkv(
             b_mask = k_valid[:, None] & q_valid[None, :]
             if PACK:
                 b_mask = b_mask & (k_slot[:, None] == q_slot[None, :])
-            b_st = _dot(b_k, tl.trans(b_q), DOT_FP32, PRECISION) * qk_scale
+            b_st = dot(b_k, tl.trans(b_q), DOT_FP32, PRECISION) * qk_scale
             # [BN, BM] v . dO
-            b_dpt = _dot(b_v, tl.trans(b_do), DOT_FP32, PRECISION)
+            b_dpt = dot(b_v, tl.trans(b_do), DOT_FP32, PRECISION)
             if HAS_W:
                 b_pt = tl.where(b_mask, tl.exp2(b_st * b_w[None, :] - b_lse[None, :]), 0.)
                 b_dst = b_pt * (b_dpt * b_w[None, :] - b_delta[None, :]) * b_w[None, :]
@@ -398,13 +400,13 @@ def bra_bwd_kernel_dkv(
                 b_pt = tl.where(b_mask, tl.exp2(b_st - b_lse[None, :]), 0.)
                 b_dst = b_pt * (b_dpt - b_delta[None, :])
             # [BN, BDV]
-            b_dv += _dot(b_pt.to(b_do.dtype), b_do, DOT_FP32, PRECISION)
+            b_dv += dot(b_pt.to(b_do.dtype), b_do, DOT_FP32, PRECISION)
             # [BN, BD]
-            b_dk += _dot(b_dst.to(b_q.dtype), b_q, DOT_FP32, PRECISION)
+            b_dk += dot(b_dst.to(b_q.dtype), b_q, DOT_FP32, PRECISION)
 
     row_dk = _offsets(k_b.to(tl.int64) * stride_dkb + k_h.to(tl.int64) * stride_dkh, k_reg, k_tok,
-                      stride_dkr, stride_dkm)
+                      stride_dkr, stride_dkm, ALIGN)
     row_dv = _offsets(k_b.to(tl.int64) * stride_dvb + k_h.to(tl.int64) * stride_dvh, k_reg, k_tok,
-                      stride_dvr, stride_dvm)
+                      stride_dvr, stride_dvm, ALIGN)
     tl.store(dk + row_dk[:, None] + o_d[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=m_d)
     tl.store(dv + row_dv[:, None] + o_dv[None, :], b_dv.to(dv.dtype.element_ty), mask=m_dv)

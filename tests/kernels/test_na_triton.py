@@ -1,16 +1,20 @@
 """The fused Triton backend of neighborhood attention against the reference.
 
 Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by ``conftest.py``): maps stay
-small (the interpreter costs about a second per call), dtypes are fp32 and fp16 (the interpreter's bf16 ``tl.dot``
-is wrong), and bf16 runs only on CUDA. Every case goes through the public API and compares the output, the
-log-sum-exp and the gradients of q, k, v and rpb with the reference run in fp64 on the same values, with every
-allocation of the kernels' outputs poisoned with NaNs.
+small (the interpreter costs about a second per call); bf16 operands are upcast before ``tl.dot`` there (the
+interpreter's bf16 ``tl.dot`` is wrong), after the same rounding to bf16 as on a GPU. Every case goes through the
+public API and compares the output, the log-sum-exp and the gradients of q, k, v and rpb with the reference run in
+fp64 on the same values, row by row (one query and head, or one key and head: ``kernel_helpers.row_errors``), with
+every allocation of the kernels' outputs poisoned with NaNs, on CUDA as on CPU. Compiling every kernel for sm80 and
+sm90 without a GPU is ``test_build_matrix.py``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
-from kernel_helpers import TF32_APIS, TOLERANCES, assert_close, tf32_allowed_through
+from kernel_helpers import ROW_TOLERANCES, TF32_APIS, TOLERANCES, assert_close, assert_rows_close, tf32_allowed_through
 
 from zoo_kernels import na2d
 from zoo_kernels._utils.backend import triton_interpreting
@@ -33,10 +37,15 @@ def make_inputs(batch, spatial, heads, dim, *, heads_kv=None, dim_v=None, rpb_ke
     return q, k, v, rpb
 
 
+def _tf32() -> bool:
+    from zoo_kernels._utils.triton_launch import tf32_allowed
+    return tf32_allowed()
+
+
 def check_against_reference(q, k, v, rpb, kernel_size, dilation=1, stride=1, is_causal=False, *, backward=True,
                             lse_grad=True, scale=0.3):
-    """Triton and the fp64 reference on the same values: out, lse and every gradient."""
-    fwd_tol, grad_tol = TOLERANCES[q.dtype]
+    """Triton and the fp64 reference on the same values: out, lse and every gradient, row by row."""
+    fwd_tol, grad_tol = ROW_TOLERANCES['tf32' if q.dtype == torch.float32 and _tf32() else q.dtype]
     args = dict(kernel_size=kernel_size, dilation=dilation, is_causal=is_causal, stride=stride, scale=scale,
                 return_lse=True)
     leaves = [t for t in (q, k, v, rpb) if t is not None]
@@ -46,8 +55,8 @@ def check_against_reference(q, k, v, rpb, kernel_size, dilation=1, stride=1, is_
     out, lse = neighborhood_attention(q, k, v, rpb=rpb, backend='triton', **args)
     assert out.dtype == q.dtype and lse.dtype == torch.float32
     assert out.shape == ref_out.shape and lse.shape == ref_lse.shape
-    assert_close('out', ref_out, out, fwd_tol)
-    assert_close('lse', ref_lse, lse, max(fwd_tol, 1e-6))
+    assert_rows_close('out', ref_out, out, fwd_tol)
+    assert_rows_close('lse', ref_lse, lse, fwd_tol, vector_dim=False)
     if not backward:
         return
     grad_out = torch.randn_like(ref_out)
@@ -59,7 +68,7 @@ def check_against_reference(q, k, v, rpb, kernel_size, dilation=1, stride=1, is_
     grads = torch.autograd.grad(loss, leaves)
     for name, ref_grad, grad, leaf in zip(('dq', 'dk', 'dv', 'drpb'), ref_grads, grads, leaves):
         assert grad.dtype == leaf.dtype, f'{name} has dtype {grad.dtype}, its input {leaf.dtype}'
-        assert_close(name, ref_grad, grad, max(grad_tol, TOLERANCES[leaf.dtype][1]))
+        assert_rows_close(name, ref_grad, grad, max(grad_tol, ROW_TOLERANCES[leaf.dtype][1]))
 
 
 CASES = [
@@ -114,6 +123,13 @@ def test_triton_float16(nan_poisoning):
     check_against_reference(q, k, v, None, 3, (1, 2))
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+def test_triton_16bit_with_the_bias_gradient(dtype, nan_poisoning):
+    # what NAT trains with under autocast: 16-bit q, k, v, an fp32 bias and its gradient
+    q, k, v, rpb = make_inputs(1, (9, 10), 2, 32, heads_kv=1, rpb_kernel=(5, 5), dtype=dtype)
+    check_against_reference(q, k, v, rpb, 5, (1, 2))
+
+
 @pytest.mark.parametrize('api', TF32_APIS)
 def test_triton_float32_with_tf32_allowed_through_any_api(api, nan_poisoning):
     # torch raises "mix of the legacy and new APIs" on reading the legacy flag after the new API set TF32: the
@@ -128,10 +144,60 @@ def test_triton_float32_with_tf32_allowed_through_any_api(api, nan_poisoning):
     assert dot_precision(q) == 'tf32x3'
 
 
+@pytest.mark.parametrize(('arch', 'head_dim', 'spatial', 'kernel'), [
+    pytest.param(90, 128, (9, 10), (5, 3), id='sm90-d128-2d'),
+    pytest.param(90, 128, (5, 6, 7), (3, 3, 3), id='sm90-d128-3d'),
+    pytest.param(80, 64, (40,), (7,), id='sm80-d64-1d'),
+])
+def test_triton_plans_of_each_architecture(arch, head_dim, spatial, kernel, monkeypatch, nan_poisoning):
+    # the interpreter takes the sm80 plans (arch 0); the sm90 plans of head dim 128 have 32-row tiles
+    from zoo_kernels.neighborhood import triton_impl
+
+    monkeypatch.setattr(triton_impl, '_arch', lambda t: arch)
+    q, k, v, rpb = make_inputs(1, spatial, 2, head_dim, heads_kv=1, rpb_kernel=kernel, dtype=torch.float16)
+    check_against_reference(q, k, v, rpb, kernel, 1)
+
+
+def test_block_config_has_a_plan_for_every_dtype_head_dim_and_architecture():
+    from zoo_kernels.neighborhood.triton_impl import na_block_config
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for head_dim in (8, 16, 24, 32, 64, 100, 128):
+            for arch in (0, 80, 86, 89, 90, 100, 120):
+                for rank in (1, 2, 3):
+                    cfg = na_block_config((7,) * rank, (1,) * rank, head_dim, head_dim, dtype, arch)
+                    for name in ('fwd', 'dq', 'dkv'):
+                        tile, sub = cfg[name]['tile'], cfg[name]['sub']
+                        assert 16 <= tile[0] * tile[1] * tile[2] <= 64 and sub[0] * sub[1] * sub[2] <= 64
+    # fp32 (three TF32 products on split operands) takes 16-row tiles and one stage everywhere
+    cfg = na_block_config((7, 7), (1, 1), 32, 32, torch.float32, 90)
+    assert cfg['fwd']['tile'] == (1, 4, 4) and cfg['dq']['num_stages'] == 1
+
+
 @needs_cuda
-def test_triton_bfloat16_on_cuda():
-    q, k, v, rpb = make_inputs(2, (20, 24), 4, 32, heads_kv=2, dtype=torch.bfloat16)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+@pytest.mark.parametrize('head_dim', [16, 32, 64, 128])
+def test_triton_16bit_on_cuda(dtype, head_dim, nan_poisoning):
+    q, k, v, rpb = make_inputs(8, (28, 30), 4, head_dim, heads_kv=2, rpb_kernel=(7, 7), dtype=dtype)
     check_against_reference(q, k, v, rpb, 7, (2, 3))
+
+
+@needs_cuda
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+@pytest.mark.parametrize(('spatial', 'heads', 'dilation'), [((56, 56), 2, 1), ((28, 28), 4, 4), ((14, 14), 8, 2),
+                                                             ((7, 7), 16, 1)], ids=['s1', 's2-d4', 's3-d2', 's4'])
+def test_triton_nat_stages_on_cuda(dtype, spatial, heads, dilation, nan_poisoning):
+    q, k, v, rpb = make_inputs(8, spatial, heads, 32, rpb_kernel=(7, 7), dtype=dtype)
+    check_against_reference(q, k, v, rpb, 7, dilation, scale=32 ** -0.5)
+
+
+@needs_cuda
+@pytest.mark.parametrize('api', (None,) + TF32_APIS)
+@pytest.mark.parametrize('head_dim', [32, 128])
+def test_triton_float32_on_cuda(api, head_dim, nan_poisoning):
+    q, k, v, rpb = make_inputs(4, (20, 22), 4, head_dim, heads_kv=2, rpb_kernel=(7, 7))
+    with tf32_allowed_through(api) if api else contextlib.nullcontext():
+        check_against_reference(q, k, v, rpb, 7, (2, 1))
 
 
 def test_triton_reads_a_packed_qkv_in_place(nan_poisoning):
@@ -175,7 +241,7 @@ def test_triton_compiles_without_graph_breaks_and_new_resolutions():
 
 
 @needs_cuda
-def test_triton_new_resolution_reuses_the_compiled_kernels():
+def test_triton_new_resolution_reuses_the_compiled_kernels(nan_poisoning):
     from zoo_kernels.neighborhood import triton_kernels as tk
 
     def cached():
@@ -183,19 +249,17 @@ def test_triton_new_resolution_reuses_the_compiled_kernels():
         return sum(len(fn.device_caches[device][0])
                    for fn in (tk.na_fwd_kernel, tk.na_bwd_kernel_dq, tk.na_bwd_kernel_dkv))
 
-    def step(spatial):
-        q, k, v, _ = make_inputs(2, spatial, 2, 32, dtype=torch.float16)
+    def step(batch, spatial):
+        q, k, v, _ = make_inputs(batch, spatial, 2, 32, dtype=torch.float16)
         na2d(q, k, v, 5, dilation=2, backend='triton').sum().backward()
-        return q.grad
 
-    step((24, 20))
+    step(1, (24, 20))
     before = cached()
-    step((37, 41))
+    for batch, spatial in ((2, (37, 41)), (3, (56, 56))):
+        step(batch, spatial)
     assert cached() == before
-
-
 @needs_cuda
-def test_triton_backward_is_deterministic():
+def test_triton_backward_is_deterministic(nan_poisoning):
     q, k, v, rpb = make_inputs(2, (30, 28), 4, 32, heads_kv=2, rpb_kernel=(7, 7), dtype=torch.float16)
     grads = []
     for _ in range(2):

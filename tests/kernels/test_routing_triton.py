@@ -1,11 +1,15 @@
 """The fused Triton backend of bi-level routing attention against the reference.
 
 Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by ``conftest.py``): shapes stay
-tiny, dtypes are fp32 and fp16 (the interpreter's bf16 ``tl.dot`` is wrong), and bf16 runs only on CUDA. Every case
-goes through the public API and compares the output, the log-sum-exp and the gradients of q, k, v and r_weight with
-the reference run in fp64 on the same values, with every allocation of the kernels' outputs poisoned with NaNs.
+tiny; bf16 operands are upcast before ``tl.dot`` there (the interpreter's bf16 ``tl.dot`` is wrong), after the same
+rounding to bf16 as on a GPU. Every case goes through the public API and compares the output, the log-sum-exp and
+the gradients of q, k, v and r_weight with the reference run in fp64 on the same values, row by row, with every
+allocation of the kernels' outputs poisoned with NaNs, on CUDA as on CPU. Compiling every kernel for sm80 and sm90
+without a GPU is ``test_build_matrix.py``.
 """
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -190,21 +194,60 @@ def test_triton_float32_with_tf32_allowed_through_any_api(api, nan_poisoning):
         check_backend('triton', q, k, v, r_idx, r_weight, scale=0.3)
 
 
-@needs_cuda
-def test_triton_bfloat16_on_cuda():
-    check_backend('triton', *inputs(batch=2, heads=3, n_q=49, n_k=49, m=16, mk=16, topk=4, dim=32, soft=True,
+def test_triton_bfloat16(nan_poisoning):
+    check_backend('triton', *inputs(batch=1, heads=2, n_q=3, n_k=4, m=16, mk=4, topk=2, dim=32, soft=True,
                                     dtype=torch.bfloat16))
 
 
 @needs_cuda
-@pytest.mark.parametrize(('m', 'topk', 'heads'), [(64, 1, 3), (16, 4, 6), (4, 16, 12)])
-def test_triton_biformer_stages_on_cuda(m, topk, heads):
-    check_backend('triton', *inputs(batch=4, heads=heads, n_q=49, n_k=49, m=m, mk=m, topk=topk, dim=32,
-                                    dtype=torch.float16), scale=(32 * heads) ** -0.5)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float32], ids=['fp16', 'bf16', 'fp32'])
+@pytest.mark.parametrize('dim', [16, 32, 64, 128])
+@pytest.mark.parametrize('m', [4, 16, 64])
+def test_triton_head_dims_and_tilings_on_cuda(dtype, dim, m, nan_poisoning):
+    check_backend('triton', *inputs(batch=8, heads=2, n_q=49, n_k=49, m=m, mk=m, topk=4, dim=dim, soft=True,
+                                    dtype=dtype))
 
 
 @needs_cuda
-def test_triton_backward_is_deterministic_on_cuda():
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=['fp16', 'bf16'])
+@pytest.mark.parametrize(('n_win', 'm', 'topk', 'heads'), [(7, 64, 1, 3), (7, 16, 4, 6), (7, 4, 16, 12),
+                                                             (8, 256, 1, 2), (8, 64, 4, 4), (8, 16, 16, 8)])
+def test_triton_biformer_stages_on_cuda(dtype, n_win, m, topk, heads, nan_poisoning):
+    check_backend('triton', *inputs(batch=8, heads=heads, n_q=n_win ** 2, n_k=n_win ** 2, m=m, mk=m, topk=topk,
+                                    dim=32, dtype=dtype), scale=(32 * heads) ** -0.5)
+
+
+@needs_cuda
+@pytest.mark.parametrize('api', (None,) + TF32_APIS)
+def test_triton_float32_on_cuda(api, nan_poisoning):
+    q, k, v, r_idx, r_weight = inputs(batch=8, heads=3, n_q=49, n_k=49, m=16, mk=16, topk=4, dim=32, soft=True)
+    with tf32_allowed_through(api) if api else contextlib.nullcontext():
+        check_backend('triton', q, k, v, r_idx, r_weight)
+
+
+@needs_cuda
+def test_triton_new_resolution_reuses_the_compiled_kernels(nan_poisoning):
+    from zoo_kernels.routing import triton_kernels as tk
+
+    def cached():
+        device = torch.cuda.current_device()
+        return sum(len(fn.device_caches[device][0])
+                   for fn in (tk.bra_fwd_kernel, tk.bra_bwd_kernel_dq, tk.bra_bwd_kernel_dkv))
+
+    def step(batch, heads, n_win):
+        q, k, v, r_idx, _ = inputs(batch=batch, heads=heads, n_q=n_win ** 2, n_k=n_win ** 2, m=16, mk=16, topk=4,
+                                   dim=32, dtype=torch.float16)
+        routed_attention(q, k, v, r_idx, backend='triton').float().sum().backward()
+
+    step(1, 2, 7)
+    before = cached()
+    for batch, heads, n_win in ((2, 3, 8), (3, 2, 13)):
+        step(batch, heads, n_win)
+    assert cached() == before
+
+
+@needs_cuda
+def test_triton_backward_is_deterministic_on_cuda(nan_poisoning):
     # all 49 query regions of a batch route to 4 key regions: long inverse lists
     q, k, v, _, r_weight = inputs(batch=4, heads=4, n_q=49, n_k=49, m=16, mk=16, topk=4, dim=32, soft=True,
                                   dtype=torch.float16)
