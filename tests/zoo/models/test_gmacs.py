@@ -3,7 +3,12 @@
 The README states "GMACs (official code; ours within 0.1%)" with the counts measured on the official code (the
 project's paper_table.csv, ``measured`` column). :func:`zoo.models._flops.count_gmacs` counts ours the same way
 (fvcore, batch 1, neighborhood and routing attention counted); the exporter's model card uses the same counter.
+
+fvcore runs the real forward while it traces, so a row costs time in proportion to its GMACs. Rows above
+``LIMIT_GMACS`` run with ``ZOO_EXTENDED_TESTS=1`` only: DiNAT-L and DiNAT_s-L at 384 px (5-7 s each) and MaxViT from
+large_224, small_512 and base_384 up (7-40 s each), about two thirds of the time of the whole table.
 """
+import os
 import re
 from pathlib import Path
 
@@ -22,6 +27,8 @@ _ROW = re.compile(r'^\| `(\w+)` \| ([\d,]+) \| ([\d.]+) \| (\d+) \|', re.M)
 TABLE = {name: (int(params.replace(',', '')), float(gmacs), int(res))
          for name, params, gmacs, res in _ROW.findall(README.read_text())}
 TOLERANCE = 1e-3  # the README's "within 0.1%"
+LIMIT_GMACS = 40.0
+EXTENDED = os.environ.get('ZOO_EXTENDED_TESTS', '0') == '1'
 
 
 def _published_zoo_models():
@@ -52,6 +59,8 @@ def test_readme_table_covers_every_published_model():
 @pytest.mark.parametrize('name', list(TABLE))
 def test_gmacs_match_official(name):
     params, official, res = TABLE[name]
+    if official > LIMIT_GMACS and not EXTENDED:
+        pytest.skip(f'{official} GMACs > {LIMIT_GMACS}: counted with ZOO_EXTENDED_TESTS=1')
     assert input_spec(name).input_size == (3, res, res)
     model = _shape_only_model(name)
     assert sum(p.numel() for p in model.parameters()) == params
