@@ -274,7 +274,7 @@ def bench_cuda(shapes, backend: str, natten, repeats: int, stat: str, peak_bw: f
             fmt_ratio(t_fb['window'], t_fb['ours']), fmt_ratio(t_fwd.get('natten'), t_fwd['ours']),
             f'{memory / 2 ** 20:.0f}' if memory is not None else 'n/a',
         ])
-        del out, grad
+        out = grad = None  # free them before the next shape
     dtype_name = str(dtype).replace('torch.', '')
     headers = [f'shape ({dtype_name})', 'fwd ms', 'bwd ms', 'fwd+bwd ms', 'fwd TFLOP/s', 'bwd TFLOP/s', 'fwd GB/s',
                'fwd SOL', 'bwd SOL', 'vs SDPA all tokens fwd', 'vs window SDPA fwd', 'vs window SDPA fwd+bwd',
