@@ -127,6 +127,9 @@ def test_import_zoo_raises_no_warning():
 def test_pretrained_cfg_and_interface(name):
     cfg = _cfg(name)
     model = _meta_model(name)
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert all(t.is_meta for t in tensors), 'create_model(device=) left tensors elsewhere'
+    assert all(t.dtype == META_DTYPE for t in tensors if t.is_floating_point()), 'create_model(dtype=) not applied'
     assert model.pretrained_cfg == cfg and model.default_cfg == cfg
     in_chans, *size = cfg['input_size']
     assert model.in_chans == in_chans == 3 and len(size) == 2 and min(size) > 0
@@ -172,9 +175,6 @@ def test_reset_classifier_keeps_device_dtype_and_frozen(name):
 def test_full_variant_on_meta(name):
     cfg = _cfg(name)
     model = _meta_model(name)
-    tensors = list(model.parameters()) + list(model.buffers())
-    assert all(t.is_meta for t in tensors)
-    assert all(t.dtype == META_DTYPE for t in tensors if t.is_floating_point())
     # the cfg's pool size is its input size over the final reduction (exact: cfg sizes are multiples of it)
     reduction = model.feature_info[-1]['reduction']
     assert [s / reduction for s in cfg['input_size'][1:]] == list(cfg['pool_size'])
@@ -203,7 +203,7 @@ def test_full_variant_features_only(name):
         name, features_only=True, device='meta', dtype=META_DTYPE, **_fixed_size_kwargs(name, size))
     info = model.feature_info
     feats = model(_image(name, batch=1, size=size, device='meta', dtype=META_DTYPE))
-    assert len(feats) == len(info.out_indices) >= 1
+    assert len(feats) == len(info.out_indices) >= 3
     for f, chans, reduction in zip(feats, info.channels(), info.reduction()):
         assert f.shape[:2] == (1, chans)
         _check_reduced(size, reduction, f.shape[2:])
@@ -342,6 +342,7 @@ def test_tiny_features_only(name, which):
     model = timm.create_model(name, features_only=True, **kwargs).eval()
     info = timm.create_model(name, device='meta', **kwargs).feature_info
     taken = [info[i] for i in model.feature_info.out_indices]
+    assert len(taken) >= 3
     assert model.feature_info.channels() == [i['num_chs'] for i in taken]
     assert model.feature_info.reduction() == [i['reduction'] for i in taken]
     x = _image(name, batch=1, size=size)
