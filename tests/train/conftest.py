@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from train_helpers import DEMO, QUIET, logger_args, run_cli
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from train_helpers import DDP_CPU, DEMO, QUIET, REPO, explain, logger_args, run_cli, run_train_py, subprocess_env
+
 from zoo.train.errors import ConfigError
 
 

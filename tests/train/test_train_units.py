@@ -11,7 +11,6 @@ from zoo.train.errors import ConfigError
 from zoo.train.module import ClassifierModule, check_model_name, resolve_lr
 from zoo.train.sampling import ResumableSampler, SeededDataset, mix_seed
 
-
 # data
 
 def test_digits_module_split_shapes_and_normalisation():

@@ -2,8 +2,9 @@
 
 :class:`NeighborhoodAttention2d` owns the parameters of the legacy NATTEN module (``qkv``, ``rpb``, ``proj``) with the
 official names and shapes, so NAT/DiNAT checkpoints load through key renames only. The attention itself is
-:func:`zoo_kernels.neighborhood.na2d` on the heads-last layout ``[B, H, W, heads, head_dim]`` that a ``qkv`` Linear gives
-after a reshape; the backend is chosen by the kernel (``backend=None``, or the ``ZOO_NA_BACKEND`` environment variable).
+:func:`zoo_kernels.neighborhood.na2d` on the heads-last layout ``[B, H, W, heads, head_dim]`` that a ``qkv`` Linear
+gives after a reshape; the backend is chosen by the kernel (``backend=None``, or the ``ZOO_NA_BACKEND`` environment
+variable).
 
 Inputs smaller than ``kernel_size * dilation`` on an axis are zero-padded on the right/bottom before the ``qkv``
 projection and cropped afterwards, as NATTEN <= 0.15 modules did: the padded tokens are real keys whose key and value
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from timm.layers import to_2tuple, trunc_normal_
 
 from zoo_kernels.neighborhood import na2d
+
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
 
 __all__ = ['NeighborhoodAttention2d', 'na_pad_size']

@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo_kernels.routing import routed_attention
+
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
 from .pos_conv import DwConv2d, DwConvCl
 from .spatial_reduction import spatial_pool_cl

@@ -60,13 +60,25 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._manipulate import adapt_input_conv
 
 from zoo.layers import (
-    BiLevelRoutingAttention, BiLevelRoutingAttention2d, ConvDownsample2d, ConvStem2d, Cpe2d, PatchEmbed2d,
-    PreNormBlock2d, PreNormBlockCl,
+    BiLevelRoutingAttention,
+    BiLevelRoutingAttention2d,
+    ConvDownsample2d,
+    ConvStem2d,
+    Cpe2d,
+    PatchEmbed2d,
+    PreNormBlock2d,
+    PreNormBlockCl,
 )
 from zoo.layers._checks import check_channels_last
 from zoo.layers.routing import check_routing_args, lepe_conv
+
 from ._helpers import (
-    StagedModelMixin, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
+    StagedModelMixin,
+    check_state_dict,
+    init_weights,
+    overlay_cfg,
+    rename_keys,
+    unwrap_state_dict,
 )
 
 # checkpoint_filter_fn stays out of __all__: zoo.models star-imports every family and NAT exports that name too

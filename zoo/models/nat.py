@@ -57,10 +57,22 @@ from timm.layers import calculate_drop_path_rates
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import (
-    ConvDownsampleCl, ConvStemCl, NeighborhoodAttention2d, PatchEmbedCl, PatchMergingCl, PreNormBlockCl,
+    ConvDownsampleCl,
+    ConvStemCl,
+    NeighborhoodAttention2d,
+    PatchEmbedCl,
+    PatchMergingCl,
+    PreNormBlockCl,
 )
+
 from ._helpers import (
-    ClassifierMixin, StagedModelMixin, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict,
+    ClassifierMixin,
+    StagedModelMixin,
+    check_state_dict,
+    init_weights,
+    overlay_cfg,
+    rename_keys,
+    unwrap_state_dict,
 )
 
 __all__ = ['NatCfg', 'NatStage', 'Nat', 'checkpoint_filter_fn']

@@ -40,6 +40,7 @@ from timm.layers import calculate_drop_path_rates, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from zoo.layers import NeighborhoodAttention2d, PreNormBlockCl, RpbAttention2d
+
 from ._helpers import IsotropicModelMixin, init_weights, unwrap_state_dict
 from .nat import _DINAT_URL, _TEST, NatCfg, _alternating, _convert_checkpoint, _dinat_cfg, _NatBase, _norm_layer
 

@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from zoo.layers import (
-    ConvDownsampleCl, ConvStemCl, NeighborhoodAttention2d, PatchEmbedCl, PatchMergingCl, RpbAttention2d,
+    ConvDownsampleCl,
+    ConvStemCl,
+    NeighborhoodAttention2d,
+    PatchEmbedCl,
+    PatchMergingCl,
+    RpbAttention2d,
     na_pad_size,
 )
 
