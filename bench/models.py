@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from zoo.models import create_model
 
+from . import official
 from .common import fmt_ratio, machine, markdown_table, peak_memory, time_fns
 
 PEERS = ('swin_tiny_patch4_window7_224', 'convnext_tiny')
@@ -40,7 +41,10 @@ PEER_SHORT = {'swin_tiny_patch4_window7_224': 'swin_t', 'convnext_tiny': 'convne
 
 def _build(name: str, device: str, img_size: int, mode: str = 'inference', drop_path: float = 0.1) -> torch.nn.Module:
     kwargs = {'drop_path_rate': drop_path} if mode == 'training' else {}
-    model = create_model(name, input_size=img_size, **kwargs).to(device)
+    if official.is_official(name):
+        model = official.build(name, **kwargs).to(device)
+    else:
+        model = create_model(name, input_size=img_size, **kwargs).to(device)
     return model.train() if mode == 'training' else model.eval()
 
 
@@ -52,7 +56,7 @@ def _step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[],
                 model(x)
         return forward
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    target = torch.arange(x.shape[0], device=x.device) % model.num_classes
+    target = torch.arange(x.shape[0], device=x.device) % getattr(model, 'num_classes', 1000)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -146,8 +150,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--stat', default='median', choices=('median', 'min'))
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (default: torch default)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
+    parser.add_argument('--official-root', default=None,
+                        help='directory of official checkouts for official:<family>/<model> peers (bench.official)')
     parser.add_argument('--_peak-child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.official_root:
+        os.environ[official.ROOT_ENV] = args.official_root
     if args.threads:
         torch.set_num_threads(args.threads)
     if args._peak_child:
