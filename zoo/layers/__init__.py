@@ -2,6 +2,7 @@
 from .attention import RpbAttention2d, relative_position_index_2d
 from .block import PreNormBlock2d, PreNormBlockCl
 from .downsample import ConvDownsample2d, ConvDownsampleCl, PatchMergingCl
+from .flow_attention import FlowAttention, flow_attention_core
 from .mbconv import MbConvBlock2d
 from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size
@@ -10,6 +11,7 @@ from .partition_attention import PartitionAttentionCl
 from .pos_conv import Cpe2d, CpeCl, DwConv2d, DwConvCl
 from .pos_embed_rel import RelPosBias, rel_pos_table_from_nat
 from .pos_embed_rel_tf import RelPosBiasTf
+from .rala import RalaAttention2d, Rope2d, apply_rope_2d, rala_core
 from .routing import (
     BiLevelRoutingAttention,
     BiLevelRoutingAttention2d,

@@ -1,0 +1,106 @@
+"""Flow attention (Flowformer): linear attention whose normalisation conserves incoming and outgoing flow.
+
+From `Flowformer: Linearizing Transformers with Conservation Flows` (https://arxiv.org/abs/2202.06258); the official
+image classifier is ``Flowformer_CV/flowformer.py`` of https://github.com/thuml/Flowformer (``Flow_Attention``).
+Per head, with ``phi = sigmoid`` on q (``N`` sinks) and k (``M`` sources) and ``eps = 1e-6`` placed as officially:
+
+* incoming flow of each sink ``I_i = 1 / ((phi(q_i) + eps) . (sum_j phi(k_j) + eps) + eps)``, outgoing flow of each
+  source ``O_j = 1 / ((phi(k_j) + eps) . (sum_i phi(q_i) + eps) + eps)``;
+* conserved flows ``I^_i = (phi(q_i) + eps) . (sum_j O_j phi(k_j) + eps) + eps`` and
+  ``O^_j = clamp((phi(k_j) + eps) . (sum_i I_i phi(q_i) + eps) + eps, -1, 1)``;
+* allocation ``sigmoid(I^_i N / M)`` of each sink, competition ``softmax_j(O^_j) M`` among the sources;
+* ``out_i = (phi(q_i) (sum_j phi(k_j)^T competition_j v_j)) I_i allocation_i``, then ``proj``.
+
+The sums over tokens are computed with matrix products (``q @ s`` instead of ``sum(q * s[:, None])``), the same
+values up to rounding. For 16-bit inputs (autocast or not) everything between ``qkv`` and ``proj`` runs in float32:
+the token sums reach ``N / 2`` per channel (32 768 at 1024 x 1024 px, stride 4), and the incoming flow ``1 / (N d)``
+is below float16's normal range.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ._checks import check_num_heads
+
+__all__ = ['flow_attention_core', 'FlowAttention']
+
+_EPS = 1e-6
+
+
+def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Flow attention of ``[B, heads, N, d]`` q and ``[B, heads, M, d]`` k, v (before the sigmoid feature map).
+
+    Returns ``[B, heads, N, d]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
+    """
+    out_dtype = q.dtype
+    dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    with torch.autocast(q.device.type, enabled=False):
+        q, k = torch.sigmoid(q), torch.sigmoid(k)
+        q_eps, k_eps = q + _EPS, k + _EPS
+        # [B, h, d, 1] column vectors of token sums; q_eps @ col is the official "nhld,nhd->nhl" sum
+        sink_incoming = 1.0 / (q_eps @ (k.sum(dim=2, keepdim=True) + _EPS).transpose(-1, -2) + _EPS)
+        source_outgoing = 1.0 / (k_eps @ (q.sum(dim=2, keepdim=True) + _EPS).transpose(-1, -2) + _EPS)
+        conserved_sink = q_eps @ (source_outgoing.transpose(-1, -2) @ k + _EPS).transpose(-1, -2) + _EPS
+        conserved_source = k_eps @ (sink_incoming.transpose(-1, -2) @ q + _EPS).transpose(-1, -2) + _EPS
+        conserved_source = torch.clamp(conserved_source, min=-1.0, max=1.0)
+        sink_allocation = torch.sigmoid(conserved_sink * (float(n_q) / float(n_k)))
+        source_competition = torch.softmax(conserved_source, dim=-2) * float(n_k)
+        kv = k.transpose(-1, -2) @ (v * source_competition)
+        out = (q @ kv) * (sink_incoming * sink_allocation)
+    return out.to(out_dtype)
+
+
+class FlowAttention(nn.Module):
+    """Multi-head flow attention over channels-last tokens (``[B, N, C]`` or ``[B, H, W, C]``)."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 12,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input and output tokens.
+            num_heads: heads; must divide ``dim`` (the official classifier uses 12 in every stage).
+            qkv_bias: a bias in the ``qkv`` projection.
+            proj_drop: dropout after ``proj``.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: ``num_heads`` does not divide ``dim``, or ``proj_drop`` outside [0, 1).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_num_heads(dim, num_heads)
+        if not 0. <= proj_drop < 1.:
+            raise ValueError(f'proj_drop must be in [0, 1), got proj_drop={proj_drop}')
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, dim]`` or ``[B, H, W, dim]`` tokens -> the same shape (all tokens attend to all)."""
+        if x.dim() not in (3, 4) or x.shape[-1] != self.dim:
+            raise ValueError(f'x must have shape [B, N, {self.dim}] or [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        shape = x.shape
+        B, C = shape[0], shape[-1]
+        x = x.reshape(B, -1, C)
+        N = x.shape[1]
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = flow_attention_core(q, k, v)
+        x = x.transpose(1, 2).reshape(shape)
+        return self.proj_drop(self.proj(x))
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}'

@@ -1,0 +1,191 @@
+"""Rank-augmented linear attention (RALA) and RAVLT's softmax attention, with their 2-D RoPE, LePE and output gate.
+
+From `Breaking the Low-Rank Dilemma of Linear Attention` (RAVLT, https://arxiv.org/abs/2411.07635); the official
+code is ``classfication/RALA.py`` of https://github.com/qhfan/RALA (``GateLinearAttentionNoSilu`` and
+``VanillaSelfAttention``). Both attentions work on NCHW maps of any size:
+
+* ``qkvo`` (1x1 conv ``C -> 4C``): the first ``3C`` channels are q, k, v as ``(3, heads, head_dim)``, the last ``C``
+  the output gate ``o`` (no activation). ``lepe`` is a depthwise 5x5 conv on v; ``proj`` a 1x1 conv. The output is
+  ``proj((attn + lepe(v)) * o)``.
+* RALA (``mode='rala'``), per head with ``N`` tokens: ``q, k = elu + 1``; token weights
+  ``a = softmax_n(s * mean_n(q) . k_n)`` (``s = head_dim ** -0.5``) scale the keys, ``k_n <- N a_n k_n``; then
+  ``out = RoPE(q) (RoPE(k)^T v / N) / (q . mean_n(k) + 1e-6)``: the rotation is on the numerator only.
+* softmax (``mode='softmax'``): ``softmax(s RoPE(q) RoPE(k)^T) v`` (SDPA).
+
+RoPE (:class:`Rope2d`): per head, the first ``head_dim / 2`` channels rotate by the row index and the last by the
+column index, adjacent channel pairs ``(2i, 2i + 1)`` as a complex number, with angles
+``1 / 10000 ** linspace(0, 1, head_dim / 4)`` each repeated twice. The angles are the persistent buffer ``angle``
+(official checkpoints hold it as ``layers.N.RoPE.angle``).
+
+Numerics: the RALA core is computed in float32 for 16-bit inputs (autocast or not), because its token sums span the
+whole map (65 536 tokens at 1024 x 1024 px, stride 4); the result is cast back before the gate and ``proj``.
+The key reweighting is done without the official ``N`` and ``N ** -0.5`` factors, which cancel exactly:
+``RoPE(k)^T v / N`` with ``k = N a k`` is ``sum_n a_n RoPE(k_n) v_n^T`` and ``mean_n(k) = sum_n a_n k_n``.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import check_num_heads
+from .pos_conv import DwConv2d
+
+__all__ = ['Rope2d', 'apply_rope_2d', 'rala_core', 'RalaAttention2d']
+
+_MODES = ('rala', 'softmax')
+
+
+class Rope2d(nn.Module):
+    """2-D rotary position embedding of RAVLT: ``cos`` / ``sin`` tables for an ``(H, W)`` map."""
+
+    def __init__(self, head_dim: int, device=None, dtype=None):
+        """
+        Args:
+            head_dim: channels per head; a multiple of 4 (half for rows, half for columns, in pairs).
+            device: device of the ``angle`` buffer.
+            dtype: dtype of the ``angle`` buffer.
+
+        Raises:
+            ValueError: ``head_dim`` not a positive multiple of 4.
+        """
+        super().__init__()
+        if head_dim < 4 or head_dim % 4:
+            raise ValueError(f'head_dim must be a positive multiple of 4, got head_dim={head_dim}')
+        self.head_dim = head_dim
+        angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 4, dtype=torch.float32))
+        angle = angle.unsqueeze(-1).repeat(1, 2).flatten()
+        self.register_buffer('angle', angle.to(device=device, dtype=dtype or torch.get_default_dtype()))
+
+    def forward(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` tables, each ``[H*W, head_dim]`` in the buffer's dtype.
+
+        ``sin`` carries the rotation's signs (``-sin`` on even channels), so :func:`apply_rope_2d` is
+        ``x * cos + swap_pairs(x) * sin``; the official ``theta_shift`` gives the same values.
+        """
+        H, W = size
+        index_h = torch.arange(H, device=self.angle.device).to(self.angle)
+        index_w = torch.arange(W, device=self.angle.device).to(self.angle)
+        ang_h = (index_h[:, None] * self.angle[None, :]).unsqueeze(1).expand(H, W, -1)
+        ang_w = (index_w[:, None] * self.angle[None, :]).unsqueeze(0).expand(H, W, -1)
+        ang = torch.cat([ang_h, ang_w], -1).flatten(0, 1)
+        sign = torch.tensor([-1., 1.], device=ang.device, dtype=ang.dtype).repeat(self.head_dim // 2)
+        return torch.cos(ang), torch.sin(ang) * sign
+
+    def extra_repr(self) -> str:
+        return f'head_dim={self.head_dim}'
+
+
+def apply_rope_2d(x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate ``x [..., N, head_dim]`` by the ``(cos, sin)`` tables of :class:`Rope2d` (``[N, head_dim]``)."""
+    cos, sin = rope
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos + swapped * sin
+
+
+def rala_core(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rope: Tuple[torch.Tensor, torch.Tensor],
+        scale: float,
+) -> torch.Tensor:
+    """Rank-augmented linear attention of ``[B, heads, N, head_dim]`` q, k, v (before the ELU feature map).
+
+    Returns ``[B, heads, N, head_dim]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
+    """
+    out_dtype = q.dtype
+    dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    rope = (rope[0].to(dtype), rope[1].to(dtype))
+    with torch.autocast(q.device.type, enabled=False):
+        q = F.elu(q) + 1.0
+        k = F.elu(k) + 1.0
+        q_mean = q.mean(dim=-2, keepdim=True)
+        weight = torch.softmax(scale * (q_mean @ k.transpose(-1, -2)), dim=-1).transpose(-1, -2)  # [B, h, N, 1]
+        k = k * weight
+        z = 1.0 / (q @ k.sum(dim=-2, keepdim=True).transpose(-1, -2) + 1e-6)
+        kv = apply_rope_2d(k, rope).transpose(-1, -2) @ v
+        out = (apply_rope_2d(q, rope) @ kv) * z
+    return out.to(out_dtype)
+
+
+class RalaAttention2d(nn.Module):
+    """RAVLT's attention (RALA or softmax) with RoPE, LePE and the output gate, on NCHW maps."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mode: str = 'rala',
+            lepe_kernel: int = 5,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels of the input and output maps.
+            num_heads: heads; must divide ``dim`` into a head width that is a multiple of 4 (RoPE).
+            mode: 'rala' (rank-augmented linear attention, RAVLT stages 1-2) or 'softmax' (stages 3-4).
+            lepe_kernel: kernel of the depthwise LePE conv on v (odd).
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: ``num_heads`` does not divide ``dim``, a head width not a multiple of 4, or an unknown
+                ``mode``.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_num_heads(dim, num_heads)
+        if mode not in _MODES:
+            raise ValueError(f'mode must be one of {_MODES}, got mode={mode!r}')
+        head_dim = dim // num_heads
+        if head_dim % 4:
+            raise ValueError(f'dim / num_heads must be a multiple of 4 (2-D RoPE), got dim={dim}, '
+                             f'num_heads={num_heads}')
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.mode = mode
+        self.scale = head_dim ** -0.5
+        self.qkvo = nn.Conv2d(dim, dim * 4, 1, **dd)
+        self.lepe = DwConv2d(dim, lepe_kernel, **dd)
+        self.proj = nn.Conv2d(dim, dim, 1, **dd)
+
+    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Attend over the whole map.
+
+        Args:
+            x: ``[B, dim, H, W]``.
+            rope: ``(cos, sin)`` of :class:`Rope2d` for ``(H, W)``, each ``[H*W, head_dim]``.
+
+        Returns:
+            ``[B, dim, H, W]``.
+        """
+        if x.dim() != 4 or x.shape[1] != self.dim:
+            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
+        B, C, H, W = x.shape
+        N = H * W
+        if rope[0].shape != (N, self.head_dim):
+            raise ValueError(f'rope tables must be [{N}, {self.head_dim}] for a {H}x{W} map, got '
+                             f'{tuple(rope[0].shape)}')
+        qkvo = self.qkvo(x)
+        v_map = qkvo[:, 2 * C:3 * C]
+        gate = qkvo[:, 3 * C:]
+        lepe = self.lepe(v_map)
+        q, k, v = qkvo[:, :3 * C].reshape(B, 3, self.num_heads, self.head_dim, N).transpose(-1, -2).unbind(1)
+        if self.mode == 'rala':
+            out = rala_core(q, k, v, rope, self.scale)
+        else:
+            rope = (rope[0].to(q.dtype), rope[1].to(q.dtype))
+            q = apply_rope_2d(q, rope)
+            k = apply_rope_2d(k, rope)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = out.transpose(-1, -2).reshape(B, C, H, W)
+        return self.proj((out + lepe) * gate)
+
+    def extra_repr(self) -> str:
+        return f'dim={self.dim}, num_heads={self.num_heads}, mode={self.mode!r}'
