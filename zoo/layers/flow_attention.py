@@ -18,12 +18,21 @@ is below float16's normal range.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
 from ._checks import check_num_heads
 
 __all__ = ['flow_attention_core', 'FlowAttention']
+
+
+def _autocast_off(device: torch.device):
+    """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
+    if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 _EPS = 1e-6
 
@@ -37,7 +46,7 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     n_q, n_k = q.shape[-2], k.shape[-2]
-    with torch.autocast(q.device.type, enabled=False):
+    with _autocast_off(q.device):
         q, k = torch.sigmoid(q), torch.sigmoid(k)
         q_eps, k_eps = q + _EPS, k + _EPS
         # [B, h, d, 1] column vectors of token sums; q_eps @ col is the official "nhld,nhd->nhl" sum

@@ -24,6 +24,7 @@ The key reweighting is done without the official ``N`` and ``N ** -0.5`` factors
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Tuple
 
 import torch
@@ -34,6 +35,13 @@ from ._checks import check_num_heads
 from .pos_conv import DwConv2d
 
 __all__ = ['Rope2d', 'apply_rope_2d', 'rala_core', 'RalaAttention2d']
+
+
+def _autocast_off(device: torch.device):
+    """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
+    if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 _MODES = ('rala', 'softmax')
 
@@ -100,7 +108,7 @@ def rala_core(
     dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     rope = (rope[0].to(dtype), rope[1].to(dtype))
-    with torch.autocast(q.device.type, enabled=False):
+    with _autocast_off(q.device):
         q = F.elu(q) + 1.0
         k = F.elu(k) + 1.0
         q_mean = q.mean(dim=-2, keepdim=True)
