@@ -1,8 +1,10 @@
 """Shared nn.Module blocks of the zoo (flat re-exports, one concept per file)."""
 from .attention import RpbAttention2d, relative_position_index_2d
 from .block import PreNormBlock2d, PreNormBlockCl
+from .deform_merge import DeformConv2dPack, DeformTokenMergeCl
 from .downsample import ConvDownsample2d, ConvDownsampleCl, PatchMergingCl
 from .flow_attention import FlowAttention, flow_attention_core
+from .hilo import HiLoAttentionCl, hilo_head_split
 from .mbconv import MbConvBlock2d
 from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size

@@ -1,0 +1,147 @@
+"""Deformable convolution with a learned offset conv, and LITv2's deformable token merging (DTM), channels-last.
+
+* :class:`DeformConv2dPack`: a ``k x k`` deformable convolution whose sampling offsets come from a plain conv of the
+  input (``conv_offset``: ``2 * k * k`` channels, same kernel / stride / padding, zero-initialised, so a fresh layer
+  is an ordinary conv). Parameters ``weight [C_out, C_in, k, k]``, ``bias [C_out]``, ``conv_offset.weight`` /
+  ``conv_offset.bias``: the names and shapes of the ``DeformConv2dPack`` in LITv2's ``mm_modules/DCN`` (and mmcv's),
+  so official checkpoints load without renames. It runs ``torchvision.ops.deform_conv2d``: no compiled extension,
+  no apex. The offset channels are ``[dy, dx]`` per kernel position in row-major order and a sample off the map reads
+  zero per bilinear corner, as in the official DCN kernels (checked against the official LITv2 code with non-trivial
+  offsets; see ``tests/fixtures/make_litv2_fixtures.py``).
+* :class:`DeformTokenMergeCl`: LITv2's DTM downsampling, ``DeformConv2dPack(C, C_out, 2, stride 2) -> BatchNorm2d
+  -> GELU``, from a channels-last ``[B, H, W, C]`` map to ``[B, H', W', C_out]``. Odd sizes are floored, as the
+  official detection / segmentation backbones do; an axis of length 1 (where the official conv fails) is zero-padded
+  to 2 first, so every input size runs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import to_2tuple
+from torchvision.ops import deform_conv2d
+
+__all__ = ['DeformConv2dPack', 'DeformTokenMergeCl']
+
+
+class DeformConv2dPack(nn.Module):
+    """Deformable ``k x k`` convolution (one offset group) with its offsets predicted by ``conv_offset``; NCHW."""
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            kernel_size: Union[int, Tuple[int, int]],
+            stride: Union[int, Tuple[int, int]] = 1,
+            padding: Union[int, Tuple[int, int]] = 0,
+            dilation: Union[int, Tuple[int, int]] = 1,
+            bias: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            in_channels: input channels.
+            out_channels: output channels.
+            kernel_size: ``(kh, kw)`` of the deformable kernel (and of ``conv_offset``).
+            stride: stride of both convs.
+            padding: zero padding of both convs.
+            dilation: dilation of the deformable kernel (``conv_offset`` is not dilated, as in the official pack).
+            bias: learn an output bias.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: a channel count, kernel, stride or dilation below 1, or a negative padding, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f'in_channels and out_channels must be >= 1, got in_channels={in_channels}, '
+                             f'out_channels={out_channels}')
+        self.kernel_size = _pair(kernel_size, 'kernel_size', 1)
+        self.stride = _pair(stride, 'stride', 1)
+        self.padding = _pair(padding, 'padding', 0)
+        self.dilation = _pair(dilation, 'dilation', 1)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, **dd))
+        self.bias = nn.Parameter(torch.empty(out_channels, **dd)) if bias else None
+        self.conv_offset = nn.Conv2d(
+            in_channels, 2 * self.kernel_size[0] * self.kernel_size[1], self.kernel_size, stride=self.stride,
+            padding=self.padding, bias=True, **dd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s init for ``weight`` / ``bias`` and zero offsets (the official pack's init)."""
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        if self.bias is not None:
+            bound = 1 / (self.in_channels * self.kernel_size[0] * self.kernel_size[1]) ** 0.5
+            nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_channels, H, W]`` -> ``[B, out_channels, H', W']`` (conv output size)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'x must have shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}')
+        offset = self.conv_offset(x)
+        return deform_conv2d(
+            x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, '
+                f'padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}')
+
+
+def _pair(value, name: str, minimum: int) -> Tuple[int, int]:
+    pair = tuple(to_2tuple(value))
+    if len(pair) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in pair):
+        raise ValueError(f'{name} must be an int or pair of ints >= {minimum}, got {name}={value!r}')
+    return pair
+
+
+class DeformTokenMergeCl(nn.Module):
+    """LITv2's deformable token merging: deformable conv 2x2 / stride 2 -> BatchNorm2d -> GELU, channels-last."""
+
+    def __init__(
+            self,
+            dim: int,
+            out_dim: int,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: input channels.
+            out_dim: output channels (LITv2: ``2 * dim``).
+            act_layer: activation after the BatchNorm.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: a channel count below 1.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if dim < 1 or out_dim < 1:
+            raise ValueError(f'dim and out_dim must be >= 1, got dim={dim}, out_dim={out_dim}')
+        self.dim = dim
+        self.out_dim = out_dim
+        self.dconv = DeformConv2dPack(dim, out_dim, kernel_size=2, stride=2, padding=0, **dd)
+        self.norm = nn.BatchNorm2d(out_dim, **dd)
+        self.act = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, dim]`` -> ``[B, max(H, 2) // 2, max(W, 2) // 2, out_dim]``."""
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        x = x.permute(0, 3, 1, 2)
+        pad_b, pad_r = max(0, 2 - x.shape[2]), max(0, 2 - x.shape[3])
+        if pad_b or pad_r:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+        x = self.norm(self.dconv(x))
+        return self.act(x.permute(0, 2, 3, 1))
