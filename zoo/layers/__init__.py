@@ -1,4 +1,5 @@
 """Shared nn.Module blocks of the zoo (flat re-exports, one concept per file)."""
+from .agent_attention import AgentAttention, AgentSpatialReductionAttentionCl, agent_attention, agent_pool_size
 from .attention import RpbAttention2d, relative_position_index_2d
 from .block import PreNormBlock2d, PreNormBlockCl
 from .deform_merge import DeformConv2dPack, DeformTokenMergeCl
