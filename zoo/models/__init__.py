@@ -5,3 +5,4 @@ from .litv2 import *
 from .maxvit import *
 from .nat import *
 from .nat_isotropic import *
+from .ravlt import *
