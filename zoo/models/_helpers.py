@@ -146,6 +146,9 @@ class _FeatureSequenceMixin(ClassifierMixin):
     norm_all_intermediates: bool = False
     # True: the model checkpoints each feature module; False: the modules do it (a ``grad_checkpointing`` flag each)
     checkpoint_modules: bool = False
+    # True: the stem's output is feature 0 and module i is feature i + 1 (timm's MaxViT, ConvNeXt-like stems);
+    # ``feature_info`` then starts with the stem's entry. Pruning never removes the stem.
+    stem_feature: bool = False
 
     def _feature_seq(self) -> nn.Sequential:
         return getattr(self, self.feature_seq_name)
@@ -170,11 +173,12 @@ class _FeatureSequenceMixin(ClassifierMixin):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward that also returns the outputs of the feature modules (stages, or blocks of isotropic models).
+        """Forward that also returns the outputs of the feature modules (stages, or blocks of isotropic models), after
+        the stem's output as feature 0 when ``stem_feature`` is set.
 
         Args:
             x: ``[B, in_chans, H, W]`` images.
-            indices: modules to return: last n if int, all if None, these if a sequence (negative from the end).
+            indices: features to return: last n if int, all if None, these if a sequence (negative from the end).
             norm: apply the final norm to the returned intermediates (isotropic: all; staged: the last stage's).
             stop_early: stop after the last requested module.
             output_fmt: 'NCHW' or 'NHWC' for the intermediates.
@@ -188,13 +192,17 @@ class _FeatureSequenceMixin(ClassifierMixin):
         """
         check_output_fmt(output_fmt)
         seq = self._feature_seq()
+        offset = int(self.stem_feature)
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(seq), indices)
-        last = len(seq) - 1
+        take_indices, max_index = feature_take_indices(len(seq) + offset, indices)
+        last = len(seq) + offset - 1
         x = getattr(self, self.stem_name)(x)
-        modules = seq if torch.jit.is_scripting() or not stop_early else seq[:max_index + 1]
-        i = 0
-        for i, module in enumerate(modules):
+        if offset and 0 in take_indices:
+            intermediates.append(self._to_output_fmt(x, output_fmt))
+        modules = seq if torch.jit.is_scripting() or not stop_early else seq[:max_index + 1 - offset]
+        i = offset - 1  # the feature index of x
+        for j, module in enumerate(modules):
+            i = j + offset
             x = checkpoint(module, x) if self._checkpointing() else module(x)
             if i in take_indices:
                 x_inter = self.norm(x) if norm and (i == last or self.norm_all_intermediates) else x
@@ -219,13 +227,14 @@ class _FeatureSequenceMixin(ClassifierMixin):
             prune_head: remove the classifier even when the last module is kept.
 
         Returns:
-            The module indices taken.
+            The feature indices taken.
         """
         seq = self._feature_seq()
-        take_indices, max_index = feature_take_indices(len(seq), indices)
+        offset = int(self.stem_feature)
+        take_indices, max_index = feature_take_indices(len(seq) + offset, indices)
         # a staged model cut before its last stage loses the norm and head of that stage's width
-        prune_end = max_index < len(seq) - 1 and not self.norm_all_intermediates
-        setattr(self, self.feature_seq_name, seq[:max_index + 1])
+        prune_end = max_index < len(seq) + offset - 1 and not self.norm_all_intermediates
+        setattr(self, self.feature_seq_name, seq[:max_index + 1 - offset])
         if prune_norm or prune_end:
             self.norm = nn.Identity()
         if prune_end:

@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -78,9 +78,7 @@ from zoo.layers.partition_attention import PartitionAttentionCl
 
 from ._helpers import (
     StagedModelMixin,
-    check_output_fmt,
     check_state_dict,
-    feature_take_indices,
     overlay_cfg,
     unwrap_state_dict,
 )
@@ -316,6 +314,7 @@ class MaxVit(StagedModelMixin, nn.Module):
 
     stage_fmt = 'NCHW'
     stem_name = 'stem'
+    stem_feature = True  # feature 0 is the stem (stride 2), 1-4 the stages; the final norm is in the head
 
     def __init__(
             self,
@@ -422,72 +421,6 @@ class MaxVit(StagedModelMixin, nn.Module):
             num_classes, pool_type=global_pool, reset_other=reset_other, in_features=self.num_features,
             **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward that also returns the stem and stage outputs (feature 0 is the stem, 1-4 the stages).
-
-        Args:
-            x: ``[B, in_chans, H, W]`` images.
-            indices: features to return: last n if int, all if None, these if a sequence (negative from the end).
-            norm: unused (the final norm is in the head, as timm's MaxViT).
-            stop_early: stop after the last requested feature.
-            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
-            intermediates_only: return only the intermediates.
-
-        Returns:
-            The intermediates, or ``(final features, intermediates)``.
-
-        Raises:
-            ValueError: ``output_fmt`` is neither 'NCHW' nor 'NHWC'.
-        """
-        check_output_fmt(output_fmt)
-        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        intermediates = []
-        x = self.stem(x)
-        if 0 in take_indices:
-            intermediates.append(self._to_output_fmt(x, output_fmt))
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index]
-        for i, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(self._to_output_fmt(x, output_fmt))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and head) not needed for the ``indices`` intermediates (0 is the stem).
-
-        Args:
-            indices: the intermediates to keep, as for :meth:`forward_intermediates`.
-            prune_norm: unused (the final norm is in the head).
-            prune_head: remove the head (pooling, norm, pre-logits, classifier) even when the last stage is kept.
-
-        Returns:
-            The feature indices taken.
-        """
-        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        prune_end = max_index < len(self.stages)
-        self.stages = self.stages[:max_index]
-        if prune_end:
-            self.num_features = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            # the head's norm and pre-logits layer are the final norm: they go with the classifier (as timm's)
-            self.reset_classifier(0, '', reset_other=True)
-        return take_indices
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
