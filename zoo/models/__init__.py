@@ -1,6 +1,7 @@
 """Model families; importing this package registers every zoo model with timm."""
 from .biformer import *
 from .factory import *
+from .flowformer import *
 from .litv2 import *
 from .maxvit import *
 from .nat import *
