@@ -7,7 +7,8 @@
   so official checkpoints load without renames. It runs ``torchvision.ops.deform_conv2d``: no compiled extension,
   no apex. The offset channels are ``[dy, dx]`` per kernel position in row-major order and a sample off the map reads
   zero per bilinear corner, as in the official DCN kernels (checked against the official LITv2 code with non-trivial
-  offsets; see ``tests/fixtures/make_litv2_fixtures.py``).
+  offsets; see ``tests/fixtures/make_litv2_fixtures.py``). 16-bit inputs are convolved in float32 and cast back, as
+  the official op under apex's ``amp.float_function``.
 * :class:`DeformTokenMergeCl`: LITv2's DTM downsampling, ``DeformConv2dPack(C, C_out, 2, stride 2) -> BatchNorm2d
   -> GELU``, from a channels-last ``[B, H, W, C]`` map to ``[B, H', W', C_out]``. Odd sizes are floored, as the
   official detection / segmentation backbones do; an axis of length 1 (where the official conv fails) is zero-padded
@@ -88,6 +89,13 @@ class DeformConv2dPack(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'x must have shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}')
         offset = self.conv_offset(x)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # in float32, as the official op under apex's ``amp.float_function`` (torchvision's CPU kernel has no
+            # 16-bit path either)
+            bias = self.bias.float() if self.bias is not None else None
+            out = deform_conv2d(x.float(), offset.float(), self.weight.float(), bias, stride=self.stride,
+                                padding=self.padding, dilation=self.dilation)
+            return out.to(x.dtype)
         return deform_conv2d(
             x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding, dilation=self.dilation)
 

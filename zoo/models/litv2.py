@@ -182,6 +182,7 @@ class LITv2(StagedModelMixin, nn.Module):
     and feature interface come from :class:`StagedModelMixin`.
     """
 
+    output_fmt = 'NHWC'
     stage_fmt = 'NHWC'
     stem_name = 'stem'
 

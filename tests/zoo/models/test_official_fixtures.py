@@ -44,6 +44,8 @@ seeded = _import_seeded()
 _NAT_MICRO = dict(num_classes=10, kernel_size=3, mlp_ratio=2.)
 _BIFORMER_MICRO = dict(num_classes=10, embed_dims=(8, 16, 24, 32), depths=(1, 1, 2, 1), topks=(1, 3, 8, -1),
                        head_dim=8, full_attn_heads=8, n_win=4, mlp_ratio=2.)
+_LITV2_MICRO = dict(num_classes=10, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2), local_ws=(0, 2, 2, 1),
+                    mlp_ratio=2.)
 # fixture case -> (our model name, overrides of its config); the seeded cases are the released variants themselves
 CASES = {
     'nat': {
@@ -71,6 +73,12 @@ CASES = {
         'biformer_tiny': ('biformer_tiny', {}),
         'biformer_stl': ('biformer_stl', {}),
         'biformer_stl_nchw': ('biformer_stl_nchw', {}),
+    },
+    'litv2': {
+        'micro': ('litv2_test', dict(_LITV2_MICRO, alpha=0.5)),
+        'micro_alpha0': ('litv2_test', dict(_LITV2_MICRO, alpha=0.)),
+        'micro_alpha1': ('litv2_test', dict(_LITV2_MICRO, alpha=1.)),
+        'litv2_small': ('litv2_small', {}),
     },
 }
 
