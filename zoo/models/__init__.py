@@ -1,4 +1,5 @@
 """Model families; importing this package registers every zoo model with timm."""
+from .agent import *
 from .biformer import *
 from .factory import *
 from .flowformer import *
