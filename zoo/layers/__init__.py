@@ -6,6 +6,7 @@ from .deform_merge import DeformConv2dPack, DeformTokenMergeCl
 from .downsample import ConvDownsample2d, ConvDownsampleCl, PatchMergingCl
 from .flow_attention import FlowAttention, flow_attention_core
 from .hilo import HiLoAttentionCl, hilo_head_split
+from .inline_attention import InLineAttention, dwconv3x3_per_sample, inline_attention_core
 from .mbconv import MbConvBlock2d
 from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size

@@ -1,0 +1,247 @@
+"""InLine attention: injective linear attention with a local residual (LeapLabTHU/InLine).
+
+Paper: `Bridging the Divide: Reconsidering Softmax and Linear Attention` (Han et al., NeurIPS 2024).
+
+Per head, with ``s = head_dim ** -0.5``, ``N`` tokens and kernel ``phi`` (identity in every released model)::
+
+    out_i = phi(q_i) (sum_j phi(k_j)^T v_j) s / N + (1 - s phi(q_i) mean_j(phi(k_j))^T) mean_j(v_j)
+
+i.e. the attention weights ``s q_i k_j^T / N + (1 - s q_i mean(k)^T) / N`` sum to one for every query without a
+division by ``q_i sum(k)^T`` (the *injective* normalisation). The same result is computed here as
+
+    out = phi(Q) M + mean(V),    M = s / N (phi(K) - mean(phi(K)))^T V     ([head_dim, head_dim] per head)
+
+(one ``[N, d] x [d, d]`` product per head; the centred keys avoid the cancellation of two large terms). Plus the
+**local residual**: a per-sample depthwise 3x3 kernel (no bias), predicted from the token mean of the layer input by
+``residual`` = Conv1d(C, C, 1, groups=heads) -> GELU -> Conv1d(C, 9C, 1, groups=heads) (output channel ``o`` is the
+kernel of channel ``o // 9`` at position ``(o % 9) // 3, o % 3``), applied to the V map (zero padding 1) and added
+before ``proj``.
+
+Host variants (parameter names are the official ones):
+
+* ``qkv_layout='qkv'``: one ``qkv`` Linear (InLine-Swin, InLine-DeiT); ``'q_kv'``: ``q`` and ``kv`` Linears
+  (InLine-PVT, whose InLine layers have spatial reduction 1; the official layer with ``sr_ratio > 1`` builds ``sr`` /
+  ``norm`` but fails in its forward, so no reduction is offered here).
+* ``num_prefix_tokens=1`` (InLine-DeiT): the input is ``[B, 1 + H * W, C]`` tokens; the class token takes part in
+  the attention (``N`` counts it) and in the residual's token mean, but the local residual acts on the patch tokens
+  only (the class token gets none).
+* ``kernel_func`` (InLine-Swin's constructor option; 'identity' in all configs): 'identity', 'relu', 'leakyrelu',
+  'exp' (``exp(0.2 x)``), applied to q and k.
+
+Numerics: for float16 / bfloat16 inputs (autocast or not) the attention core runs in float32: its token sums span
+up to 65536 tokens at a 1024 x 1024 stage-1 map, where a 16-bit ``K^T V`` or mean loses most of its bits. The
+projections and the local residual stay in the input dtype. There is no attention matrix, so ``attn_drop`` is
+accepted for the shared factory interface and has nothing to drop (the official layer builds a Dropout it never
+calls).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import check_channels_last, check_num_heads
+
+__all__ = ['InLineAttention', 'inline_attention_core', 'dwconv3x3_per_sample', 'INLINE_KERNELS']
+
+INLINE_KERNELS = ('identity', 'relu', 'leakyrelu', 'exp')
+_LAYOUTS = ('qkv', 'q_kv')
+
+
+def _autocast_off(device: torch.device):
+    """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
+    if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _phi(x: torch.Tensor, kernel_func: str) -> torch.Tensor:
+    if kernel_func == 'identity':
+        return x
+    if kernel_func == 'relu':
+        return F.relu(x)
+    if kernel_func == 'leakyrelu':
+        return F.leaky_relu(x)
+    return torch.exp(x * 0.2)
+
+
+def inline_attention_core(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_heads: int,
+        scale: Optional[float] = None,
+        kernel_func: str = 'identity',
+) -> torch.Tensor:
+    """InLine attention (without the local residual) of ``[B, N, C]`` q, k, v whose channels are ``num_heads``
+    heads of ``C // num_heads`` (head-major, as ``reshape(B, N, heads, head_dim)``).
+
+    Args:
+        q: queries ``[B, N, C]``.
+        k: keys ``[B, N, C]``.
+        v: values ``[B, N, C]``.
+        num_heads: heads; must divide ``C``.
+        scale: ``s``, default ``head_dim ** -0.5``.
+        kernel_func: one of :data:`INLINE_KERNELS`, applied to q and k.
+
+    Returns:
+        ``[B, N, C]`` in the dtype of ``q``; float16 / bfloat16 inputs are computed in float32.
+
+    Raises:
+        ValueError: mismatched shapes, ``num_heads`` not dividing ``C`` or an unknown ``kernel_func``.
+    """
+    if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f'q, k and v must all be [B, N, C], got q={tuple(q.shape)}, k={tuple(k.shape)}, '
+                         f'v={tuple(v.shape)}')
+    if kernel_func not in INLINE_KERNELS:
+        raise ValueError(f'kernel_func must be one of {INLINE_KERNELS}, got kernel_func={kernel_func!r}')
+    B, N, C = q.shape
+    check_num_heads(C, num_heads)
+    d = C // num_heads
+    s = d ** -0.5 if scale is None else scale
+    out_dtype = q.dtype
+    dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    with _autocast_off(q.device):
+        q = _phi(q.to(dtype), kernel_func).view(B, N, num_heads, d).transpose(1, 2)  # [B, h, N, d]
+        k = _phi(k.to(dtype), kernel_func).view(B, N, num_heads, d).transpose(1, 2)
+        v = v.to(dtype).view(B, N, num_heads, d).transpose(1, 2)
+        v_mean = v.mean(dim=2, keepdim=True)  # [B, h, 1, d]
+        k = k - k.mean(dim=2, keepdim=True)
+        m = (k.transpose(-2, -1) @ v) * (s / N)  # [B, h, d, d]
+        out = torch.baddbmm(v_mean.reshape(B * num_heads, 1, d), q.reshape(B * num_heads, N, d),
+                            m.reshape(B * num_heads, d, d))
+    return out.view(B, num_heads, N, d).transpose(1, 2).reshape(B, N, C).to(out_dtype)
+
+
+def dwconv3x3_per_sample(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise 3x3 convolution (zero padding 1, no bias) with a different kernel per sample, channels-last.
+
+    Args:
+        x: ``[B, H, W, C]``.
+        weight: ``[B, C, 3, 3]`` (``weight[b, c]`` convolves channel ``c`` of sample ``b``; cross-correlation, as
+            ``F.conv2d``).
+
+    Returns:
+        ``[B, H, W, C]``.
+    """
+    B, H, W, C = x.shape
+    if weight.shape != (B, C, 3, 3):
+        raise ValueError(f'weight must be [B, C, 3, 3] = {[B, C, 3, 3]}, got {list(weight.shape)}')
+    # one grouped conv over the B * C channels of a single image, in channels-last memory (oneDNN / cuDNN NHWC
+    # depthwise kernels; the official NCHW layout is slower on CPU): [H, W, B * C] viewed as [1, B * C, H, W]
+    y = x.permute(1, 2, 0, 3).reshape(1, H, W, B * C).permute(0, 3, 1, 2)
+    y = F.conv2d(y, weight.reshape(B * C, 1, 3, 3).to(y.dtype), None, padding=1, groups=B * C)
+    return y.permute(0, 2, 3, 1).reshape(H, W, B, C).permute(2, 0, 1, 3)
+
+
+class InLineAttention(nn.Module):
+    """InLine attention with the local residual (module docstring), on channels-last maps or prefixed tokens."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = True,
+            qkv_layout: str = 'qkv',
+            num_prefix_tokens: int = 0,
+            kernel_func: str = 'identity',
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: channels.
+            num_heads: heads; must divide ``dim`` (also the groups of the ``residual`` convs).
+            qkv_bias: biases of ``qkv`` (or ``q`` / ``kv``).
+            qkv_layout: 'qkv' (one Linear, Swin / DeiT hosts) or 'q_kv' (``q`` and ``kv``, PVT host).
+            num_prefix_tokens: 0 (input ``[B, H, W, C]``) or the number of prefix tokens of ``[B, P + H * W, C]``
+                token input (1: InLine-DeiT's class token).
+            kernel_func: one of :data:`INLINE_KERNELS`.
+            attn_drop: accepted for the factory interface; InLine has no attention matrix to drop from.
+            proj_drop: dropout after ``proj``.
+            device: device of the parameters.
+            dtype: dtype of the parameters.
+
+        Raises:
+            ValueError: an argument outside the values above, naming it.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_num_heads(dim, num_heads)
+        if qkv_layout not in _LAYOUTS:
+            raise ValueError(f'qkv_layout must be one of {_LAYOUTS}, got qkv_layout={qkv_layout!r}')
+        if kernel_func not in INLINE_KERNELS:
+            raise ValueError(f'kernel_func must be one of {INLINE_KERNELS}, got kernel_func={kernel_func!r}')
+        if num_prefix_tokens < 0:
+            raise ValueError(f'num_prefix_tokens must be >= 0, got num_prefix_tokens={num_prefix_tokens}')
+        for name, p in (('attn_drop', attn_drop), ('proj_drop', proj_drop)):
+            if not 0. <= p < 1.:
+                raise ValueError(f'{name} must be in [0, 1), got {name}={p}')
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv_layout = qkv_layout
+        self.num_prefix_tokens = num_prefix_tokens
+        self.kernel_func = kernel_func
+        if qkv_layout == 'qkv':
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        else:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias, **dd)
+        self.residual = nn.Sequential(
+            nn.Conv1d(dim, dim, kernel_size=1, groups=num_heads, **dd),
+            nn.GELU(),
+            nn.Conv1d(dim, dim * 9, kernel_size=1, groups=num_heads, **dd),
+        )
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, N, C]`` -> q, k, v ``[B, N, C]`` (views)."""
+        B, N, C = x.shape
+        if self.qkv_layout == 'qkv':
+            q, k, v = self.qkv(x).view(B, N, 3, C).unbind(2)
+        else:
+            q = self.q(x)
+            k, v = self.kv(x).view(B, N, 2, C).unbind(2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """``[B, H, W, dim]`` -> ``[B, H, W, dim]`` (``num_prefix_tokens=0``), or ``[B, P + H * W, dim]`` tokens of an
+        ``size = (H, W)`` grid -> the same shape (``num_prefix_tokens=P > 0``)."""
+        P = self.num_prefix_tokens
+        if P:
+            if x.dim() != 3 or x.shape[-1] != self.dim:
+                raise ValueError(f'x must have shape [B, {P} + H * W, {self.dim}], got {tuple(x.shape)}')
+            if size is None or len(size) != 2:
+                raise ValueError(f'size=(H, W) of the token grid is required with num_prefix_tokens={P}, '
+                                 f'got size={size!r}')
+            H, W = (int(s) for s in size)
+            if x.shape[1] != P + H * W:
+                raise ValueError(f'x has {x.shape[1]} tokens, expected {P} + {H} * {W} for size={tuple(size)}')
+            B, N, C = x.shape
+            tokens = x
+        else:
+            check_channels_last(x, self.dim)
+            B, H, W, C = x.shape
+            N = H * W
+            tokens = x.reshape(B, N, C)
+        q, k, v = self._qkv(tokens)
+        kernel = self.residual(tokens.mean(dim=1).unsqueeze(-1)).view(B, C, 3, 3)
+        out = inline_attention_core(q, k, v, self.num_heads, self.scale, self.kernel_func)
+        local = dwconv3x3_per_sample(v[:, P:].reshape(B, H, W, C), kernel)
+        if P:
+            out = torch.cat([out[:, :P], out[:, P:] + local.reshape(B, H * W, C)], dim=1)
+        else:
+            out = out.view(B, H, W, C) + local
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, num_heads={self.num_heads}, qkv_layout={self.qkv_layout!r}, '
+                f'num_prefix_tokens={self.num_prefix_tokens}, kernel_func={self.kernel_func!r}')
