@@ -37,10 +37,29 @@ def _autocast_off(device: torch.device):
 _EPS = 1e-6
 
 
-def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _dot(a: torch.Tensor, b: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``[B, h, L, d]`` . ``[B, h, 1, d]`` per token -> ``[B, h, L, 1]``: a matrix product, or the official
+    ``sum(a * b, -1)``."""
+    return a @ b.transpose(-1, -2) if fused else (a * b).sum(dim=-1, keepdim=True)
+
+
+def _weighted_sum(w: torch.Tensor, x: torch.Tensor, fused: bool) -> torch.Tensor:
+    """``sum_n w_n x_n`` of ``[B, h, L, 1]`` weights and ``[B, h, L, d]`` rows -> ``[B, h, 1, d]``."""
+    return w.transpose(-1, -2) @ x if fused else (x * w).sum(dim=2, keepdim=True)
+
+
+def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """Flow attention of ``[B, heads, N, d]`` q and ``[B, heads, M, d]`` k, v (before the sigmoid feature map).
 
-    Returns ``[B, heads, N, d]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
+    Args:
+        q: queries (sinks).
+        k: keys (sources).
+        v: values.
+        fused: token sums and per-token dot products as matrix products (default), or as the official elementwise
+            products and sums (what fvcore counts: it does not count those).
+
+    Returns:
+        ``[B, heads, N, d]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
     """
     out_dtype = q.dtype
     dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
@@ -49,11 +68,11 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     with _autocast_off(q.device):
         q, k = torch.sigmoid(q), torch.sigmoid(k)
         q_eps, k_eps = q + _EPS, k + _EPS
-        # [B, h, d, 1] column vectors of token sums; q_eps @ col is the official "nhld,nhd->nhl" sum
-        sink_incoming = 1.0 / (q_eps @ (k.sum(dim=2, keepdim=True) + _EPS).transpose(-1, -2) + _EPS)
-        source_outgoing = 1.0 / (k_eps @ (q.sum(dim=2, keepdim=True) + _EPS).transpose(-1, -2) + _EPS)
-        conserved_sink = q_eps @ (source_outgoing.transpose(-1, -2) @ k + _EPS).transpose(-1, -2) + _EPS
-        conserved_source = k_eps @ (sink_incoming.transpose(-1, -2) @ q + _EPS).transpose(-1, -2) + _EPS
+        # _dot(a, row) is the official my_sum "nhld,nhd->nhl", kept as [B, h, L, 1]
+        sink_incoming = 1.0 / (_dot(q_eps, k.sum(dim=2, keepdim=True) + _EPS, fused) + _EPS)
+        source_outgoing = 1.0 / (_dot(k_eps, q.sum(dim=2, keepdim=True) + _EPS, fused) + _EPS)
+        conserved_sink = _dot(q_eps, _weighted_sum(source_outgoing, k, fused) + _EPS, fused) + _EPS
+        conserved_source = _dot(k_eps, _weighted_sum(sink_incoming, q, fused) + _EPS, fused) + _EPS
         conserved_source = torch.clamp(conserved_source, min=-1.0, max=1.0)
         sink_allocation = torch.sigmoid(conserved_sink * (float(n_q) / float(n_k)))
         source_competition = torch.softmax(conserved_source, dim=-2) * float(n_k)
@@ -94,6 +113,8 @@ class FlowAttention(nn.Module):
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        # token sums as matrix products; False: the official elementwise sums (what fvcore counts)
+        self.fused_attn = True
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -107,7 +128,7 @@ class FlowAttention(nn.Module):
         x = x.reshape(B, -1, C)
         N = x.shape[1]
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = flow_attention_core(q, k, v)
+        x = flow_attention_core(q, k, v, fused=self.fused_attn)
         x = x.transpose(1, 2).reshape(shape)
         return self.proj_drop(self.proj(x))
 

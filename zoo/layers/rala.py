@@ -10,7 +10,8 @@ code is ``classfication/RALA.py`` of https://github.com/qhfan/RALA (``GateLinear
 * RALA (``mode='rala'``), per head with ``N`` tokens: ``q, k = elu + 1``; token weights
   ``a = softmax_n(s * mean_n(q) . k_n)`` (``s = head_dim ** -0.5``) scale the keys, ``k_n <- N a_n k_n``; then
   ``out = RoPE(q) (RoPE(k)^T v / N) / (q . mean_n(k) + 1e-6)``: the rotation is on the numerator only.
-* softmax (``mode='softmax'``): ``softmax(s RoPE(q) RoPE(k)^T) v`` (SDPA).
+* softmax (``mode='softmax'``): ``softmax(s RoPE(q) RoPE(k)^T) v`` (SDPA; with ``fused_attn = False`` the explicit
+  matmuls of the official code, which fvcore counts).
 
 RoPE (:class:`Rope2d`): per head, the first ``head_dim / 2`` channels rotate by the row index and the last by the
 column index, adjacent channel pairs ``(2i, 2i + 1)`` as a complex number, with angles
@@ -30,6 +31,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import use_fused_attn
 
 from ._checks import check_num_heads
 from .pos_conv import DwConv2d
@@ -159,6 +161,8 @@ class RalaAttention2d(nn.Module):
         self.head_dim = head_dim
         self.mode = mode
         self.scale = head_dim ** -0.5
+        # softmax mode: SDPA, or the explicit softmax(q k^T) v of the official code (what fvcore counts)
+        self.fused_attn = use_fused_attn()
         self.qkvo = nn.Conv2d(dim, dim * 4, 1, **dd)
         self.lepe = DwConv2d(dim, lepe_kernel, **dd)
         self.proj = nn.Conv2d(dim, dim, 1, **dd)
@@ -191,7 +195,10 @@ class RalaAttention2d(nn.Module):
             rope = (rope[0].to(q.dtype), rope[1].to(q.dtype))
             q = apply_rope_2d(q, rope)
             k = apply_rope_2d(k, rope)
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            if self.fused_attn:
+                out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            else:
+                out = torch.softmax(self.scale * q @ k.transpose(-1, -2), dim=-1) @ v
         out = out.transpose(-1, -2).reshape(B, C, H, W)
         return self.proj((out + lepe) * gate)
 
