@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from timm.layers import register_notrace_function
 
 
 def check_num_heads(dim: int, num_heads: int) -> None:
@@ -18,7 +19,15 @@ def check_qk_scale(qk_scale: Optional[float]) -> None:
         raise ValueError(f'qk_scale must be a positive float or None, got qk_scale={qk_scale}')
 
 
+@register_notrace_function  # a shape test: one opaque node under FX, not control flow on a traced shape
 def check_channels_last(x: torch.Tensor, dim: int) -> None:
     """Raise ``ValueError`` unless ``x`` is ``[B, H, W, dim]``."""
     if x.dim() != 4 or x.shape[-1] != dim:
         raise ValueError(f'x must have shape [B, H, W, {dim}], got {tuple(x.shape)}')
+
+
+@register_notrace_function
+def check_nchw(x: torch.Tensor, dim: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[B, dim, H, W]``."""
+    if x.dim() != 4 or x.shape[1] != dim:
+        raise ValueError(f'x must have shape [B, {dim}, H, W], got {tuple(x.shape)}')

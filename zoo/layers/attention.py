@@ -12,7 +12,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import to_2tuple, trunc_normal_, use_fused_attn
+from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn
 
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
 
@@ -37,6 +37,7 @@ def relative_position_index_2d(size: Tuple[int, int], grid_size: Tuple[int, int]
     return dy * (2 * grid_size[1] - 1) + dx
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class RpbAttention2d(nn.Module):
     """Global multi-head self-attention with a learned 2-D relative position bias (ViT-RPB), channels-last."""
 

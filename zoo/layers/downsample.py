@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 __all__ = ['ConvDownsampleCl', 'ConvDownsample2d', 'PatchMergingCl']
 
@@ -90,6 +91,7 @@ class ConvDownsample2d(nn.Module):
         return self.norm(self.reduction(x))
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class PatchMergingCl(nn.Module):
     """Swin patch merging: ``[x(0,0), x(1,0), x(0,1), x(1,1)]`` of each 2x2 cell -> norm(4C) -> Linear(4C, out)."""
 

@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, create_conv2d, get_act_layer, get_norm_act_layer, make_divisible
 
+from ._checks import check_nchw
+
 __all__ = ['MbConvBlock2d']
 
 LayerType = Union[str, Callable[..., nn.Module]]
@@ -128,8 +130,7 @@ class MbConvBlock2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chs, H, W]`` -> ``[B, out_chs, ceil(H / stride), ceil(W / stride)]`` ('same' padding)."""
-        if x.dim() != 4 or x.shape[1] != self.in_chs:
-            raise ValueError(f'x must have shape [B, {self.in_chs}, H, W], got {tuple(x.shape)}')
+        check_nchw(x, self.in_chs)
         if isinstance(self.shortcut, nn.Identity):
             shortcut = x
         else:

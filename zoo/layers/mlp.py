@@ -13,12 +13,14 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from .pos_conv import DwConvCl
 
 __all__ = ['ConvFfnCl']
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class ConvFfnCl(nn.Module):
     """ConvFFN: ``fc1 -> [ReLU] -> DwConv -> act -> drop -> fc2 -> drop`` over a channels-last map."""
 

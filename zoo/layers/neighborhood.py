@@ -18,7 +18,7 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import to_2tuple, trunc_normal_
+from timm.layers import register_notrace_module, to_2tuple, trunc_normal_
 
 from zoo_kernels.neighborhood import na2d
 
@@ -44,6 +44,7 @@ def na_pad_size(size: Tuple[int, int], kernel_size: Tuple[int, int], dilation: T
     )
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class NeighborhoodAttention2d(nn.Module):
     """Multi-head 2-D neighborhood attention with the legacy relative positional bias, channels-last.
 

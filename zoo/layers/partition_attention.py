@@ -27,7 +27,7 @@ from typing import Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import to_2tuple, use_fused_attn
+from timm.layers import register_notrace_module, to_2tuple, use_fused_attn
 
 from ._checks import check_channels_last
 from .partition import grid_partition, grid_reverse, padded_size, window_partition, window_reverse
@@ -38,6 +38,7 @@ __all__ = ['PartitionAttentionCl']
 _PARTITION_TYPES = ('block', 'grid')
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class PartitionAttentionCl(nn.Module):
     """Window ('block') or grid attention with MaxViT's relative position bias, channels-last, any map size."""
 

@@ -20,7 +20,7 @@ from typing import Dict, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 from timm.layers.pos_embed_rel import gen_relative_position_index
 
 __all__ = ['RelPosBias', 'rel_pos_table_from_nat']
@@ -41,6 +41,7 @@ def rel_pos_table_from_nat(rpb: torch.Tensor) -> torch.Tensor:
     return rpb.flip(1, 2).flatten(1).t()
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class RelPosBias(nn.Module):
     """Learned relative position bias of a ``wh x ww`` window, Swin's table and index (timm's ``RelPosBias``)."""
 

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import to_2tuple
+from timm.layers import register_notrace_module, to_2tuple
 from timm.layers.pos_embed_rel import reindex_2d_einsum_lookup
 
 from .attention import relative_position_index_2d
@@ -39,6 +39,7 @@ def _one_hot_lookup(length: int, window: int, device=None, dtype=None) -> torch.
     return (offset == torch.arange(2 * window - 1, device=device)).to(dtype)
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class RelPosBiasTf(nn.Module):
     """Learned relative position bias of a ``wh x ww`` window, MaxViT's (TF) table ``[heads, 2*wh - 1, 2*ww - 1]``."""
 

@@ -44,10 +44,11 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from zoo_kernels.routing import routed_attention
 
-from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_nchw, check_num_heads, check_qk_scale
 from .pos_conv import DwConv2d, DwConvCl
 from .spatial_reduction import spatial_pool_cl
 
@@ -181,6 +182,7 @@ def lepe_conv(
     return (DwConvCl if channels_last else DwConv2d)(dim, side_dwconv, device=device, dtype=dtype)
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class BiLevelRoutingAttention(nn.Module):
     """Legacy bi-level routing attention over a channels-last map (BiFormer-T/S/B, BiFormer-STL)."""
 
@@ -330,6 +332,7 @@ class BiLevelRoutingAttention(nn.Module):
                 f'topk={self.topk}, routing={self.routing_mode}, kv_downsample_mode={self.kv_downsample_mode}')
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class BiLevelRoutingAttention2d(nn.Module):
     """nchw bi-level routing attention (BiFormer-STL-nchw): 1x1-conv projections, pooling-based region descriptors."""
 
@@ -388,8 +391,7 @@ class BiLevelRoutingAttention2d(nn.Module):
         Returns:
             ``[B, dim, H, W]``.
         """
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
+        check_nchw(x, self.dim)
         B, C, H, W = x.shape
         region = (max(1, H // self.n_win), max(1, W // self.n_win))
         q, k, v = self.qkv_linear(x).chunk(3, dim=1)

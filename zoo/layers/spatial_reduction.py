@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import use_fused_attn
+from timm.layers import register_notrace_module, use_fused_attn
 
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
 
@@ -58,6 +58,7 @@ def spatial_pool_cl(x: torch.Tensor, mode: str, size: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class SpatialReductionAttentionCl(nn.Module):
     """PVT's spatial-reduction attention (SRA), channels-last: full-resolution queries, reduced keys and values."""
 

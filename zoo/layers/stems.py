@@ -18,7 +18,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import to_2tuple
+from timm.layers import register_notrace_module, to_2tuple
 
 __all__ = ['ConvStemCl', 'PatchEmbedCl', 'ConvStem2d', 'PatchEmbed2d']
 
@@ -63,6 +63,7 @@ class ConvStemCl(nn.Module):
         return self.norm(x)
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class PatchEmbedCl(nn.Module):
     """Non-overlapping patch embedding (conv with kernel = stride = ``patch_size``), then norm, channels-last out."""
 
@@ -155,6 +156,7 @@ class ConvStem2d(nn.Module):
         return self.norm2(self.conv2(x))
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class PatchEmbed2d(nn.Module):
     """Non-overlapping patch embedding (conv with kernel = stride = ``patch_size``) and a norm, NCHW in and out."""
 

@@ -69,7 +69,7 @@ from zoo.layers import (
     PreNormBlock2d,
     PreNormBlockCl,
 )
-from zoo.layers._checks import check_channels_last
+from zoo.layers._checks import check_channels_last, check_nchw
 from zoo.layers.routing import check_routing_args, lepe_conv
 
 from ._helpers import (
@@ -292,8 +292,7 @@ class AttentionLePE2d(_AttentionLePEBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
+        check_nchw(x, self.dim)
         B, C, H, W = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=1)
         # heads are contiguous channel chunks: [B, heads, H*W, head_dim]
