@@ -244,6 +244,7 @@ class DeitLike(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0 \
             else nn.Identity()
+        self.head.train(self.training)
 
     # ------------------------------------------------------------------------------------------------- forward
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:

@@ -301,7 +301,7 @@ class SwinWindowAttentionCl(nn.Module):
         B, H, W, C = x.shape
         win, shift = self._geometry(H, W)
         n = win[0] * win[1]
-        windows = window_partition(x, win, shift).view(-1, n, C)
+        windows = window_partition(x, win, shift).reshape(-1, n, C)
         qkv = self.qkv(windows).view(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self._bias(win).to(q.dtype)
