@@ -111,9 +111,8 @@ def inline_attention_core(
         v_mean = v.mean(dim=2, keepdim=True)  # [B, h, 1, d]
         k = k - k.mean(dim=2, keepdim=True)
         m = (k.transpose(-2, -1) @ v) * (s / N)  # [B, h, d, d]
-        out = torch.baddbmm(v_mean.reshape(B * num_heads, 1, d), q.reshape(B * num_heads, N, d),
-                            m.reshape(B * num_heads, d, d))
-    return out.view(B, num_heads, N, d).transpose(1, 2).reshape(B, N, C).to(out_dtype)
+        out = q @ m + v_mean  # [B, h, N, d]
+    return out.transpose(1, 2).reshape(B, N, C).to(out_dtype)
 
 
 def dwconv3x3_per_sample(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ from .agent import *
 from .biformer import *
 from .factory import *
 from .flowformer import *
+from .inline import *
 from .litv2 import *
 from .maxvit import *
 from .nat import *
