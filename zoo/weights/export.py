@@ -2,7 +2,8 @@
 
 ``python -m zoo.weights export --ckpt logs/demo/version_0/checkpoints/last.ckpt --out exports/demo [--ema]``
 
-The checkpoint is read with ``torch.load(weights_only=True)`` (no code runs from it) and without Lightning. The
+The checkpoint is read by :func:`zoo.weights.safe_load.read_checkpoint` (``torch.load(weights_only=True)`` with
+an allow-list of harmless types: no code runs from it) and without Lightning. The
 model is rebuilt with ``timm.create_model`` from the hyper-parameters ``ClassifierModule`` saved (name, class
 count, fixed input size, ``model_kwargs``), the ``model.`` prefix is stripped, the weights are loaded strictly and
 written with timm's ``save_for_hf(..., safe_serialization=True)``: ``config.json`` carries the architecture, the
@@ -30,6 +31,8 @@ from zoo import DISTRIBUTION
 from zoo.models import check_model_name, create_model
 from zoo.models._flops import count_gmacs
 
+from .safe_load import read_checkpoint
+
 __all__ = ['export_checkpoint', 'load_training_checkpoint', 'model_state_dict', 'build_model', 'gmacs_or_reason',
            'register']
 
@@ -42,7 +45,10 @@ def load_training_checkpoint(path: str) -> Dict[str, Any]:
     """
     if not os.path.isfile(path):
         raise ValueError(f'ckpt: no such file {path!r}.')
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        ckpt = read_checkpoint(path)
+    except ValueError as e:
+        raise type(e)(f'ckpt: {e}') from None
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'model_name' not in ckpt.get('hyper_parameters', {}):
         raise ValueError(f'ckpt: {path!r} is not a training checkpoint of zoo.train.ClassifierModule '
                          f'(expected keys state_dict and hyper_parameters.model_name).')
