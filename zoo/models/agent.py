@@ -44,13 +44,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from zoo.layers import AgentAttention, agent_pool_size
+from zoo.layers import AgentAttention, AgentSpatialReductionAttentionCl, agent_pool_size
 
 from ._deit_like import DeitLike, DeitLikeCfg
 from ._helpers import check_state_dict, overlay_cfg, rename_keys, unwrap_state_dict
+from ._pvt_like import PvtLike, PvtLikeCfg, pvt_like_rename_rules
 from ._swin_like import SwinLike, SwinLikeCfg, swin_like_rename_rules
 
-__all__ = ['AgentSwin', 'AgentDeit', 'checkpoint_filter_fn']
+__all__ = ['AgentSwin', 'AgentPvt', 'AgentDeit', 'checkpoint_filter_fn']
 
 # official agent_deit.py: block i takes agent_num[_DEIT_STAGE[i // 2]] (all entries equal in the released cfgs)
 _DEIT_STAGE = {0: 0, 1: 1, 2: 2, 3: 2, 4: 2, 5: 3}
@@ -99,6 +100,43 @@ class AgentSwin(SwinLike):
         agent_num = _check_agent_num(dict(cfg.family_kwargs)['agent_num'], len(cfg.depths))
         factory = partial(_agent_layer, agent_num, lambda stage, index: stage, 0)
         super().__init__(cfg, factory, 'A', **kwargs)
+
+
+def _agent_pvt_layer(stage: int, index: int, dim: int, num_heads: int, resolution: Tuple[int, int],
+                     agent_num: Tuple[int, ...], agent_sr_ratios: Tuple[int, ...], attn_drop: float = 0.,
+                     proj_drop: float = 0., device=None, dtype=None, **kwargs) -> nn.Module:
+    return AgentSpatialReductionAttentionCl(
+        dim, num_heads, agent_num=agent_num[stage], resolution=resolution, sr_ratio=agent_sr_ratios[stage],
+        qkv_bias=True, attn_drop=attn_drop, proj_drop=proj_drop, device=device, dtype=dtype)
+
+
+class AgentPvt(PvtLike):
+    """Agent-PVT (:class:`~zoo.models._pvt_like.PvtLike` with agent attention as the 'A' letter, no final norm)."""
+
+    def __init__(self, cfg: PvtLikeCfg, **kwargs):
+        """
+        Args:
+            cfg: architecture; ``cfg.family_kwargs`` holds ``agent_num`` and ``agent_sr_ratios`` (one per stage;
+                the official ``PVT_LA_SR_RATIOS``, 1 in every released model).
+            **kwargs: :class:`PvtLikeCfg` fields, ``agent_num``, ``agent_sr_ratios`` and the :class:`PvtLike`
+                arguments.
+
+        Raises:
+            ValueError: an ``agent_num`` that is not a perfect square, or any invalid argument.
+        """
+        cfg = overlay_cfg(cfg, kwargs)
+        family = dict(cfg.family_kwargs)
+        for key in ('agent_num', 'agent_sr_ratios'):
+            if key in kwargs:
+                family[key] = tuple(kwargs.pop(key))
+        n = len(cfg.depths)
+        family['agent_num'] = _check_agent_num(family['agent_num'], n)
+        sr = tuple(int(r) for r in family['agent_sr_ratios'])
+        if len(sr) != n or any(r < 1 for r in sr):
+            raise ValueError(f'agent_sr_ratios must give one int >= 1 per stage ({n}), got agent_sr_ratios={sr}')
+        family['agent_sr_ratios'] = sr
+        cfg = overlay_cfg(cfg, {'family_kwargs': tuple(family.items())})
+        super().__init__(cfg, _agent_pvt_layer, 'A', **kwargs)
 
 
 class AgentDeit(DeitLike):
@@ -159,6 +197,14 @@ def _filter_deit(state_dict: Dict[str, torch.Tensor], model: AgentDeit) -> Dict[
     return out
 
 
+def _filter_pvt(state_dict: Dict[str, torch.Tensor], model: AgentPvt) -> Dict[str, torch.Tensor]:
+    if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
+        return dict(state_dict)
+    out = rename_keys(state_dict, pvt_like_rename_rules())
+    check_state_dict(out, model, exempt=_exempt(model, 'head.fc'))
+    return out
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Convert an official Agent-Swin / Agent-PVT / Agent-DeiT checkpoint to this module's layout.
 
@@ -169,7 +215,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
       ``head`` -> ``head.fc``; the ``relative_position_index`` / ``attn_mask`` buffers are dropped.
     * Agent-DeiT: official names are kept; ``pos_embed`` is resampled (bilinear, as the official filter) when the
       model's patch grid differs.
-    * Agent-PVT: see :func:`_filter_pvt`.
+    * Agent-PVT: ``patch_embed1`` -> ``patch_embed``, ``patch_embed{i+1}`` -> ``stages.i.downsample``,
+      ``pos_embed{i+1}`` -> ``stages.i.pos_embed``, ``block{i+1}.j`` -> ``stages.i.blocks.j``, ``head`` -> ``head.fc``.
 
     A dict already in this layout passes unchanged.
 
@@ -182,9 +229,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
         return _filter_swin(state_dict, model)
     if isinstance(model, AgentDeit):
         return _filter_deit(state_dict, model)
-    pvt_filter = globals().get('_filter_pvt')
-    if pvt_filter is not None:
-        return pvt_filter(state_dict, model)
+    if isinstance(model, AgentPvt):
+        return _filter_pvt(state_dict, model)
     raise ValueError(f'checkpoint_filter_fn converts Agent-Swin / -PVT / -DeiT checkpoints, got {type(model).__name__}')
 
 
@@ -192,6 +238,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 def _swin(embed_dim, depths, num_heads, attn_type, window_size=56, img_size=224, agent_num=(9, 16, 49, 49)):
     return SwinLikeCfg(embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
                        attn_type=attn_type, img_size=img_size, family_kwargs=(('agent_num', agent_num),))
+
+
+def _pvt(depths, img_size=224, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+         agent_num=(9, 16, 49, 49)):
+    return PvtLikeCfg(embed_dims=embed_dims, depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios,
+                      sr_ratios=(8, 4, 2, 1), attn_type='AAAA', img_size=img_size,
+                      family_kwargs=(('agent_num', agent_num), ('agent_sr_ratios', (1, 1, 1, 1))))
 
 
 def _deit(embed_dim, num_heads, agent_num=49, family_depth=-1, img_size=224, depth=12, patch_size=16):
@@ -210,6 +263,14 @@ model_cfgs = dict(
     agent_swin_test=_swin(16, (2, 1, 2, 1), (1, 2, 4, 8), 'BAMB1', window_size=16, img_size=64,
                           agent_num=(4, 4, 4, 4)),
 
+    agent_pvt_tiny=_pvt((2, 2, 2, 2)),
+    agent_pvt_small=_pvt((3, 4, 6, 3)),
+    agent_pvt_medium=_pvt((3, 4, 18, 3)),
+    agent_pvt_medium_256=_pvt((3, 4, 18, 3), img_size=256),
+    agent_pvt_large=_pvt((3, 8, 27, 3)),
+    agent_pvt_test=_pvt((1, 2, 1, 1), img_size=64, embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8),
+                        mlp_ratios=(2, 2, 2, 2), agent_num=(4, 4, 4, 1)),
+
     agent_deit_tiny=_deit(192, 3),
     agent_deit_small=_deit(384, 6),
     agent_deit_small_448=_deit(384, 6, img_size=448),
@@ -220,7 +281,7 @@ model_cfgs = dict(
 
 def _create(cls, variant: str, pretrained: bool = False, feature_cls: str = 'getter', **kwargs):
     cfg = model_cfgs[variant]
-    n = len(cfg.depths) if isinstance(cfg, SwinLikeCfg) else cfg.depth
+    n = cfg.depth if isinstance(cfg, DeitLikeCfg) else len(cfg.depths)
     out_indices = kwargs.pop('out_indices', tuple(range(n)))
     return build_model_with_cfg(
         cls, variant, pretrained,
@@ -266,12 +327,19 @@ default_cfgs = generate_default_cfgs({
     'agent_swin_base.in1k': _cfg('4fcd2d0114bb490483c3'),
     'agent_swin_base_384.in1k': _cfg('bb84ee9058954706a557', input_size=(3, 384, 384), pool_size=(12, 12),
                                      crop_pct=1.0),
+    'agent_pvt_tiny.in1k': _cfg('13fdf0e0a7c5498c934f'),
+    'agent_pvt_small.in1k': _cfg('36b8be9a8863456685a3'),
+    'agent_pvt_medium.in1k': _cfg('4d00ecacf18b45f9b88c'),
+    'agent_pvt_medium_256.in1k': _cfg('654df734121643b19c52', input_size=(3, 256, 256), pool_size=(8, 8),
+                                      crop_pct=1.0),
+    'agent_pvt_large.in1k': _cfg('040cfe0cfbbe4762ad09'),
     'agent_deit_tiny.in1k': _deit_cfg('57e0904221824ee7b7af'),
     'agent_deit_small.in1k': _deit_cfg('fdd43304372541db8ea7'),
     'agent_deit_small_448.in1k': _deit_cfg('a228f86241c445f1969b', input_size=(3, 448, 448), pool_size=(28, 28),
                                            crop_pct=1.0),
     'agent_deit_base.in1k': _deit_cfg('5115f15fdd7e4ab58fbc'),
     'agent_swin_test': _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
+    'agent_pvt_test': _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
     'agent_deit_test': _deit_cfg(input_size=(3, 64, 64), pool_size=(4, 4), crop_pct=1.0),
 })
 
@@ -310,6 +378,42 @@ def agent_swin_base_384(pretrained: bool = False, **kwargs) -> AgentSwin:
 def agent_swin_test(pretrained: bool = False, **kwargs) -> AgentSwin:
     """Tiny Agent-Swin for tests (64 px)."""
     return _create(AgentSwin, 'agent_swin_test', pretrained, **kwargs)
+
+
+@register_model
+def agent_pvt_tiny(pretrained: bool = False, **kwargs) -> AgentPvt:
+    """Agent-PVT-T @ 224."""
+    return _create(AgentPvt, 'agent_pvt_tiny', pretrained, **kwargs)
+
+
+@register_model
+def agent_pvt_small(pretrained: bool = False, **kwargs) -> AgentPvt:
+    """Agent-PVT-S @ 224."""
+    return _create(AgentPvt, 'agent_pvt_small', pretrained, **kwargs)
+
+
+@register_model
+def agent_pvt_medium(pretrained: bool = False, **kwargs) -> AgentPvt:
+    """Agent-PVT-M @ 224."""
+    return _create(AgentPvt, 'agent_pvt_medium', pretrained, **kwargs)
+
+
+@register_model
+def agent_pvt_medium_256(pretrained: bool = False, **kwargs) -> AgentPvt:
+    """Agent-PVT-M @ 256."""
+    return _create(AgentPvt, 'agent_pvt_medium_256', pretrained, **kwargs)
+
+
+@register_model
+def agent_pvt_large(pretrained: bool = False, **kwargs) -> AgentPvt:
+    """Agent-PVT-L @ 224 (official config file ``agent_pvt_b.yaml``)."""
+    return _create(AgentPvt, 'agent_pvt_large', pretrained, **kwargs)
+
+
+@register_model
+def agent_pvt_test(pretrained: bool = False, **kwargs) -> AgentPvt:
+    """Tiny Agent-PVT for tests (64 px)."""
+    return _create(AgentPvt, 'agent_pvt_test', pretrained, **kwargs)
 
 
 @register_model
