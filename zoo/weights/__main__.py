@@ -8,7 +8,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-COMMANDS = ('export', 'convert')
+COMMANDS = ('export', 'convert', 'onnx')
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,220 @@
+"""ONNX export of any zoo model with the standard ``torch.onnx.export(..., dynamo=True)``, checked by onnxruntime.
+
+``python -m zoo.weights onnx --model nat_tiny [--file weights.safetensors | --file hub/dir] --out nat_tiny.onnx
+[--static-hw] [--opset 18] [--atol 1e-4]``
+
+Two things stop a plain ``torch.onnx.export(model, x, dynamo=True)`` of our models, and :func:`onnx_export_mode`
+handles both while the export traces (and restores everything afterwards):
+
+* the ops of ``zoo_kernels`` (neighborhood and routing attention) dispatch to the ``torch.library`` custom ops of
+  their Triton backend or to a fast torch path that the decomposition step cannot lower (its reshapes of
+  transposed attention outputs become invalid views once SDPA is decomposed). During the export both ops take
+  their ``reference`` backend (``ZOO_NA_BACKEND`` / ``ZOO_BRA_BACKEND``): the exact specification, plain
+  gathers, matmuls and softmax that every ONNX runtime has;
+* modules with timm's ``fused_attn`` run their explicit-matmul path (the same function as SDPA; the fused kernel's
+  strides break the same decomposition).
+
+The graph has a dynamic batch axis and, where the model allows it, dynamic height and width: the export is first
+tried with all three dynamic and checked in onnxruntime at a second image size; a model whose graph specialises
+to the traced size (window or region counts baked in: BiFormer's region split) or that has a fixed input size is
+exported again with static height and width. Every export is verified against PyTorch in float32 (max abs
+difference <= ``atol``, default 1e-4) at batch 1 and 3.
+
+Users calling ``torch.onnx.export`` themselves get the same graph inside ``with onnx_export_mode(model):``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ['onnx_export_mode', 'export_onnx', 'check_onnx', 'load_model', 'register']
+
+_BACKEND_ENV = ('ZOO_NA_BACKEND', 'ZOO_BRA_BACKEND')
+
+
+@contextlib.contextmanager
+def onnx_export_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Route ``model`` to its exportable paths while the block runs (see the module docstring); restores after."""
+    saved_env = {k: os.environ.get(k) for k in _BACKEND_ENV}
+    saved_fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, 'fused_attn', None), bool)]
+    try:
+        for k in _BACKEND_ENV:
+            os.environ[k] = 'reference'
+        for m, _ in saved_fused:
+            m.fused_attn = False
+        yield model
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for m, v in saved_fused:
+            m.fused_attn = v
+
+
+def _probe_size(size: Tuple[int, int]) -> Tuple[int, int]:
+    """A second image size, neither a multiple of the first nor square: exposes sizes baked into the graph."""
+    h, w = size
+    return h + max(8, h // 4), w + max(4, w // 8)
+
+
+def check_onnx(
+        model: torch.nn.Module, path: str, inputs: Sequence[torch.Tensor], atol: float = 1e-4,
+) -> float:
+    """Run ``path`` in onnxruntime (CPU) on each input and compare with ``model``; the largest abs difference.
+
+    Raises:
+        ValueError: onnxruntime fails on an input, or a difference exceeds ``atol`` (naming the input shape).
+    """
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    model.eval()
+    for x in inputs:
+        with torch.no_grad():
+            ref = model(x).float().numpy()
+        try:
+            out = session.run(None, {name: x.numpy()})[0]
+        except Exception as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f'onnxruntime failed at input {tuple(x.shape)}: {first}') from None
+        if out.shape != ref.shape:
+            raise ValueError(f'onnxruntime gives {out.shape} at input {tuple(x.shape)}, PyTorch {ref.shape}')
+        diff = float(abs(out - ref).max())
+        if not diff <= atol:
+            raise ValueError(f'onnxruntime differs from PyTorch by {diff:.3g} > {atol} at input {tuple(x.shape)}')
+        worst = max(worst, diff)
+    return worst
+
+
+def _export(model, x, path, dynamic_hw: bool, opset: Optional[int], optimize: bool) -> None:
+    dims: Dict[int, Any] = {0: torch.export.Dim('batch', min=1, max=4096)}
+    if dynamic_hw:
+        dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
+    kwargs = dict(opset_version=opset) if opset else {}
+    with onnx_export_mode(model):
+        torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=(dims,), input_names=['image'],
+                          output_names=['logits'], optimize=optimize, verbose=False, **kwargs)
+
+
+def export_onnx(
+        model: torch.nn.Module,
+        path: str,
+        input_size: Optional[Tuple[int, int, int]] = None,
+        dynamic_hw: Optional[bool] = None,
+        atol: float = 1e-4,
+        opset: Optional[int] = None,
+        optimize: bool = True,
+        seed: int = 0,
+) -> Dict[str, Any]:
+    """Export ``model`` to ``path`` and verify it in onnxruntime.
+
+    Args:
+        model: a (zoo or timm) classification model; put in eval mode.
+        path: the ``.onnx`` file to write.
+        input_size: ``(C, H, W)`` traced; default the model's pretrained cfg input size.
+        dynamic_hw: True: dynamic height and width required (an error if the graph does not generalise); False:
+            static; None: dynamic where the model allows it (see the module docstring).
+        atol: largest abs difference to PyTorch allowed (float32).
+        opset: ONNX opset (default: the exporter's).
+        optimize: run the exporter's graph optimisation (onnxscript).
+        seed: the verification inputs' seed.
+
+    Returns:
+        ``dict(path, dynamic_batch=True, dynamic_hw, max_abs_diff, checked_shapes)``.
+
+    Raises:
+        ValueError: the export does not match PyTorch (the message names the input), or ``dynamic_hw=True`` for
+            a model whose graph does not generalise to other sizes.
+    """
+    import timm
+    model.eval()
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if input_size is None:
+        input_size = tuple(timm.data.resolve_data_config({}, model=model)['input_size'])
+    c, h, w = input_size
+    fixed = bool(cfg.get('fixed_input_size'))
+    if dynamic_hw and fixed:
+        raise ValueError(f'dynamic_hw=True: {type(model).__name__} has a fixed input size {(h, w)}')
+    gen = torch.Generator().manual_seed(seed)
+    batch_inputs = [torch.randn(1, c, h, w, generator=gen), torch.randn(3, c, h, w, generator=gen)]
+    x = torch.randn(2, c, h, w, generator=gen)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if dynamic_hw is not False and not fixed:
+        ph, pw = _probe_size((h, w))
+        probe = [torch.randn(2, c, ph, pw, generator=gen)]
+        _export(model, x, path, True, opset, optimize)
+        try:
+            diff = check_onnx(model, path, batch_inputs + probe, atol)
+            return dict(path=path, dynamic_batch=True, dynamic_hw=True, max_abs_diff=diff,
+                        checked_shapes=[tuple(t.shape) for t in batch_inputs + probe])
+        except ValueError as e:
+            if dynamic_hw:
+                raise ValueError(f'dynamic_hw=True: the graph does not generalise to other image sizes: {e}') from None
+    _export(model, x, path, False, opset, optimize)
+    diff = check_onnx(model, path, batch_inputs, atol)
+    return dict(path=path, dynamic_batch=True, dynamic_hw=False, max_abs_diff=diff,
+                checked_shapes=[tuple(t.shape) for t in batch_inputs])
+
+
+def load_model(name: str, file: Optional[str] = None, weights: Optional[str] = None) -> torch.nn.Module:
+    """``name`` with weights from ``file``: a hub folder (``convert`` / ``export`` output, read by timm), a file of
+    our layout or the official one (through the family's ``checkpoint_filter_fn``), or none (random init).
+
+    Raises:
+        ValueError: unknown model, unreadable / unsafe file, or weights that do not fit (naming the keys).
+    """
+    import timm
+
+    from .convert import _num_classes, filter_fn_for
+    from .safe_load import load_into, read_checkpoint, select_weights
+    filter_fn = filter_fn_for(name)
+    if file is None:
+        return timm.create_model(name).eval()
+    if os.path.isdir(file):
+        return timm.create_model(f'local-dir:{os.path.abspath(file)}', pretrained=True).eval()
+    state_dict, _ = select_weights(read_checkpoint(file), weights)
+    model = timm.create_model(name)
+    converted = filter_fn(state_dict, model)
+    n = _num_classes(converted)
+    if n is not None and n != model.num_classes:
+        model = timm.create_model(name, num_classes=n)
+        converted = filter_fn(state_dict, model)
+    load_into(model, converted, what=file)
+    return model.eval()
+
+
+def _run(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.file, args.weights)
+    info = export_onnx(model, args.out, dynamic_hw=False if args.static_hw else None, atol=args.atol,
+                       opset=args.opset)
+    axes = 'batch, height and width' if info['dynamic_hw'] else 'batch (height and width fixed)'
+    print(f'Exported {args.model} to {args.out}: input "image" [N, 3, H, W], output "logits"; dynamic {axes}; '
+          f'onnxruntime vs PyTorch max |diff| {info["max_abs_diff"]:.3g} at {info["checked_shapes"]}')
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``onnx`` subcommand to ``python -m zoo.weights``."""
+    parser = subparsers.add_parser(
+        'onnx', help='model (+ weights) -> model.onnx via torch.onnx.export, verified with onnxruntime',
+        description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', required=True, help='zoo model name, e.g. nat_tiny')
+    parser.add_argument('--file', default=None,
+                        help='weights: a hub folder, or a .safetensors/.pth of our or the official layout '
+                             '(default: random init)')
+    parser.add_argument('--weights', choices=('model', 'ema'), default=None,
+                        help='weight set of a file that holds several (default: model)')
+    parser.add_argument('--out', required=True, help='the .onnx file to write')
+    parser.add_argument('--static-hw', action='store_true', help='fixed height and width (dynamic batch only)')
+    parser.add_argument('--opset', type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument('--atol', type=float, default=1e-4, help='largest abs difference to PyTorch allowed')
+    parser.set_defaults(func=_run)
