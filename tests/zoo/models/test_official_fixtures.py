@@ -46,6 +46,8 @@ _BIFORMER_MICRO = dict(num_classes=10, embed_dims=(8, 16, 24, 32), depths=(1, 1,
                        head_dim=8, full_attn_heads=8, n_win=4, mlp_ratio=2.)
 _LITV2_MICRO = dict(num_classes=10, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2), local_ws=(0, 2, 2, 1),
                     mlp_ratio=2.)
+_RAVLT_MICRO = dict(num_classes=10, embed_dims=(8, 16, 24, 32), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4),
+                    mlp_ratio=2., head_hidden_size=32)
 # fixture case -> (our model name, overrides of its config); the seeded cases are the released variants themselves
 CASES = {
     'nat': {
@@ -79,6 +81,13 @@ CASES = {
         'micro_alpha0': ('litv2_test', dict(_LITV2_MICRO, alpha=0.)),
         'micro_alpha1': ('litv2_test', dict(_LITV2_MICRO, alpha=1.)),
         'litv2_small': ('litv2_small', {}),
+    },
+    'ravlt': {
+        'micro': ('ravlt_test', dict(_RAVLT_MICRO, layer_scale=(1.,) * 4)),
+        'micro_nols': ('ravlt_test', dict(_RAVLT_MICRO, layer_scale=(None,) * 4, attn_types=('rala',) * 4)),
+        'ravlt_tiny': ('ravlt_tiny', {}),
+        'ravlt_small': ('ravlt_small', {}),
+        'ravlt_base': ('ravlt_base', {}),
     },
 }
 
@@ -142,7 +151,8 @@ def test_stored_checkpoint_matches_official(family, case):
         **kwargs)
     official = load_file(str(path))
     head = model.get_classifier().weight
-    assert torch.equal(head, official['head.weight'].float()), 'the stored head was not loaded'
+    # a 1x1-conv classifier (RAVLT) is stored [K, C, 1, 1]
+    assert torch.equal(head, official['head.weight'].float().reshape(head.shape)), 'the stored head was not loaded'
     h, w = spec['input_crop']
     x = tensors['input'][..., :h, :w].float()
     ref = tensors[f'{case}.logits']
