@@ -79,7 +79,7 @@ def save_data(data: Dict) -> None:
 
 
 def readme_rows(text: str) -> Dict[str, Dict]:
-    """``{name: {gmacs, top1 (as written)}}`` of the README's current model-table rows (hand-written rows of new families)."""
+    """``{name: {gmacs, top1 (as written)}}`` of the README's model-table rows (hand-written rows of new families)."""
     out = {}
     for name, _, gmacs, _, top1 in _ROW.findall(text):
         out[name] = dict(gmacs=float(gmacs), top1=top1 if top1 and top1[0].isdigit() else None)
