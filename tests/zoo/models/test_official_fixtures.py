@@ -89,6 +89,11 @@ CASES = {
         'ravlt_small': ('ravlt_small', {}),
         'ravlt_base': ('ravlt_base', {}),
     },
+    'flowformer': {
+        'micro': ('flowformer_test', dict(
+            num_classes=10, embed_dims=(12, 24, 36, 48), depths=(1, 1, 2, 1), num_heads=12, mlp_ratio=2., img_size=64)),
+        'flowformer_cv': ('flowformer_cv', {}),
+    },
 }
 
 
