@@ -47,7 +47,9 @@ from timm.layers import to_2tuple, trunc_normal_, use_fused_attn
 from ._checks import check_num_heads, check_qk_scale
 from .spatial_reduction import SpatialReductionAttentionCl
 
-__all__ = ['AgentAttention', 'AgentSpatialReductionAttentionCl', 'agent_attention', 'agent_pool_size']
+__all__ = [
+    'AgentAttention', 'AgentSpatialReductionAttentionCl', 'agent_attention', 'agent_pool_size', 'resize_bias_axis',
+]
 
 Size2 = Union[int, Tuple[int, int]]
 
@@ -63,6 +65,17 @@ def agent_pool_size(agent_num: int) -> int:
         raise ValueError(f'agent_num must be a perfect square >= 1 (agents are a p x p pooled grid), '
                          f'got agent_num={agent_num!r}')
     return p
+
+
+def resize_bias_axis(bias: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Linear interpolation (``align_corners=False``) of ``bias`` along ``dim`` to ``length``; identity at its own
+    length. How the agent row / column biases follow another map size."""
+    if bias.shape[dim] == length:
+        return bias
+    moved = bias.movedim(dim, -1)
+    shape = moved.shape
+    out = F.interpolate(moved.reshape(1, -1, shape[-1]), size=length, mode='linear', align_corners=False)
+    return out.reshape(*shape[:-1], length).movedim(-1, dim)
 
 
 def _size2(value: Size2, name: str) -> Tuple[int, int]:
@@ -147,25 +160,15 @@ class _AgentBiases(nn.Module):
         for name in names:
             trunc_normal_(getattr(self, name), std=.02)
 
-    @staticmethod
-    def _resize_axis(bias: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-        """Linear interpolation of ``bias`` along ``dim`` to ``length`` (identity at its own length)."""
-        if bias.shape[dim] == length:
-            return bias
-        moved = bias.movedim(dim, -1)
-        shape = moved.shape
-        out = F.interpolate(moved.reshape(1, -1, shape[-1]), size=length, mode='linear', align_corners=False)
-        return out.reshape(*shape[:-1], length).movedim(-1, dim)
-
     def agent_biases(self, size: Tuple[int, int], kv_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """``position_bias [1, h, n, P + Hk * Wk]`` and ``agent_bias [1, h, P + H * W, n]`` for an ``size`` query
         map and a ``kv_size`` key map."""
         h, n = self.an_bias.shape[:2]
         pos = F.interpolate(self.an_bias, size=kv_size, mode='bilinear').reshape(1, h, n, -1)
-        row_col = self._resize_axis(self.ah_bias, kv_size[0], 3) + self._resize_axis(self.aw_bias, kv_size[1], 4)
+        row_col = resize_bias_axis(self.ah_bias, kv_size[0], 3) + resize_bias_axis(self.aw_bias, kv_size[1], 4)
         pos = pos + row_col.reshape(1, h, n, -1)
         agent = F.interpolate(self.na_bias, size=size, mode='bilinear').reshape(1, h, n, -1).transpose(-2, -1)
-        row_col = self._resize_axis(self.ha_bias, size[0], 2) + self._resize_axis(self.wa_bias, size[1], 3)
+        row_col = resize_bias_axis(self.ha_bias, size[0], 2) + resize_bias_axis(self.wa_bias, size[1], 3)
         agent = agent + row_col.reshape(1, h, -1, n)
         if self.num_prefix_tokens:
             pos = torch.cat([self.ac_bias, pos], dim=-1)

@@ -45,6 +45,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from zoo.layers import AgentAttention, AgentSpatialReductionAttentionCl, agent_pool_size
+from zoo.layers.agent_attention import resize_bias_axis
 
 from ._deit_like import DeitLike, DeitLikeCfg
 from ._helpers import check_state_dict, overlay_cfg, rename_keys, unwrap_state_dict
@@ -174,17 +175,35 @@ def _exempt(model: nn.Module, classifier: str) -> list:
     return exempt
 
 
+_ROW_COL = re.compile(r'\.(ah|aw|ha|wa)_bias$')
+
+
+def _resize_row_col_biases(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Agent row / column biases of a checkpoint trained at another resolution, linearly interpolated along their
+    axis to the model's (the rule the layers apply to other map sizes at run time)."""
+    target = model.state_dict()
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        if _ROW_COL.search(key) and key in target and value.dim() == target[key].dim() == 5:
+            want = target[key].shape
+            for dim in (2, 3, 4):
+                if value.shape[dim] != want[dim]:
+                    value = resize_bias_axis(value, want[dim], dim)
+            out[key] = value
+    return out
+
+
 def _filter_swin(state_dict: Dict[str, torch.Tensor], model: AgentSwin) -> Dict[str, torch.Tensor]:
     if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
         return dict(state_dict)
     state_dict = {k: v for k, v in state_dict.items() if not _BUFFERS.search(k)}
-    out = rename_keys(state_dict, swin_like_rename_rules())
+    out = _resize_row_col_biases(rename_keys(state_dict, swin_like_rename_rules()), model)
     check_state_dict(out, model, exempt=_exempt(model, 'head.fc'))
     return out
 
 
 def _filter_deit(state_dict: Dict[str, torch.Tensor], model: AgentDeit) -> Dict[str, torch.Tensor]:
-    out = dict(state_dict)
+    out = _resize_row_col_biases(state_dict, model)
     pos = out.get('pos_embed')
     if pos is not None and pos.shape != model.pos_embed.shape:
         old = int(round((pos.shape[1] - 1) ** 0.5))
@@ -200,7 +219,7 @@ def _filter_deit(state_dict: Dict[str, torch.Tensor], model: AgentDeit) -> Dict[
 def _filter_pvt(state_dict: Dict[str, torch.Tensor], model: AgentPvt) -> Dict[str, torch.Tensor]:
     if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
         return dict(state_dict)
-    out = rename_keys(state_dict, pvt_like_rename_rules())
+    out = _resize_row_col_biases(rename_keys(state_dict, pvt_like_rename_rules()), model)
     check_state_dict(out, model, exempt=_exempt(model, 'head.fc'))
     return out
 
@@ -217,6 +236,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
       model's patch grid differs.
     * Agent-PVT: ``patch_embed1`` -> ``patch_embed``, ``patch_embed{i+1}`` -> ``stages.i.downsample``,
       ``pos_embed{i+1}`` -> ``stages.i.pos_embed``, ``block{i+1}.j`` -> ``stages.i.blocks.j``, ``head`` -> ``head.fc``.
+
+    A checkpoint trained at another resolution (a model built with another ``img_size``) gets its agent row / column
+    biases (``ah/aw/ha/wa_bias``) linearly interpolated along their axis, the rule the layers use at run time.
 
     A dict already in this layout passes unchanged.
 
