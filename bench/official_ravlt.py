@@ -1,0 +1,101 @@
+"""The official RAVLT (qhfan/RALA ``classfication/RALA.py``) as a ``bench.models`` peer: ``official:ravlt/<name>``.
+
+Needs a checkout at ``$ZOO_OFFICIAL_ROOT/RALA`` (``git clone https://github.com/qhfan/RALA``). ``RALA.py`` imports
+``einops`` (``rearrange``) and ``fvcore``; without einops installed, a small ``rearrange`` for the two reshape
+patterns the file uses stands in (as in ``tests/fixtures/make_ravlt_fixtures.py``; a reshape + permute, which is what
+einops runs for them).
+
+    python -m bench.models --official-root /path/to/checkouts --models ravlt_small \
+        --peers swin_tiny_patch4_window7_224 official:ravlt/ravlt_small
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+import torch.nn as nn
+
+from .official import official_root
+
+# zoo name -> the arguments of the official builder (RAVLT_T/S/B/L), drop_path_rate left to the caller
+_COMMON = dict(mlp_ratios=[3.5] * 4, projection=1024, layerscales=[True] * 4)
+CONFIGS = {
+    'ravlt_tiny': dict(embed_dims=[64, 128, 256, 512], depths=[2, 2, 6, 2], num_heads=[1, 2, 4, 8],
+                       layer_init_values=[1, 1, 1, 1], **_COMMON),
+    'ravlt_small': dict(embed_dims=[64, 128, 320, 512], depths=[3, 5, 9, 3], num_heads=[1, 2, 5, 8],
+                        layer_init_values=[1, 1, 1, 1], **_COMMON),
+    'ravlt_base': dict(embed_dims=[96, 192, 384, 512], depths=[4, 6, 12, 6], num_heads=[1, 2, 6, 8],
+                       layer_init_values=[1, 1, 1e-6, 1e-6], **_COMMON),
+    'ravlt_large': dict(embed_dims=[96, 192, 448, 640], depths=[4, 7, 19, 8], num_heads=[1, 2, 7, 10],
+                        layer_init_values=[1e-6] * 4, **_COMMON),
+}
+NAMES = tuple(CONFIGS)
+_CACHE = {}
+
+
+def _parse(side: str):
+    groups, cur = [], None
+    for tok in side.replace('(', ' ( ').replace(')', ' ) ').split():
+        if tok == '(':
+            cur = []
+        elif tok == ')':
+            groups.append(cur)
+            cur = None
+        elif cur is not None:
+            cur.append(tok)
+        else:
+            groups.append([tok])
+    return groups
+
+
+def _rearrange(x: torch.Tensor, pattern: str, **sizes) -> torch.Tensor:
+    left, right = (_parse(s) for s in pattern.split('->'))
+    sizes = dict(sizes)
+    for group, n in zip(left, x.shape):
+        known = 1
+        for a in group:
+            known *= sizes.get(a, 1)
+        for a in group:
+            if a not in sizes:
+                sizes[a] = n // known
+    atoms = [a for g in left for a in g]
+    x = x.reshape([sizes[a] for a in atoms]).permute([atoms.index(a) for g in right for a in g])
+    shape = []
+    for group in right:
+        n = 1
+        for a in group:
+            n *= sizes[a]
+        shape.append(n)
+    return x.reshape(shape)
+
+
+def _official_module():
+    if 'RALA' in _CACHE:
+        return _CACHE['RALA']
+    folder = official_root() / 'RALA' / 'classfication'
+    if not (folder / 'RALA.py').is_file():
+        raise ValueError(f'no official RALA checkout at {folder.parent} (classfication/RALA.py)')
+    try:
+        import einops  # noqa: F401
+    except ImportError:
+        einops = types.ModuleType('einops')
+        einops.rearrange = _rearrange
+        layers_torch = types.ModuleType('einops.layers.torch')
+        layers_torch.Rearrange = None
+        sys.modules.update({'einops': einops, 'einops.layers': types.ModuleType('einops.layers'),
+                            'einops.layers.torch': layers_torch})
+    sys.path.insert(0, str(folder))
+    try:
+        import RALA
+    finally:
+        sys.path.remove(str(folder))
+    _CACHE['RALA'] = RALA
+    return RALA
+
+
+def build(name: str, num_classes: int = 1000, drop_path_rate: float = 0.) -> nn.Module:
+    """The official RAVLT model of zoo variant ``name`` (its builder's configuration)."""
+    if name not in CONFIGS:
+        raise ValueError(f'bench.official_ravlt builds {sorted(CONFIGS)}, not {name!r}')
+    return _official_module().RAVLT(num_classes=num_classes, drop_path_rate=drop_path_rate, **CONFIGS[name])
