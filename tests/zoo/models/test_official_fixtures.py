@@ -76,6 +76,18 @@ CASES = {
         'biformer_stl': ('biformer_stl', {}),
         'biformer_stl_nchw': ('biformer_stl_nchw', {}),
     },
+    'inline': {
+        'swin_micro': ('inline_swin_test', dict(
+            num_classes=10, embed_dim=8, depths=(2, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=64, mlp_ratio=2.,
+            attn_type='SIMS1')),
+        'pvt_micro': ('inline_pvt_test', dict(
+            num_classes=10, embed_dims=(8, 16, 32, 64), depths=(1, 2, 1, 1), num_heads=(1, 2, 4, 8),
+            mlp_ratios=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1), attn_type='IISI')),
+        'deit_micro': ('inline_deit_test', dict(num_classes=10, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.)),
+        'inline_swin_tiny': ('inline_swin_tiny', {}),
+        'inline_pvt_tiny': ('inline_pvt_tiny', {}),
+        'inline_deit_tiny': ('inline_deit_tiny', {}),
+    },
     'litv2': {
         'micro': ('litv2_test', dict(_LITV2_MICRO, alpha=0.5)),
         'micro_alpha0': ('litv2_test', dict(_LITV2_MICRO, alpha=0.)),
