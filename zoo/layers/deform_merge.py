@@ -152,4 +152,6 @@ class DeformTokenMergeCl(nn.Module):
         if pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
         x = self.norm(self.dconv(x))
-        return self.act(x.permute(0, 2, 3, 1))
+        # one copy to a contiguous channels-last map: the blocks after it (norms, Linears, residual adds) would
+        # otherwise each copy the NCHW-ordered memory again
+        return self.act(x.permute(0, 2, 3, 1).contiguous())
