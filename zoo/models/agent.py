@@ -118,7 +118,8 @@ class AgentPvt(PvtLike):
         """
         Args:
             cfg: architecture; ``cfg.family_kwargs`` holds ``agent_num`` and ``agent_sr_ratios`` (one per stage;
-                the official ``PVT_LA_SR_RATIOS``, 1 in every released model).
+                the official ``PVT_LA_SR_RATIOS``, 1 in every released model). ``attn_type`` takes the official
+                letters: 'A' agent, 'B' (or 'S') PVT's plain spatial-reduction attention with ``sr_ratios``.
             **kwargs: :class:`PvtLikeCfg` fields, ``agent_num``, ``agent_sr_ratios`` and the :class:`PvtLike`
                 arguments.
 
@@ -136,7 +137,8 @@ class AgentPvt(PvtLike):
         if len(sr) != n or any(r < 1 for r in sr):
             raise ValueError(f'agent_sr_ratios must give one int >= 1 per stage ({n}), got agent_sr_ratios={sr}')
         family['agent_sr_ratios'] = sr
-        cfg = overlay_cfg(cfg, {'family_kwargs': tuple(family.items())})
+        # the official plain-attention letter is 'B'; the shared PVT backbone calls it 'S'
+        cfg = overlay_cfg(cfg, {'family_kwargs': tuple(family.items()), 'attn_type': cfg.attn_type.replace('B', 'S')})
         super().__init__(cfg, _agent_pvt_layer, 'A', **kwargs)
 
 

@@ -76,6 +76,20 @@ CASES = {
         'biformer_stl': ('biformer_stl', {}),
         'biformer_stl_nchw': ('biformer_stl_nchw', {}),
     },
+    'agent': {
+        'swin_micro': ('agent_swin_test', dict(
+            num_classes=10, embed_dim=8, depths=(2, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=64, mlp_ratio=2.,
+            attn_type='BAMB1', agent_num=(4, 9, 4, 4))),
+        'pvt_micro': ('agent_pvt_test', dict(
+            num_classes=10, embed_dims=(8, 16, 32, 64), depths=(1, 2, 1, 1), num_heads=(1, 2, 4, 8),
+            mlp_ratios=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1), attn_type='AABA', agent_num=(4, 9, 4, 4),
+            agent_sr_ratios=(1, 2, 1, 2))),
+        'deit_micro': ('agent_deit_test', dict(
+            num_classes=10, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2., family_depth=3, agent_num=(4, 4, 4, 4))),
+        'agent_swin_tiny': ('agent_swin_tiny', {}),
+        'agent_pvt_tiny': ('agent_pvt_tiny', {}),
+        'agent_deit_tiny': ('agent_deit_tiny', {}),
+    },
     'inline': {
         'swin_micro': ('inline_swin_test', dict(
             num_classes=10, embed_dim=8, depths=(2, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=64, mlp_ratio=2.,
