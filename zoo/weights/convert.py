@@ -107,7 +107,7 @@ def convert_checkpoint(
     model.load_state_dict(converted, strict=True)
     model.eval()
 
-    data_config = timm.data.resolve_data_config({}, model=model)
+    data_config = _data_config(model, kwargs)
     tag = getattr(model, 'pretrained_cfg', {}).get('tag') or 'official'
     model_config = dict(pretrained_cfg=dict(
         tag=tag, description=f'{model_name}: official weights ({os.path.basename(official)}, entry {entry}) '
@@ -116,12 +116,22 @@ def convert_checkpoint(
 
     max_abs = None
     if verify:
-        max_abs = verify_export(model, out_dir)
+        max_abs = verify_export(model, out_dir, input_size=data_config['input_size'])
     return dict(out_dir=out_dir, model_name=model_name, num_classes=model.num_classes,
                 params=sum(p.numel() for p in model.parameters()), weights_entry=entry, max_abs_diff=max_abs)
 
 
-def verify_export(model: torch.nn.Module, out_dir: str, atol: float = 0.0) -> float:
+def _data_config(model: torch.nn.Module, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """timm's data config of ``model``; a fixed-size model built with ``img_size=`` takes that size."""
+    import timm
+    from timm.layers import to_2tuple
+    data_config = timm.data.resolve_data_config({}, model=model)
+    if kwargs.get('img_size') is not None and (getattr(model, 'pretrained_cfg', None) or {}).get('fixed_input_size'):
+        data_config['input_size'] = (data_config['input_size'][0], *to_2tuple(kwargs['img_size']))
+    return data_config
+
+
+def verify_export(model: torch.nn.Module, out_dir: str, input_size=None, atol: float = 0.0) -> float:
     """Reload ``local-dir:<out_dir>`` with timm and compare one forward with ``model``; the largest difference.
 
     Raises:
@@ -132,7 +142,7 @@ def verify_export(model: torch.nn.Module, out_dir: str, atol: float = 0.0) -> fl
     if type(reloaded) is not type(model) or reloaded.num_classes != model.num_classes:
         raise ValueError(f'verify: {out_dir} reloads as {type(reloaded).__name__} with {reloaded.num_classes} '
                          f'classes, not {type(model).__name__} with {model.num_classes}')
-    size = timm.data.resolve_data_config({}, model=model)['input_size']
+    size = input_size or timm.data.resolve_data_config({}, model=model)['input_size']
     x = torch.randn((1, *size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = float((reloaded(x) - model(x)).abs().max())
