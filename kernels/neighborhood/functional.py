@@ -18,7 +18,7 @@ from .._utils.backend import resolve_backend, triton_kernel_unsupported_reason
 from .._utils.checks import check_same, check_scale, check_tensor
 from .._utils.shape_only import is_shape_only, shape_only_attention
 
-__all__ = ['neighborhood_attention', 'na1d', 'na2d', 'na3d']
+__all__ = ['neighborhood_attention', 'na1d', 'na2d', 'na3d', 'SCRIPT_OP']
 
 
 def neighborhood_attention(
@@ -206,3 +206,23 @@ def _check_rank(fn: str, query, rank: int) -> None:
 def _axes(rank: int) -> str:
     return ', '.join('XYZ'[:rank]) if rank > 1 else 'L'
 
+
+
+# TorchScript entry: ``torch.ops.zoo.neighborhood_attention`` (the name in ``SCRIPT_OP``) is this function as a
+# dispatcher op, so scripted modules (timm's ``set_scriptable`` / ``torch.jit.script``) call the same validation and
+# backend choice. Its kernel is CompositeImplicitAutograd: autograd, meta and fake tensors flow through the ops it
+# runs. The kernel is Python: a scripted or saved model needs ``import zoo_kernels`` (``import zoo``) in the process
+# that runs or loads it, like every op defined from Python.
+SCRIPT_OP = 'zoo::neighborhood_attention'
+_LIB = torch.library.Library('zoo', 'FRAGMENT')
+_LIB.define(
+    'neighborhood_attention(Tensor query, Tensor key, Tensor value, int[] kernel_size, int[] dilation, '
+    'Tensor? rpb, float? scale) -> Tensor')
+
+
+def _script_op(query, key, value, kernel_size, dilation, rpb, scale):
+    return neighborhood_attention(
+        query, key, value, list(kernel_size), dilation=list(dilation), rpb=rpb, scale=scale)
+
+
+_LIB.impl('neighborhood_attention', _script_op, 'CompositeImplicitAutograd')

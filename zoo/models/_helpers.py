@@ -245,9 +245,27 @@ class _FeatureSequenceMixin(ClassifierMixin):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` images -> normed last features, laid out as ``stage_fmt``."""
-        x = getattr(self, self.stem_name)(x)
-        x = checkpoint_seq(self._feature_seq(), x) if self._checkpointing() else self._feature_seq()(x)
+        if torch.jit.is_scripting():
+            x = self._forward_scripted(x)
+        elif self._checkpointing():
+            x = checkpoint_seq(self._feature_seq(), getattr(self, self.stem_name)(x))
+        else:
+            x = self._feature_seq()(getattr(self, self.stem_name)(x))
         return self.norm(x)
+
+    def _forward_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and feature modules under TorchScript, which finds submodules by literal names only (``hasattr``
+        branches are resolved when compiling): the stem is ``patch_embed`` or ``stem``, the modules ``stages`` or
+        ``blocks``. Activation checkpointing does not apply to scripted models."""
+        if hasattr(self, 'patch_embed'):
+            x = self.patch_embed(x)
+        else:
+            x = self.stem(x)
+        if hasattr(self, 'stages'):
+            x = self.stages(x)
+        else:
+            x = self.blocks(x)
+        return x
 
 
 class StagedModelMixin(_FeatureSequenceMixin):
