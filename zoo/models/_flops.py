@@ -10,7 +10,9 @@ happens to use, so while counting, :class:`~zoo.layers.NeighborhoodAttention2d` 
 
 over the (padded) map it attends on. The relative-position-bias add is not counted; NATTEN's own fvcore handle
 adds ``B * H * W * heads * prod(kernel_size)`` for it (about 0.1 % of NAT's total). Global attention
-(:class:`~zoo.layers.RpbAttention2d`) runs its explicit matmul path while counting, so fvcore sees it.
+(:class:`~zoo.layers.RpbAttention2d`) runs its explicit matmul path while counting, so fvcore sees it. A deformable
+convolution (``torchvision::deform_conv2d``, LITv2's token merging) counts as a dense conv of its weight, the
+convention of the official LITv2 counts (its offset conv is an ordinary conv).
 
 This is the one GMACs counter of the project: the README's model table, the GMACs tests and the model card of
 ``python -m zoo.weights export`` use it. fvcore comes with the ``train`` and ``test`` extras (``pip install fvcore``).
@@ -19,9 +21,10 @@ A model on the ``meta`` device is counted without computing anything: ``torch.ji
 kernels (PyTorch's Python meta convolution sees the traced sizes as tensors), so :class:`ShapeOnlyCounter`, a
 ``TorchFunctionMode``, records the same calls that the tracer records as ``aten::`` ops (``F.linear``, ``matmul``,
 ``bmm``, ``addmm``, ``conv*d``, ``einsum``, the norms, ``interpolate``, ``adaptive_avg_pool2d``, ``grid_sample``,
-the ``zoo_flops::na2d`` placeholder) and counts them with fvcore's own handles on their shapes. The counts equal
-fvcore's on the CPU for every row of the README table (checked once for all of them, and by
-``tests/zoo/models/test_gmacs.py`` for a few models); a 512 px MaxViT-XL is counted in a second instead of a minute.
+``torchvision::deform_conv2d``, the ``zoo_flops::na2d`` placeholder) and counts them with fvcore's own handles on
+their shapes. The counts equal fvcore's on the CPU for every row of the README table (checked once for all of
+them, and by ``tests/zoo/models/test_gmacs.py`` for a few models); a 512 px MaxViT-XL is counted in a second instead
+of a minute.
 """
 from __future__ import annotations
 
@@ -73,6 +76,24 @@ def _na2d_flop_handle(inputs, outputs) -> int:
     for s in q_shape[:-1]:
         tokens_heads *= s
     return tokens_heads * kernel_h * kernel_w * (q_shape[-1] + v_shape[-1])
+
+
+def _deform_conv2d_flop_handle(inputs, outputs) -> int:
+    """``torchvision::deform_conv2d(input, weight, offset, mask, bias, ...)`` as a dense conv of its weight (the
+    convention of the official LITv2 counts; the bilinear sampling is free)."""
+    from fvcore.nn.jit_handles import conv_flop_count, get_shape
+    return conv_flop_count(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(outputs[0]), transposed=False)
+
+
+def _deform_conv2d_ops() -> tuple:
+    """The ``torch.ops.torchvision.deform_conv2d`` callables a ``TorchFunctionMode`` sees (none without
+    torchvision)."""
+    try:
+        import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+        packet = torch.ops.torchvision.deform_conv2d
+    except (ImportError, AttributeError, RuntimeError):
+        return ()
+    return packet, packet.default
 
 
 @contextlib.contextmanager
@@ -186,6 +207,9 @@ def _handles() -> Dict[Callable, Callable[[tuple, dict, Any], float]]:
     def na2d(a, k, out):
         return _na2d_flop_handle([v(t) for t in a[:5]], [v(out)])
 
+    def deform_conv2d(a, k, out):
+        return _deform_conv2d_flop_handle([v(a[0]), v(a[1])], [v(out)])
+
     T = torch.Tensor
     return {
         F.linear: linear, torch.matmul: matmul, T.matmul: matmul, T.__matmul__: matmul, T.__rmatmul__: rmatmul,
@@ -196,7 +220,7 @@ def _handles() -> Dict[Callable, Callable[[tuple, dict, Any], float]]:
         F.group_norm: norm(2, 'weight'), torch.group_norm: norm(2, 'weight'), F.instance_norm: norm(3, 'weight'),
         F.batch_norm: batch_norm, F.interpolate: interpolate, F.adaptive_avg_pool2d: elementwise(1, 0),
         torch._C._nn.adaptive_avg_pool2d: elementwise(1, 0), F.grid_sample: elementwise(0, 4),
-        _placeholder_na2d_op: na2d,
+        _placeholder_na2d_op: na2d, **{op: deform_conv2d for op in _deform_conv2d_ops()},
     }
 
 
@@ -242,7 +266,8 @@ def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int] = (3, 224, 22
                     model(x)
                 total = counter.total
             else:
-                counter = fvcore_nn.FlopCountAnalysis(model, x).set_op_handle('zoo_flops::na2d', _na2d_flop_handle)
+                counter = fvcore_nn.FlopCountAnalysis(model, x).set_op_handle(
+                    'zoo_flops::na2d', _na2d_flop_handle, 'torchvision::deform_conv2d', _deform_conv2d_flop_handle)
                 counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
                 total = counter.total()
     finally:

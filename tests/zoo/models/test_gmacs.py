@@ -75,6 +75,7 @@ def test_gmacs_match_official(name):
     ('biformer_stl_nchw_test', (3, 75, 61)),  # routing with the gather path, 1x1 convs, GroupNorm-free NCHW
     ('biformer_tiny', (3, 200, 136)),  # legacy routing, padding to the region grid
     ('maxvit_zoo_test', (3, 96, 96)),  # MBConv (BatchNorm, grouped convs), the einsum bias lookup, partitions
+    ('litv2_test', (3, 72, 40)),  # HiLo (pooled keys, padded windows), torchvision deform_conv2d token merging
 ])
 def test_meta_count_equals_fvcore_trace(name, input_size):
     """The meta-device count equals fvcore's trace of the real forward on the CPU, to the multiply-add."""
