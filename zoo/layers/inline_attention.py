@@ -9,9 +9,9 @@ Per head, with ``s = head_dim ** -0.5``, ``N`` tokens and kernel ``phi`` (identi
 i.e. the attention weights ``s q_i k_j^T / N + (1 - s q_i mean(k)^T) / N`` sum to one for every query without a
 division by ``q_i sum(k)^T`` (the *injective* normalisation). The same result is computed here as
 
-    out = phi(Q) M + mean(V),    M = s / N (phi(K) - mean(phi(K)))^T V     ([head_dim, head_dim] per head)
+    out = phi(Q) M + mean(V),    M = s (phi(K)^T V / N - mean(phi(K))^T mean(V))     ([head_dim, head_dim] per head)
 
-(one ``[N, d] x [d, d]`` product per head; the centred keys avoid the cancellation of two large terms). Plus the
+(one ``[N, d] x [d, d]`` product per head instead of the official two products and a broadcast). Plus the
 **local residual**: a per-sample depthwise 3x3 kernel (no bias), predicted from the token mean of the layer input by
 ``residual`` = Conv1d(C, C, 1, groups=heads) -> GELU -> Conv1d(C, 9C, 1, groups=heads) (output channel ``o`` is the
 kernel of channel ``o // 9`` at position ``(o % 9) // 3, o % 3``), applied to the V map (zero padding 1) and added
@@ -105,12 +105,15 @@ def inline_attention_core(
     out_dtype = q.dtype
     dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     with _autocast_off(q.device):
-        q = _phi(q.to(dtype), kernel_func).view(B, N, num_heads, d).transpose(1, 2)  # [B, h, N, d]
-        k = _phi(k.to(dtype), kernel_func).view(B, N, num_heads, d).transpose(1, 2)
-        v = v.to(dtype).view(B, N, num_heads, d).transpose(1, 2)
-        v_mean = v.mean(dim=2, keepdim=True)  # [B, h, 1, d]
-        k = k - k.mean(dim=2, keepdim=True)
-        m = (k.transpose(-2, -1) @ v) * (s / N)  # [B, h, d, d]
+        q = _phi(q.to(dtype), kernel_func)
+        k = _phi(k.to(dtype), kernel_func)
+        v = v.to(dtype)
+        # token means on the [B, N, C] layout (a contiguous reduction), then per head [B, h, 1, d]
+        k_mean = k.mean(dim=1).view(B, num_heads, 1, d)
+        v_mean = v.mean(dim=1).view(B, num_heads, 1, d)
+        q, k, v = (t.reshape(B, N, num_heads, d).transpose(1, 2) for t in (q, k, v))  # [B, h, N, d]
+        # M = s / N (K - mean K)^T V = s (K^T V / N - mean(K)^T mean(V)): the centring on the [d, d] product
+        m = (k.transpose(-2, -1) @ v) * (s / N) - (k_mean.transpose(-2, -1) * s) @ v_mean  # [B, h, d, d]
         out = q @ m + v_mean  # [B, h, N, d]
     return out.transpose(1, 2).reshape(B, N, C).to(out_dtype)
 
