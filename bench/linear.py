@@ -63,11 +63,18 @@ def _flow_build(dim, num_heads, device=None, dtype=None):
     return FlowAttention(dim, num_heads, device=device, dtype=dtype)
 
 
+def _inline_build(dim, num_heads, device=None, dtype=None):
+    from zoo.layers import InLineAttention
+    return InLineAttention(dim, num_heads, device=device, dtype=dtype)
+
+
 REGISTRY: Dict[str, LinearAttn] = {
     # RAVLT-T/S stage 1: 64 channels, one head (RALA with RoPE, LePE 5x5 and the output gate)
     'rala': LinearAttn(64, 1, _rala_build, _rala_run, 'RAVLT-T/S stage 1'),
     # Flowformer stage 1: 96 channels, 12 heads of 8
     'flow': LinearAttn(96, 12, _flow_build, lambda mod, x: mod(x), 'Flowformer stage 1'),
+    # InLine-Swin-T stage 1: 96 channels, 3 heads of 32 (injective linear attention + per-sample 3x3 local residual)
+    'inline': LinearAttn(96, 3, _inline_build, lambda mod, x: mod(x), 'InLine-Swin-T stage 1'),
 }
 
 
