@@ -21,7 +21,7 @@ from .._utils.backend import resolve_backend, triton_kernel_unsupported_reason
 from .._utils.checks import check_same, check_scale, check_tensor
 from .._utils.shape_only import is_shape_only, shape_only_attention
 
-__all__ = ['routed_attention']
+__all__ = ['routed_attention', 'SCRIPT_OP']
 
 INDEX_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 # opt-in to the atomic (non-deterministic) dK/dV backward of the Triton backend; ignored while
@@ -151,3 +151,19 @@ def _deterministic_bwd() -> bool:
         return True
     return os.environ.get(ATOMIC_ENV, '0') in ('', '0')
 
+
+
+# TorchScript entry: ``torch.ops.zoo.routed_attention`` (the name in ``SCRIPT_OP``) is this function as a dispatcher
+# op for scripted modules, with a CompositeImplicitAutograd kernel (autograd, meta and fake tensors flow through the
+# ops it runs). The kernel is Python: a scripted or saved model needs ``import zoo_kernels`` where it runs or loads.
+SCRIPT_OP = 'zoo::routed_attention'
+_LIB = torch.library.Library('zoo', 'FRAGMENT')
+_LIB.define(
+    'routed_attention(Tensor query, Tensor key, Tensor value, Tensor r_idx, float? scale, Tensor? r_weight) -> Tensor')
+
+
+def _script_op(query, key, value, r_idx, scale, r_weight):
+    return routed_attention(query, key, value, r_idx, scale=scale, r_weight=r_weight)
+
+
+_LIB.impl('routed_attention', _script_op, 'CompositeImplicitAutograd')

@@ -19,7 +19,8 @@ from ._checks import check_channels_last, check_num_heads, check_qk_scale
 __all__ = ['RpbAttention2d', 'relative_position_index_2d']
 
 
-def relative_position_index_2d(size: Tuple[int, int], grid_size: Tuple[int, int], device=None) -> torch.Tensor:
+def relative_position_index_2d(
+        size: Tuple[int, int], grid_size: Tuple[int, int], device: Optional[torch.device] = None) -> torch.Tensor:
     """Flat index into a ``[2*Gh - 1, 2*Gw - 1]`` table of ``key - query`` offsets for a row-major ``size`` map.
 
     Args:
@@ -91,6 +92,12 @@ class RpbAttention2d(nn.Module):
         self._index_cache: Dict[Tuple[int, int, str], torch.Tensor] = {}
 
     def _bias(self, size: Tuple[int, int]) -> torch.Tensor:
+        if torch.jit.is_scripting():  # no index cache in TorchScript: the index is made per call
+            return self.rpb.flatten(1)[:, relative_position_index_2d(size, self.grid_size, device=self.rpb.device)]
+        return self._cached_bias(size)
+
+    @torch.jit.unused
+    def _cached_bias(self, size: Tuple[int, int]) -> torch.Tensor:
         key = (size[0], size[1], str(self.rpb.device))
         index = self._index_cache.get(key)
         if index is None:

@@ -134,6 +134,11 @@ class PreNormBlockCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, ..., dim]`` tokens (as the attention takes them) -> the same shape."""
+        return self.forward_branches(x)
+
+    def forward_branches(self, x: torch.Tensor) -> torch.Tensor:
+        """The two residual branches; subclasses that wrap :meth:`forward` call this (TorchScript has no
+        ``super().forward``)."""
         if self.attn is not None:
             x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
         if self.mlp is not None:
@@ -175,4 +180,4 @@ class PreNormBlock2d(PreNormBlockCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
-        return super().forward(x)
+        return self.forward_branches(x)

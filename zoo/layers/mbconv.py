@@ -21,7 +21,7 @@ average, as timm's. Both branches give ``ceil(H / 2)`` rows with either padding.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -35,10 +35,10 @@ __all__ = ['MbConvBlock2d']
 LayerType = Union[str, Callable[..., nn.Module]]
 
 
-def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """A 1x1 conv as a matmul over channels-last tokens (the conv's own weights): on CPU PyTorch runs 1x1 convs on
     channels-last maps through its slow im2col path; the result is NCHW with channels-last strides."""
-    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
+    return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
 
 
 class MbConvBlock2d(nn.Module):
@@ -131,15 +131,16 @@ class MbConvBlock2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chs, H, W]`` -> ``[B, out_chs, ceil(H / stride), ceil(W / stride)]`` ('same' padding)."""
         check_nchw(x, self.in_chs)
-        if isinstance(self.shortcut, nn.Identity):
-            shortcut = x
-        else:
+        # hasattr, not isinstance: TorchScript resolves it when compiling (a scripted Conv2d is no nn.Conv2d)
+        if hasattr(self.shortcut, 'pool'):
             shortcut = self.shortcut.pool(x)
-            if isinstance(self.shortcut.expand, nn.Conv2d):
-                shortcut = _pointwise(self.shortcut.expand, shortcut)
-        x = self.norm1(_pointwise(self.conv1_1x1, self.pre_norm(x)))
+            if hasattr(self.shortcut.expand, 'weight'):
+                shortcut = _pointwise(shortcut, self.shortcut.expand.weight, self.shortcut.expand.bias)
+        else:
+            shortcut = x
+        x = self.norm1(_pointwise(self.pre_norm(x), self.conv1_1x1.weight, self.conv1_1x1.bias))
         x = self.se(self.norm2(self.conv2_kxk(x)))
-        return self.drop_path(_pointwise(self.conv3_1x1, x)) + shortcut
+        return self.drop_path(_pointwise(x, self.conv3_1x1.weight, self.conv3_1x1.bias)) + shortcut
 
     def extra_repr(self) -> str:
         return f'in_chs={self.in_chs}, out_chs={self.out_chs}, stride={self.stride}'

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import to_2tuple
 
+from ._checks import shape_str
+
 __all__ = [
     'window_partition', 'window_reverse', 'window_attn_mask', 'grid_partition', 'grid_reverse', 'padded_size',
 ]
@@ -83,11 +85,21 @@ def window_partition(x: torch.Tensor, window_size: Size2, shift_size: Size2 = 0)
     """
     _check_map(x)
     window_size = _size2(window_size, 'window_size')
-    shift = _shift2(shift_size, window_size)
+    return window_partition_(x, window_size, _shift2(shift_size, window_size))
+
+
+def padded_size_(size: Tuple[int, int], window_size: Tuple[int, int]) -> Tuple[int, int]:
+    """:func:`padded_size` of a validated ``(wh, ww)``; TorchScript compiles it."""
+    return -(-size[0] // window_size[0]) * window_size[0], -(-size[1] // window_size[1]) * window_size[1]
+
+
+def window_partition_(x: torch.Tensor, window_size: Tuple[int, int], shift: Tuple[int, int]) -> torch.Tensor:
+    """:func:`window_partition` without the argument checks (sizes already validated, e.g. by a layer's
+    constructor); TorchScript compiles it."""
     B, H, W, C = x.shape
-    Hp, Wp = padded_size((H, W), window_size)
+    Hp, Wp = padded_size_((H, W), window_size)
     x = _pad(x, (Hp, Wp))
-    if any(shift):
+    if shift[0] != 0 or shift[1] != 0:
         x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
     wh, ww = window_size
     x = x.view(B, Hp // wh, wh, Wp // ww, ww, C)
@@ -115,17 +127,23 @@ def window_reverse(
         ValueError: the windows do not tile a ``size`` map, or a size outside its range, naming it.
     """
     window_size = _size2(window_size, 'window_size')
-    shift = _shift2(shift_size, window_size)
-    H, W = _size2(size, 'size')
-    Hp, Wp = padded_size((H, W), window_size)
+    return window_reverse_(windows, window_size, _size2(size, 'size'), _shift2(shift_size, window_size))
+
+
+def window_reverse_(
+        windows: torch.Tensor, window_size: Tuple[int, int], size: Tuple[int, int], shift: Tuple[int, int],
+) -> torch.Tensor:
+    """:func:`window_reverse` with validated sizes (the windows' shape is still checked); TorchScript compiles it."""
+    H, W = size
+    Hp, Wp = padded_size_((H, W), window_size)
     wh, ww = window_size
     n = (Hp // wh) * (Wp // ww)
-    if windows.dim() != 4 or tuple(windows.shape[1:3]) != window_size or windows.shape[0] % n:
+    if windows.dim() != 4 or windows.shape[1] != wh or windows.shape[2] != ww or windows.shape[0] % n:
         raise ValueError(
-            f'windows must have shape [B * {n}, {wh}, {ww}, C] for a {H}x{W} map, got {tuple(windows.shape)}')
+            f'windows must have shape [B * {n}, {wh}, {ww}, C] for a {H}x{W} map, got {shape_str(windows)}')
     C = windows.shape[-1]
     x = windows.view(-1, Hp // wh, Wp // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, Hp, Wp, C)
-    if any(shift):
+    if shift[0] != 0 or shift[1] != 0:
         x = torch.roll(x, shifts=shift, dims=(1, 2))
     if Hp != H or Wp != W:
         x = x[:, :H, :W]
@@ -191,9 +209,13 @@ def grid_partition(x: torch.Tensor, grid_size: Size2) -> torch.Tensor:
         ValueError: ``x`` is not 4-D or ``grid_size`` below 1, naming it.
     """
     _check_map(x)
-    grid_size = _size2(grid_size, 'grid_size')
+    return grid_partition_(x, _size2(grid_size, 'grid_size'))
+
+
+def grid_partition_(x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    """:func:`grid_partition` without the argument checks; TorchScript compiles it."""
     B, H, W, C = x.shape
-    Hp, Wp = padded_size((H, W), grid_size)
+    Hp, Wp = padded_size_((H, W), grid_size)
     x = _pad(x, (Hp, Wp))
     gh, gw = grid_size
     x = x.view(B, gh, Hp // gh, gw, Wp // gw, C)
@@ -214,14 +236,18 @@ def grid_reverse(windows: torch.Tensor, grid_size: Size2, size: Tuple[int, int])
     Raises:
         ValueError: the windows do not tile a ``size`` map, or a size outside its range, naming it.
     """
-    grid_size = _size2(grid_size, 'grid_size')
-    H, W = _size2(size, 'size')
-    Hp, Wp = padded_size((H, W), grid_size)
+    return grid_reverse_(windows, _size2(grid_size, 'grid_size'), _size2(size, 'size'))
+
+
+def grid_reverse_(windows: torch.Tensor, grid_size: Tuple[int, int], size: Tuple[int, int]) -> torch.Tensor:
+    """:func:`grid_reverse` with validated sizes (the windows' shape is still checked); TorchScript compiles it."""
+    H, W = size
+    Hp, Wp = padded_size_((H, W), grid_size)
     gh, gw = grid_size
     n = (Hp // gh) * (Wp // gw)
-    if windows.dim() != 4 or tuple(windows.shape[1:3]) != grid_size or windows.shape[0] % n:
+    if windows.dim() != 4 or windows.shape[1] != gh or windows.shape[2] != gw or windows.shape[0] % n:
         raise ValueError(
-            f'windows must have shape [B * {n}, {gh}, {gw}, C] for a {H}x{W} map, got {tuple(windows.shape)}')
+            f'windows must have shape [B * {n}, {gh}, {gw}, C] for a {H}x{W} map, got {shape_str(windows)}')
     C = windows.shape[-1]
     x = windows.view(-1, Hp // gh, Wp // gw, gh, gw, C).permute(0, 3, 1, 4, 2, 5).reshape(-1, Hp, Wp, C)
     if Hp != H or Wp != W:

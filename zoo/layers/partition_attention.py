@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, use_fused_attn
 
 from ._checks import check_channels_last
-from .partition import grid_partition, grid_reverse, padded_size, window_partition, window_reverse
+from .partition import grid_partition_, grid_reverse_, padded_size_, window_partition_, window_reverse_
 from .pos_embed_rel_tf import RelPosBiasTf
 
 __all__ = ['PartitionAttentionCl']
@@ -103,13 +103,13 @@ class PartitionAttentionCl(nn.Module):
 
     def _partition(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         if self.partition_type == 'block':
-            return window_partition(x, size)
-        return grid_partition(x, size)
+            return window_partition_(x, size, (0, 0))
+        return grid_partition_(x, size)
 
     def _reverse(self, windows: torch.Tensor, size: Tuple[int, int], map_size: Tuple[int, int]) -> torch.Tensor:
         if self.partition_type == 'block':
-            return window_reverse(windows, size, map_size)
-        return grid_reverse(windows, size, map_size)
+            return window_reverse_(windows, size, map_size, (0, 0))
+        return grid_reverse_(windows, size, map_size)
 
     def _key_mask(self, map_size: Tuple[int, int], size: Tuple[int, int], dtype: torch.dtype,
                   device: torch.device) -> torch.Tensor:
@@ -143,7 +143,7 @@ class PartitionAttentionCl(nn.Module):
         # the explicit path builds the bias as the official code does, so fvcore counts it as the published GMACs;
         # 4-D, so that CPU SDPA takes its flash kernel (a 3-D mask sends it to the slow math path)
         bias = self.rel_pos.get_bias(size, one_hot=not self.fused_attn).to(q.dtype).unsqueeze(0)  # [1, heads, N, N]
-        if padded_size((H, W), size) != (H, W):
+        if padded_size_((H, W), size) != (H, W):
             mask = self._key_mask((H, W), size, q.dtype, q.device)  # [windows, 1, 1, N]
             bias = (bias + mask).repeat(B, 1, 1, 1)  # [B * windows, heads, N, N]
         if self.fused_attn:

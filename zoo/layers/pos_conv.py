@@ -42,7 +42,7 @@ class DwConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
-        return super().forward(x)
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 class DwConvCl(DwConv2d):
@@ -50,7 +50,7 @@ class DwConvCl(DwConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self._conv_forward(x.permute(0, 3, 1, 2), self.weight, self.bias).permute(0, 2, 3, 1)
 
 
 class Cpe2d(DwConv2d):
@@ -58,7 +58,7 @@ class Cpe2d(DwConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
-        return x + super().forward(x)
+        return x + self._conv_forward(x, self.weight, self.bias)
 
 
 class CpeCl(DwConvCl):
@@ -66,4 +66,4 @@ class CpeCl(DwConvCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
-        return x + super().forward(x)
+        return x + self._conv_forward(x.permute(0, 3, 1, 2), self.weight, self.bias).permute(0, 2, 3, 1)

@@ -26,12 +26,14 @@ import torch.nn as nn
 from timm.layers import register_notrace_module, to_2tuple
 from timm.layers.pos_embed_rel import reindex_2d_einsum_lookup
 
+from ._checks import shape_str
 from .attention import relative_position_index_2d
 
 __all__ = ['RelPosBiasTf']
 
 
-def _one_hot_lookup(length: int, window: int, device=None, dtype=None) -> torch.Tensor:
+def _one_hot_lookup(length: int, window: int, device: Optional[torch.device] = None,
+                    dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``[length, length, 2*window - 1]`` with ``[q, k, v] = 1{k - q + window - 1 = v}`` (timm's
     ``generate_lookup_tensor(length, window - 1)``, without its Python loop)."""
     pos = torch.arange(length, device=device)
@@ -72,6 +74,12 @@ class RelPosBiasTf(nn.Module):
     def relative_position_index(self, size: Tuple[int, int]) -> torch.Tensor:
         """``[h*w, h*w]`` long index into the flattened ``[2*wh - 1, 2*ww - 1]`` table for an ``h x w`` window."""
         device = self.relative_position_bias_table.device
+        if torch.jit.is_scripting():  # no cache in TorchScript: the index is made per call
+            return relative_position_index_2d(size, self.window_size, device=device)
+        return self._cached_index(size, device)
+
+    @torch.jit.unused
+    def _cached_index(self, size: Tuple[int, int], device: torch.device) -> torch.Tensor:
         key = (size[0], size[1], str(device))
         index = self._index_cache.get(key)
         if index is None:
@@ -83,6 +91,14 @@ class RelPosBiasTf(nn.Module):
 
     def _one_hot_lookups(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """timm's / TF's one-hot lookups ``[h, h, 2*wh - 1]`` and ``[w, w, 2*ww - 1]`` for an ``h x w`` window."""
+        table = self.relative_position_bias_table
+        if torch.jit.is_scripting():  # no cache in TorchScript
+            return (_one_hot_lookup(size[0], self.window_size[0], device=table.device, dtype=table.dtype),
+                    _one_hot_lookup(size[1], self.window_size[1], device=table.device, dtype=table.dtype))
+        return self._cached_lookups(size)
+
+    @torch.jit.unused
+    def _cached_lookups(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         table = self.relative_position_bias_table
         key = (size[0], size[1], str(table.device), table.dtype)
         lookups = self._lookup_cache.get(key)
@@ -115,8 +131,8 @@ class RelPosBiasTf(nn.Module):
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
         """``attn + bias`` for logits ``[..., heads, N, N]`` of the full window."""
         n = self.window_size[0] * self.window_size[1]
-        if attn.dim() < 3 or tuple(attn.shape[-3:]) != (self.num_heads, n, n):
-            raise ValueError(f'attn must have shape [..., {self.num_heads}, {n}, {n}], got {tuple(attn.shape)}')
+        if attn.dim() < 3 or attn.shape[-3] != self.num_heads or attn.shape[-2] != n or attn.shape[-1] != n:
+            raise ValueError(f'attn must have shape [..., {self.num_heads}, {n}, {n}], got {shape_str(attn)}')
         return attn + self.get_bias()
 
     def extra_repr(self) -> str:

@@ -313,8 +313,10 @@ class BiLevelRoutingAttention(nn.Module):
             weight = 1. + (r_weight - r_weight.detach())
         else:
             weight = None
-        if self.fused_attn:
-            out = routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=weight)
+        if torch.jit.is_scripting():
+            out = torch.ops.zoo.routed_attention(q, k, v, r_idx, self.scale, weight)
+        elif self.fused_attn:
+            out = self._routed_attention(q, k, v, r_idx, weight)
         else:
             out = gather_routed_attention(q, k, v, r_idx, self.scale, r_weight=weight)
         # [B, heads, nR, M, C/heads] -> [B, Hp, Wp, C]
@@ -326,6 +328,12 @@ class BiLevelRoutingAttention(nn.Module):
         if pad_b or pad_r:
             out = out[:, :H, :W].contiguous()
         return out
+
+    @torch.jit.unused
+    def _routed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor,
+                          r_weight: Optional[torch.Tensor]) -> torch.Tensor:
+        # eager: the functional API; scripted code calls the same API as the dispatcher op
+        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, n_win={self.n_win}, '
@@ -410,8 +418,10 @@ class BiLevelRoutingAttention2d(nn.Module):
         else:
             qp, kp, vp = q, k, v
         qp, kp, vp = (self._to_regions(t, grid, region) for t in (qp, kp, vp))
-        if self.fused_attn:
-            out = routed_attention(qp, kp, vp, r_idx, scale=self.scale)
+        if torch.jit.is_scripting():
+            out = torch.ops.zoo.routed_attention(qp, kp, vp, r_idx, self.scale, None)
+        elif self.fused_attn:
+            out = self._routed_attention(qp, kp, vp, r_idx, None)
         else:
             out = gather_routed_attention(qp, kp, vp, r_idx, self.scale)
         # [B, heads, nR, M, C/heads] -> [B, C, Hp, Wp]
@@ -422,6 +432,12 @@ class BiLevelRoutingAttention2d(nn.Module):
         if self.lepe is not None:
             out = out + self.lepe(v)
         return self.output_linear(out)
+
+    @torch.jit.unused
+    def _routed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor,
+                          r_weight: Optional[torch.Tensor]) -> torch.Tensor:
+        # eager: the functional API; scripted code calls the same API as the dispatcher op
+        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'

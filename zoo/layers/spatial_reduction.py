@@ -42,8 +42,8 @@ def spatial_pool_cl(x: torch.Tensor, mode: str, size: int) -> torch.Tensor:
     Raises:
         ValueError: ``mode`` not one of :data:`POOL_MODES` or ``size`` below 1, naming it.
     """
-    if mode not in POOL_MODES:
-        raise ValueError(f'mode must be one of {POOL_MODES}, got mode={mode!r}')
+    if mode not in ['avg', 'max', 'ada_avg', 'ada_max']:  # POOL_MODES, spelled out for TorchScript
+        raise ValueError(f"mode must be one of ('avg', 'max', 'ada_avg', 'ada_max'), got mode='{mode}'")
     if size < 1:
         raise ValueError(f'size must be >= 1, got size={size}')
     x = x.permute(0, 3, 1, 2)

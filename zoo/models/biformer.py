@@ -386,7 +386,7 @@ class BiFormerBlock(PreNormBlockCl):
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
         if self.pos_embed is not None:
             x = self.pos_embed(x)
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.forward_branches(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class BiFormerBlock2d(PreNormBlock2d):
@@ -446,7 +446,7 @@ class BiFormerBlock2d(PreNormBlock2d):
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
         if self.pos_embed is not None:
             x = self.pos_embed(x)
-        return super().forward(x)
+        return self.forward_branches(x)
 
 
 class BiFormerStage(nn.Module):
