@@ -54,7 +54,7 @@ def _rala_build(dim, num_heads, device=None, dtype=None):
 
 
 def _rala_run(mod, x):
-    x = x.permute(0, 3, 1, 2)
+    x = x.permute(0, 3, 1, 2).contiguous()  # RAVLT's maps are NCHW
     return mod(x, mod.rope(x.shape[-2:]))
 
 
