@@ -15,8 +15,9 @@ shared layers; official checkpoints load through :func:`checkpoint_filter_fn` (k
 
 Layout (channels-last ``[B, H, W, C]`` between blocks): patch stem conv4x4/s4 -> LayerNorm
 (:class:`~zoo.layers.PatchEmbedCl`); four stages at strides 4, 8, 16, 32, stages 2-4 starting with deformable token
-merging (:class:`~zoo.layers.DeformTokenMergeCl`: deformable conv2x2/s2 -> BatchNorm2d -> GELU, on
-``torchvision.ops.deform_conv2d``: no compiled DCN, no apex); final LayerNorm, mean pool, Linear. Blocks are
+merging (:class:`~zoo.layers.DeformTokenMergeCl`: deformable conv2x2/s2 -> BatchNorm2d -> GELU; no compiled DCN,
+no apex: bilinear ``F.grid_sample`` + matmul, or ``torchvision.ops.deform_conv2d`` with
+``deform_impl='torchvision'``); final LayerNorm, mean pool, Linear. Blocks are
 :class:`~zoo.layers.PreNormBlockCl` with a :class:`~zoo.layers.ConvFfnCl` MLP (fc1 -> depthwise 3x3 -> GELU -> fc2):
 
 * stages whose ``local_ws`` is 0 (LITv2's stages 1-2) have no attention at all: ``x + mlp(norm2(x))``;
@@ -54,7 +55,7 @@ from timm.layers import calculate_drop_path_rates
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers.block import PreNormBlockCl
-from zoo.layers.deform_merge import DeformTokenMergeCl
+from zoo.layers.deform_merge import IMPLS, DeformTokenMergeCl
 from zoo.layers.hilo import HiLoAttentionCl, hilo_head_split
 from zoo.layers.mlp import ConvFfnCl
 from zoo.layers.stems import PatchEmbedCl
@@ -78,6 +79,8 @@ class LITv2Cfg:
         mlp_ratio: ConvFFN hidden width over block width.
         qkv_bias: biases in HiLo's ``h_qkv`` / ``l_q`` / ``l_kv``.
         patch_size: stride of the patch stem.
+        deform_impl: the deformable convs of the token merging: 'sampled' (``F.grid_sample`` + matmul, fast on CPU)
+            or 'torchvision' (``torchvision.ops.deform_conv2d``); same function, same parameters.
     """
     embed_dim: int = 96
     depths: Tuple[int, ...] = (2, 2, 6, 2)
@@ -87,6 +90,7 @@ class LITv2Cfg:
     mlp_ratio: float = 4.
     qkv_bias: bool = True
     patch_size: int = 4
+    deform_impl: str = 'sampled'
 
     def __post_init__(self):
         n = len(self.depths)
@@ -107,6 +111,8 @@ class LITv2Cfg:
             raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
         if self.patch_size < 1:
             raise ValueError(f'patch_size must be >= 1, got patch_size={self.patch_size}')
+        if self.deform_impl not in IMPLS:
+            raise ValueError(f'deform_impl must be one of {IMPLS}, got deform_impl={self.deform_impl!r}')
 
     @property
     def dims(self) -> Tuple[int, ...]:
@@ -148,7 +154,7 @@ class LITv2Stage(nn.Module):
         if len(drop_path) != depth:
             raise ValueError(f'drop_path must have depth={depth} entries, got drop_path={drop_path}')
         if downsample:
-            self.downsample = DeformTokenMergeCl(dim, out_dim, **dd)
+            self.downsample = DeformTokenMergeCl(dim, out_dim, impl=cfg.deform_impl, **dd)
         elif dim != out_dim:
             raise ValueError(f'out_dim must equal dim without a downsampler, got dim={dim}, out_dim={out_dim}')
         else:
