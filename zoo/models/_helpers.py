@@ -1,6 +1,5 @@
 """Helpers shared by the model families: config overlays, argument checks, the timm classifier / feature interface
 of staged models, intermediate-feature indices and checkpoint filters."""
-from __future__ import annotations
 
 import dataclasses
 import re
