@@ -139,7 +139,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=('cpu', 'cuda'))
     parser.add_argument('--models', nargs='+', default=['nat_mini', 'dinat_mini', 'nat_tiny', 'dinat_tiny',
-                                                        'biformer_tiny', 'maxvit_zoo_tiny_224', 'ravlt_small',
+                                                        'biformer_tiny', 'maxvit_zoo_tiny_224', 'litv2_small',
+                                                        'ravlt_small',
                                                         'flowformer_cv', 'inline_swin_tiny'])
     parser.add_argument('--peers', nargs='+', default=list(PEERS))
     parser.add_argument('--modes', nargs='+', default=['inference', 'training'], choices=tuple(MODE_TITLE))
