@@ -68,9 +68,18 @@ class Rope2d(nn.Module):
         angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 4, dtype=torch.float32))
         angle = angle.unsqueeze(-1).repeat(1, 2).flatten()
         self.register_buffer('angle', angle.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        # both channels of a pair share an angle (as computed): the rotation is one complex product per pair
+        self.paired = True
 
-    def forward(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)`` tables, each ``[H*W, head_dim]`` in the buffer's dtype.
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        angle = state_dict.get(prefix + 'angle')
+        if isinstance(angle, torch.Tensor) and angle.device.type != 'meta' and angle.shape == self.angle.shape:
+            self.paired = bool(torch.equal(angle[0::2], angle[1::2]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, ...]:
+        """``(cos, sin)`` tables, each ``[H*W, head_dim]`` in the buffer's dtype, and with paired float32 / float64
+        angles a third, ``[H*W, head_dim / 2]`` complex ``exp(i angle)`` per channel pair.
 
         ``sin`` carries the rotation's signs (``-sin`` on even channels), so :func:`apply_rope_2d` is
         ``x * cos + swap_pairs(x) * sin``; the official ``theta_shift`` gives the same values.
@@ -82,24 +91,38 @@ class Rope2d(nn.Module):
         ang_w = (index_w[:, None] * self.angle[None, :]).unsqueeze(0).expand(H, W, -1)
         ang = torch.cat([ang_h, ang_w], -1).flatten(0, 1)
         sign = torch.tensor([-1., 1.], device=ang.device, dtype=ang.dtype).repeat(self.head_dim // 2)
-        return torch.cos(ang), torch.sin(ang) * sign
+        cos, sin = torch.cos(ang), torch.sin(ang) * sign
+        if self.paired and ang.dtype in (torch.float32, torch.float64):
+            return cos, sin, torch.complex(cos[:, 0::2], sin[:, 1::2])
+        return cos, sin
 
     def extra_repr(self) -> str:
         return f'head_dim={self.head_dim}'
 
 
-def apply_rope_2d(x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate ``x [..., N, head_dim]`` by the ``(cos, sin)`` tables of :class:`Rope2d` (``[N, head_dim]``)."""
-    cos, sin = rope
+def apply_rope_2d(x: torch.Tensor, rope: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Rotate ``x [..., N, head_dim]`` by the tables of :class:`Rope2d`: one complex product per channel pair when
+    the complex table is there and matches ``x`` (float32 / float64), else ``x * cos + swap_pairs(x) * sin``."""
+    cos, sin = rope[0], rope[1]
+    if len(rope) > 2 and cos.dtype == x.dtype:
+        out = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2))) * rope[2]
+        return torch.view_as_real(out).flatten(-2)
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return x * cos + swapped * sin
+
+
+def _rope_to(rope: Tuple[torch.Tensor, ...], dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """The tables in ``dtype`` (the complex one only where it stays exact: same dtype)."""
+    if rope[0].dtype == dtype:
+        return tuple(rope)
+    return rope[0].to(dtype), rope[1].to(dtype)
 
 
 def rala_core(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        rope: Tuple[torch.Tensor, torch.Tensor],
+        rope: Tuple[torch.Tensor, ...],
         scale: float,
 ) -> torch.Tensor:
     """Rank-augmented linear attention of ``[B, heads, N, head_dim]`` q, k, v (before the ELU feature map).
@@ -109,7 +132,7 @@ def rala_core(
     out_dtype = q.dtype
     dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    rope = (rope[0].to(dtype), rope[1].to(dtype))
+    rope = _rope_to(rope, dtype)
     with _autocast_off(q.device):
         q = F.elu(q) + 1.0
         k = F.elu(k) + 1.0
@@ -167,12 +190,12 @@ class RalaAttention2d(nn.Module):
         self.lepe = DwConv2d(dim, lepe_kernel, **dd)
         self.proj = nn.Conv2d(dim, dim, 1, **dd)
 
-    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Attend over the whole map.
 
         Args:
             x: ``[B, dim, H, W]``.
-            rope: ``(cos, sin)`` of :class:`Rope2d` for ``(H, W)``, each ``[H*W, head_dim]``.
+            rope: the tables of :class:`Rope2d` for ``(H, W)`` (``cos`` and ``sin`` ``[H*W, head_dim]``).
 
         Returns:
             ``[B, dim, H, W]``.
@@ -192,7 +215,7 @@ class RalaAttention2d(nn.Module):
         if self.mode == 'rala':
             out = rala_core(q, k, v, rope, self.scale)
         else:
-            rope = (rope[0].to(q.dtype), rope[1].to(q.dtype))
+            rope = _rope_to(rope, q.dtype)
             q = apply_rope_2d(q, rope)
             k = apply_rope_2d(k, rope)
             if self.fused_attn:

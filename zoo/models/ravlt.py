@@ -184,7 +184,7 @@ class RavltBlock(PreNormBlock2d):
             norm_layer=lambda d, **kw: LayerNorm2d(d, eps=1e-6, **kw), **dd)
         self.pos = Cpe2d(dim, cpe_kernel, **dd)
 
-    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``[B, dim, H, W]`` and the stage's RoPE tables -> ``[B, dim, H, W]``."""
         x = self.pos(x)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), rope)))

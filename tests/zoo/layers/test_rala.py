@@ -82,6 +82,24 @@ def test_rope_tables_equal_official():
     x = torch.randn(2, 3, 35, 32, dtype=torch.float64)
     torch.testing.assert_close(apply_rope_2d(x, rope((5, 7))), _theta_shift(x, sin, cos))
     assert 'angle' in rope.state_dict()  # persistent: official checkpoints carry it
+    assert len(rope((5, 7))) == 3  # paired angles: the complex product per pair, same values as the real form
+    torch.testing.assert_close(apply_rope_2d(x, rope((5, 7))[:2]), _theta_shift(x, sin, cos))
+
+
+def test_rope_with_loaded_unpaired_angles_stays_exact():
+    """A checkpoint whose angle buffer does not pair up (not one the official code computes) still rotates every
+    channel by its own angle, as the official ``theta_shift`` does."""
+    rope = Rope2d(16).double()
+    angle = torch.rand(8, dtype=torch.float64)
+    rope.load_state_dict({'angle': angle})
+    assert not rope.paired and len(rope((3, 4))) == 2
+    ih, iw = torch.arange(3.).double(), torch.arange(4.).double()
+    ang = torch.cat([(ih[:, None] * angle).unsqueeze(1).expand(3, 4, 8), (iw[:, None] * angle).unsqueeze(0).expand(
+        3, 4, 8)], -1).flatten(0, 1)
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    torch.testing.assert_close(apply_rope_2d(x, rope((3, 4))), _theta_shift(x, torch.sin(ang), torch.cos(ang)))
+    rope.load_state_dict({'angle': Rope2d(16).double().angle})
+    assert rope.paired
 
 
 @pytest.mark.parametrize('mode', ['rala', 'softmax'])
