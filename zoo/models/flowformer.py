@@ -132,7 +132,7 @@ class FlowformerStem(PatchEmbedCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, ceil(H/p), ceil(W/p), embed_dim]``."""
-        x = super().forward(x)
+        x = super().forward(x).contiguous()  # channels-last memory: LayerNorm and the Linears read rows
         B, H, W, C = x.shape
         pos = resize_pos_embed(self.pos_embed, self.grid_size, (H, W))
         return x + pos.reshape(1, H, W, C)
@@ -146,7 +146,7 @@ class FlowformerDownsample(PatchEmbedCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, ceil(H/2), ceil(W/2), out_dim]``."""
-        return super().forward(x.permute(0, 3, 1, 2))
+        return super().forward(x.permute(0, 3, 1, 2)).contiguous()
 
 
 class FlowformerStage(nn.Module):
