@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import to_2tuple, trunc_normal_, use_fused_attn
+from torch._subclasses.fake_tensor import is_fake
 
 from ._checks import check_num_heads, check_qk_scale
 from .spatial_reduction import SpatialReductionAttentionCl
@@ -76,6 +77,24 @@ def resize_bias_axis(bias: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     shape = moved.shape
     out = F.interpolate(moved.reshape(1, -1, shape[-1]), size=length, mode='linear', align_corners=False)
     return out.reshape(*shape[:-1], length).movedim(-1, dim)
+
+
+def _adaptive_pool_matrix(size: Tuple[int, int], p: int, device, dtype) -> torch.Tensor:
+    """``[p * p, H * W]`` matrix ``M`` with ``M @ x_tokens == adaptive_avg_pool2d(x, p)`` (PyTorch's bins:
+    ``[floor(i * H / p), ceil((i + 1) * H / p))``)."""
+    def axis(n):
+        m = torch.zeros(p, n, dtype=torch.float64)
+        for i in range(p):
+            lo, hi = (i * n) // p, -(-((i + 1) * n) // p)
+            m[i, lo:hi] = 1. / (hi - lo)
+        return m
+    mat = axis(size[0])[:, None, :, None] * axis(size[1])[None, :, None, :]
+    return mat.reshape(p * p, size[0] * size[1]).to(device=device, dtype=dtype)
+
+
+def _cacheable(t: torch.Tensor) -> bool:
+    """A real tensor (not meta / fake): derived tensors of it may be cached."""
+    return t.device.type != 'meta' and not is_fake(t)
 
 
 def _size2(value: Size2, name: str) -> Tuple[int, int]:
@@ -159,6 +178,29 @@ class _AgentBiases(nn.Module):
             self.ac_bias = self.ca_bias = None
         for name in names:
             trunc_normal_(getattr(self, name), std=.02)
+        self._bias_names = names
+        # inference caches: the summed biases (keyed by the map sizes and the parameters' versions) and the pooling
+        # matrices of the fused path; never filled with meta / fake tensors or under autograd
+        self._bias_cache: dict = {}
+        self._pool_cache: dict = {}
+
+    def cached_agent_biases(self, size: Tuple[int, int], kv_size: Tuple[int, int],
+                            dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`agent_biases` in ``dtype``, contiguous; cached while no gradient is recorded."""
+        params = [getattr(self, n) for n in self._bias_names]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params) or not _cacheable(params[0]):
+            pos, agent = self.agent_biases(size, kv_size)
+            return pos.to(dtype), agent.to(dtype).contiguous()
+        key = (size, kv_size, dtype, params[0].device, tuple((id(p), p._version) for p in params))
+        hit = self._bias_cache.get(key[:4])
+        if hit is None or hit[0] != key[4]:
+            with torch.no_grad():
+                pos, agent = self.agent_biases(size, kv_size)
+            hit = (key[4], pos.to(dtype).contiguous(), agent.to(dtype).contiguous())
+            if len(self._bias_cache) > 8:
+                self._bias_cache.clear()
+            self._bias_cache[key[:4]] = hit
+        return hit[1], hit[2]
 
     def agent_biases(self, size: Tuple[int, int], kv_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """``position_bias [1, h, n, P + Hk * Wk]`` and ``agent_bias [1, h, P + H * W, n]`` for an ``size`` query
@@ -176,8 +218,21 @@ class _AgentBiases(nn.Module):
         return pos, agent
 
     def pool_agents(self, q_map: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W, C]`` queries -> ``[B, n, C]`` agents (adaptive average pool to ``p x p``)."""
-        B, C = q_map.shape[0], q_map.shape[-1]
+        """``[B, H, W, C]`` queries -> ``[B, n, C]`` agents (adaptive average pool to ``p x p``).
+
+        The fused path pools with a matmul by the (cached) bin-averaging matrix, the same numbers as the official
+        ``AdaptiveAvgPool2d`` (which the explicit path runs, so that fvcore counts it as on the official code).
+        """
+        B, H, W, C = q_map.shape
+        if self.fused_attn and _cacheable(q_map):
+            key = (H, W, q_map.device, q_map.dtype)
+            mat = self._pool_cache.get(key)
+            if mat is None:
+                mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
+                if len(self._pool_cache) > 8:
+                    self._pool_cache.clear()
+                self._pool_cache[key] = mat
+            return torch.matmul(mat, q_map.reshape(B, H * W, C))
         pooled = F.adaptive_avg_pool2d(q_map.permute(0, 3, 1, 2), self.pool_size)
         return pooled.reshape(B, C, -1).transpose(1, 2)
 
@@ -282,11 +337,10 @@ class AgentAttention(_AgentBiases):
         qkv = self.qkv(tokens)  # [B, L, 3C]
         q, k, v = qkv.chunk(3, dim=-1)
         agents = self.pool_agents(q[:, P:].reshape(B, H, W, C))
-        pos_bias, agent_bias = self.agent_biases((H, W), (H, W))
-        dtype = q.dtype
+        pos_bias, agent_bias = self.cached_agent_biases((H, W), (H, W), q.dtype)
         out = agent_attention(
-            self._split(q), self._split(k), self._split(v), self._split(agents), pos_bias.to(dtype),
-            agent_bias.to(dtype), self.scale, self.attn_drop.p if self.training else 0., self.fused_attn)
+            self._split(q), self._split(k), self._split(v), self._split(agents), pos_bias, agent_bias, self.scale,
+            self.attn_drop.p if self.training else 0., self.fused_attn)
         out = out.transpose(1, 2).reshape(B, -1, C)
         dwc = self.dwc_cl(v[:, P:].reshape(B, H, W, C)).reshape(B, H * W, C)
         if P:
@@ -367,14 +421,13 @@ class AgentSpatialReductionAttentionCl(SpatialReductionAttentionCl, _AgentBiases
         Hk, Wk = kv_map.shape[1:3]
         k, v = self.kv(kv_map).reshape(B, Hk * Wk, 2 * C).chunk(2, dim=-1)
         agents = self.pool_agents(q)
-        pos_bias, agent_bias = self.agent_biases((H, W), (Hk, Wk))
+        pos_bias, agent_bias = self.cached_agent_biases((H, W), (Hk, Wk), q.dtype)
 
         def split(t):
             return t.reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
 
-        dtype = q.dtype
         out = agent_attention(
-            split(q), split(k), split(v), split(agents), pos_bias.to(dtype), agent_bias.to(dtype), self.scale,
+            split(q), split(k), split(v), split(agents), pos_bias, agent_bias, self.scale,
             self.attn_drop.p if self.training else 0., self.fused_attn)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         v_map = v.reshape(B, Hk, Wk, C)

@@ -166,3 +166,22 @@ def test_bad_arguments():
     pvt = AgentSpatialReductionAttentionCl(16, num_heads=2, agent_num=4, resolution=8)
     with pytest.raises(ValueError, match='shape'):
         pvt(torch.randn(1, 64, 16))
+
+
+def test_inference_caches_follow_parameter_updates():
+    """No-grad forwards reuse cached biases / pooling matrices; an in-place update (optimizer step, load) and a new
+    map size are seen, and a gradient-recording forward reaches every bias."""
+    layer = _randomize(AgentAttention(16, num_heads=2, agent_num=4, resolution=6)).eval()
+    x = torch.randn(1, 6, 6, 16)
+    with torch.no_grad():
+        first = layer(x)
+        torch.testing.assert_close(layer(x), first)
+        layer.na_bias.add_(torch.randn_like(layer.na_bias))
+        changed = layer(x)
+    assert not torch.allclose(changed, first)
+    layer.fused_attn = False
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), changed)  # the explicit path (adaptive pool) agrees with the cache
+        assert layer(torch.randn(1, 5, 9, 16)).shape == (1, 5, 9, 16)
+    layer(x).sum().backward()
+    assert layer.na_bias.grad is not None and layer.ah_bias.grad is not None
