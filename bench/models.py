@@ -141,7 +141,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--models', nargs='+', default=['nat_mini', 'dinat_mini', 'nat_tiny', 'dinat_tiny',
                                                         'biformer_tiny', 'maxvit_zoo_tiny_224', 'litv2_small',
                                                         'ravlt_small',
-                                                        'flowformer_cv', 'inline_swin_tiny'])
+                                                        'flowformer_cv', 'inline_swin_tiny', 'agent_swin_tiny',
+                                                        'agent_pvt_small', 'agent_deit_tiny'])
     parser.add_argument('--peers', nargs='+', default=list(PEERS))
     parser.add_argument('--modes', nargs='+', default=['inference', 'training'], choices=tuple(MODE_TITLE))
     parser.add_argument('--batch', type=int, default=None, help='throughput batch (default 8 on CPU, 64 on CUDA)')
