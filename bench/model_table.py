@@ -7,8 +7,9 @@
 One row per zoo model with released ImageNet-1k weights (the set ``tests/zoo/models/test_gmacs.py`` requires):
 ``| `name` | params | GMACs | resolution | paper top-1 | CPU img/s |``.
 
-* params: counted here from the model (built on the meta device, nothing computed): ours, equal to the official
-  code's count (the families' tests check that against ``paper_table.csv``).
+* params, resolution: counted from the model (built on the meta device, nothing computed) and its pretrained cfg
+  when the table is written, and stored in the data file (``--check`` and the test compare without rebuilding;
+  ``tests/zoo/models/test_gmacs.py`` checks every row's params against the model).
 * GMACs, paper top-1: from ``bench/model_table.json`` (GMACs measured on the official code with fvcore, the
   project's ``paper_table.csv``; ``test_gmacs.py`` checks ours within 0.1 %). A model missing from the data file
   takes the values of its hand-written README row, which are then stored in the data file.
@@ -100,13 +101,20 @@ def _resolution(name: str) -> int:
     return int(size[1])
 
 
+def refresh_counts(data: Dict, names: List[str]) -> None:
+    """Store each model's parameter count and resolution (counted from the model, built on the meta device)."""
+    for name in names:
+        data['models'][name]['params'] = _params(name)
+        data['models'][name]['res'] = _resolution(name)
+
+
 def render(data: Dict, names: List[str]) -> str:
     """The table (header + one row per model) as Markdown."""
     rows = [HEADER]
     for name in names:
         entry = data['models'][name]
         img_s = entry.get('cpu_img_s')
-        rows.append(f'| `{name}` | {_params(name):,} | {entry["gmacs"]:.3f} | {_resolution(name)} | '
+        rows.append(f'| `{name}` | {entry["params"]:,} | {entry["gmacs"]:.3f} | {entry["res"]} | '
                     f'{entry.get("top1") or "—"} | '
                     f'{"—" if img_s is None else f"{img_s:.1f}"} |')
     return '\n'.join(rows)
@@ -186,6 +194,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         measure(data, args.models or names, args.max_gmacs, args.repeats, args.budget)
         save_data(data)
     names = complete_data(data, text)
+    if not args.check:
+        refresh_counts(data, names)
     new_text = rewrite_readme(text, render(data, names))
     if args.check:
         if new_text != text:
