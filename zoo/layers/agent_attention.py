@@ -188,7 +188,9 @@ class _AgentBiases(nn.Module):
                             dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         """:meth:`agent_biases` in ``dtype``, contiguous; cached while no gradient is recorded."""
         params = [getattr(self, n) for n in self._bias_names]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params) or not _cacheable(params[0]):
+        if (torch.is_grad_enabled() and any(p.requires_grad for p in params) or not _cacheable(params[0])
+                or not self.fused_attn or torch.jit.is_tracing()):
+            # the explicit path (what fvcore traces) always computes the biases as the official code does
             pos, agent = self.agent_biases(size, kv_size)
             return pos.to(dtype), agent.to(dtype).contiguous()
         key = (size, kv_size, dtype, params[0].device, tuple((id(p), p._version) for p in params))
