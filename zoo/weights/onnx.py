@@ -95,8 +95,9 @@ def check_onnx(
     return worst
 
 
-def _export(model, x, path, dynamic_hw: bool, opset: Optional[int], optimize: bool) -> None:
-    dims: Dict[int, Any] = {0: torch.export.Dim('batch', min=1, max=4096)}
+def _export(model, x, path, dynamic_hw: bool, opset: Optional[int], optimize: bool,
+            dynamic_batch: bool = True) -> None:
+    dims: Dict[int, Any] = {0: torch.export.Dim('batch', min=1, max=4096)} if dynamic_batch else {}
     if dynamic_hw:
         dims.update({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO})
     kwargs = dict(opset_version=opset) if opset else {}
@@ -110,6 +111,7 @@ def export_onnx(
         path: str,
         input_size: Optional[Tuple[int, int, int]] = None,
         dynamic_hw: Optional[bool] = None,
+        dynamic_batch: Optional[bool] = None,
         atol: float = 1e-4,
         opset: Optional[int] = None,
         optimize: bool = True,
@@ -123,13 +125,16 @@ def export_onnx(
         input_size: ``(C, H, W)`` traced; default the model's pretrained cfg input size.
         dynamic_hw: True: dynamic height and width required (an error if the graph does not generalise); False:
             static; None: dynamic where the model allows it (see the module docstring).
+        dynamic_batch: True: required; None: where the graph allows it (a model that folds the batch into conv
+            groups, as InLine's depthwise LePE/CPE does, exports with the traced batch, 2); False is not offered.
         atol: largest abs difference to PyTorch allowed (float32).
         opset: ONNX opset (default: the exporter's).
         optimize: run the exporter's graph optimisation (onnxscript).
         seed: the verification inputs' seed.
 
     Returns:
-        ``dict(path, dynamic_batch=True, dynamic_hw, max_abs_diff, checked_shapes)``.
+        ``dict(path, dynamic_batch, dynamic_hw, max_abs_diff, checked_shapes)`` (+ ``static_reason`` when the
+        batch had to be static).
 
     Raises:
         ValueError: the export does not match PyTorch (the message names the input), or ``dynamic_hw=True`` for
@@ -151,18 +156,35 @@ def export_onnx(
     if dynamic_hw is not False and not fixed:
         ph, pw = _probe_size((h, w))
         probe = [torch.randn(2, c, ph, pw, generator=gen)]
-        _export(model, x, path, True, opset, optimize)
         try:
+            try:
+                _export(model, x, path, True, opset, optimize)
+            except Exception as e:  # the exporter cannot keep the sizes symbolic: retried static below
+                raise ValueError(f'export failed: {type(e).__name__}: {_first_line(e)}') from None
             diff = check_onnx(model, path, batch_inputs + probe, atol)
             return dict(path=path, dynamic_batch=True, dynamic_hw=True, max_abs_diff=diff,
                         checked_shapes=[tuple(t.shape) for t in batch_inputs + probe])
         except ValueError as e:
             if dynamic_hw:
                 raise ValueError(f'dynamic_hw=True: the graph does not generalise to other image sizes: {e}') from None
-    _export(model, x, path, False, opset, optimize)
+    try:
+        _export(model, x, path, False, opset, optimize)
+    except Exception as e:  # a graph folding the batch into an attribute (conv groups = batch x channels)
+        if dynamic_batch is True:
+            raise
+        _export(model, x, path, False, opset, optimize, dynamic_batch=False)
+        diff = check_onnx(model, path, [x], atol)
+        return dict(path=path, dynamic_batch=False, dynamic_hw=False, max_abs_diff=diff,
+                    checked_shapes=[tuple(x.shape)], static_reason=f'{type(e).__name__}: {_first_line(e)}')
     diff = check_onnx(model, path, batch_inputs, atol)
     return dict(path=path, dynamic_batch=True, dynamic_hw=False, max_abs_diff=diff,
                 checked_shapes=[tuple(t.shape) for t in batch_inputs])
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else ''
+
 
 
 def load_model(name: str, file: Optional[str] = None, weights: Optional[str] = None) -> torch.nn.Module:
@@ -197,6 +219,8 @@ def _run(args: argparse.Namespace) -> int:
     info = export_onnx(model, args.out, dynamic_hw=False if args.static_hw else None, atol=args.atol,
                        opset=args.opset)
     axes = 'batch, height and width' if info['dynamic_hw'] else 'batch (height and width fixed)'
+    if not info['dynamic_batch']:
+        axes = f'nothing (batch 2, height and width fixed: {info["static_reason"]})'
     print(f'Exported {args.model} to {args.out}: input "image" [N, 3, H, W], output "logits"; dynamic {axes}; '
           f'onnxruntime vs PyTorch max |diff| {info["max_abs_diff"]:.3g} at {info["checked_shapes"]}')
     return 0
