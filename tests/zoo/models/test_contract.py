@@ -10,11 +10,13 @@ size (200x136; shapes, and every parameter reached by the autograd graph) and ``
 Beyond timm's suite: ``create_model(device=, dtype=)``, the cfg names resolving to real modules, ``in_chans``,
 ``features_only`` at 512x704 and 200x136 (tiny variants: divided by 8 and 4), every parameter receiving a
 gradient, identical gradients with checkpointing, a new head fitting pruned features, and ``import zoo``
-warning-free in a fresh interpreter.
+warning-free in a fresh interpreter. timm's FX, FX + TorchScript and TorchScript tests run on the tiny variants
+(values against eager, at an odd size too, and a saved and loaded scripted model).
 """
 import copy
 import functools
 import inspect
+import io
 import math
 import subprocess
 import sys
@@ -395,3 +397,66 @@ def test_tiny_prune_intermediate_layers(name):
         sum(f.sum() for f in selected + [pruned(x)]).backward()
         unused = [n for n, p in pruned.named_parameters() if p.requires_grad and p.grad is None]
         assert not unused, f'pruned to {i}, unused parameters: {unused}'
+
+
+def _fx_graph_module(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` symbolically traced as timm's suite traces it (timm's notrace leaf modules and functions), returning
+    the output of ``forward`` in train and in eval mode."""
+    from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                  param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=kwargs)
+    return create_feature_extractor(
+        model, train_return_nodes=train_nodes[-1:], eval_return_nodes=eval_nodes[-1:], tracer_kwargs=kwargs)
+
+
+def _only(outputs: dict) -> torch.Tensor:
+    (out,) = outputs.values()
+    return out
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_fx_trace(name):
+    """torch.fx symbolic tracing (timm's FX tests, ``feature_cls='fx'``): layers whose forward branches on shapes are
+    registered notrace leaves / functions. The graph gives the eager logits at the cfg size and at an odd size it was
+    not traced at, trains every parameter, and scripts (timm's FX + TorchScript test)."""
+    with timm.set_scriptable(True):
+        model = timm.create_model(name, num_classes=7).eval()
+    fx_model = _fx_graph_module(model).eval()
+    odd = None if _cfg(name).get('fixed_input_size') else [max(8, s // 4) for s in DENSE_SIZES['200x136'][0]]
+    scripted = torch.jit.script(fx_model)
+    with torch.no_grad():
+        for x in (_image(name), _image(name, size=odd)):
+            expected = model(x)
+            torch.testing.assert_close(_only(fx_model(x)), expected, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(_only(scripted(x)), expected, rtol=1e-4, atol=1e-5)
+    fx_model.train()
+    out = _only(fx_model(_image(name)))
+    assert out.shape == (2, 7)
+    F.cross_entropy(out, torch.tensor([1, 2])).backward()
+    params = dict(fx_model.named_parameters())
+    assert len(params) == len(list(model.parameters()))
+    assert not [n for n, p in params.items() if p.grad is None], 'parameters without a gradient through the FX graph'
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_torchscript(name):
+    """``torch.jit.script`` under timm's ``set_scriptable`` (timm's TorchScript test), and the saved module loads and
+    gives the eager logits. Scripted layers call the kernels' dispatcher ops (``torch.ops.zoo.*``), whose kernels are
+    Python: a scripted model runs where ``zoo`` is imported."""
+    with timm.set_scriptable(True):
+        model = timm.create_model(name).eval()
+    scripted = torch.jit.script(model)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        x = _image(name)
+        expected = model(x)
+        torch.testing.assert_close(scripted(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(loaded(x), expected, rtol=1e-4, atol=1e-5)
