@@ -42,7 +42,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import to_2tuple, trunc_normal_, use_fused_attn
+from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn
 from torch._subclasses.fake_tensor import is_fake
 
 from ._checks import check_num_heads, check_qk_scale
@@ -252,6 +252,7 @@ def _check_common(dim: int, num_heads: int, qk_scale: Optional[float], attn_drop
         raise ValueError(f'bias_size must be >= 1, got bias_size={bias_size}')
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, caches): an FX leaf
 class AgentAttention(_AgentBiases):
     """Agent attention with one ``qkv`` projection (Agent-Swin, Agent-DeiT), on a map or on prefixed tokens."""
 
@@ -357,6 +358,7 @@ class AgentAttention(_AgentBiases):
                 f'resolution={self.resolution}, num_prefix_tokens={self.num_prefix_tokens}')
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, caches): an FX leaf
 class AgentSpatialReductionAttentionCl(SpatialReductionAttentionCl, _AgentBiases):
     """Agent attention with PVT's ``q`` / ``kv`` projections and optional spatial reduction (Agent-PVT)."""
 

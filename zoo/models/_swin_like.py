@@ -51,7 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import calculate_drop_path_rates, to_2tuple, use_fused_attn
+from timm.layers import calculate_drop_path_rates, register_notrace_module, to_2tuple, use_fused_attn
 from timm.models import checkpoint_seq
 
 from zoo.layers import (
@@ -201,6 +201,7 @@ class SwinLikeCfg:
         return out
 
 
+@register_notrace_module  # shape-dependent control flow (window geometry, masks): an FX leaf
 class SwinWindowAttentionCl(nn.Module):
     """Swin (shifted-)window multi-head self-attention with Swin's relative position bias, channels-last.
 
@@ -322,6 +323,7 @@ class SwinWindowAttentionCl(nn.Module):
         return f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, shift={self.shift_size}'
 
 
+@register_notrace_module  # shape-dependent control flow: an FX leaf
 class WindowedCl(nn.Module):
     """Runs a family layer on cyclically shifted ``window x window`` windows of the map (a family block whose window
     is smaller than its stage, official ``SwinTransformerBlock`` partitioning without a mask)."""
