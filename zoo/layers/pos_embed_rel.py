@@ -23,6 +23,9 @@ import torch.nn as nn
 from timm.layers import register_notrace_module, trunc_normal_
 from timm.layers.pos_embed_rel import gen_relative_position_index
 
+from ._checks import shape_str
+from .attention import relative_position_index_2d
+
 __all__ = ['RelPosBias', 'rel_pos_table_from_nat']
 
 
@@ -73,6 +76,8 @@ class RelPosBias(nn.Module):
         # derived index, built on first use per device (so a model built on 'meta' needs no buffer re-init)
         self._index_cache: Dict[str, torch.Tensor] = {}
 
+    __jit_unused_properties__ = ['relative_position_index']  # the cached index: eager only
+
     @property
     def relative_position_index(self) -> torch.Tensor:
         """``[N, N]`` long index into the table (Swin's ``relative_position_index``)."""
@@ -87,14 +92,20 @@ class RelPosBias(nn.Module):
 
     def get_bias(self) -> torch.Tensor:
         """The bias ``[1, heads, N, N]`` (query, key), ready to add to ``[B, heads, N, N]`` logits."""
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        if torch.jit.is_scripting():  # no index cache in TorchScript: the index is made per call
+            # Swin's query-minus-key index is the transpose of the key-minus-query one (timm's is not scriptable)
+            index = relative_position_index_2d(
+                self.window_size, self.window_size, device=self.relative_position_bias_table.device).t()
+        else:
+            index = self.relative_position_index
+        bias = self.relative_position_bias_table[index.view(-1)]
         return bias.view(self.window_area, self.window_area, -1).permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, attn: torch.Tensor) -> torch.Tensor:
         """``attn + bias`` for logits ``[..., heads, N, N]``."""
-        if attn.dim() < 3 or tuple(attn.shape[-3:]) != (self.num_heads, self.window_area, self.window_area):
-            raise ValueError(f'attn must have shape [..., {self.num_heads}, {self.window_area}, {self.window_area}], '
-                             f'got {tuple(attn.shape)}')
+        n = self.window_area
+        if attn.dim() < 3 or attn.shape[-3] != self.num_heads or attn.shape[-2] != n or attn.shape[-1] != n:
+            raise ValueError(f'attn must have shape [..., {self.num_heads}, {n}, {n}], got {shape_str(attn)}')
         return attn + self.get_bias()
 
     def extra_repr(self) -> str:
