@@ -12,7 +12,8 @@ from timm.models import checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
 
 __all__ = [
-    'feature_take_indices', 'overlay_cfg', 'init_weights', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
+    'feature_take_indices', 'overlay_cfg', 'overlay_cfg_strict',
+    'init_weights', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
     'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
 ]
 
@@ -30,6 +31,20 @@ def overlay_cfg(cfg: CfgT, kwargs: Dict[str, Any]) -> CfgT:
     names = {f.name for f in dataclasses.fields(cfg)}
     overlay = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     return dataclasses.replace(cfg, **overlay) if overlay else cfg
+
+
+def overlay_cfg_strict(cfg: CfgT, kwargs: Dict[str, Any]) -> CfgT:
+    """:func:`overlay_cfg`, then a ``TypeError`` naming any keyword that is not a field of ``cfg``.
+
+    Raises:
+        TypeError: ``kwargs`` holds names that are neither consumed here nor by the caller before.
+    """
+    cfg = overlay_cfg(cfg, kwargs)
+    if kwargs:
+        name = type(cfg).__name__
+        raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; {name} fields are '
+                        f'{sorted(f.name for f in dataclasses.fields(cfg))}')
+    return cfg
 
 
 def init_weights(module: nn.Module) -> None:

@@ -76,7 +76,7 @@ from ._helpers import (
     StagedModelMixin,
     check_state_dict,
     init_weights,
-    overlay_cfg,
+    overlay_cfg_strict,
     rename_keys,
     unwrap_state_dict,
 )
@@ -561,10 +561,7 @@ class BiFormer(StagedModelMixin, nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        cfg = overlay_cfg(cfg, kwargs)
-        if kwargs:
-            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; BiFormerCfg fields are '
-                            f'{sorted(BiFormerCfg.__dataclass_fields__)}')
+        cfg = overlay_cfg_strict(cfg, kwargs)
         self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         self.cfg = cfg
         dims = cfg.embed_dims

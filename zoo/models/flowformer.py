@@ -52,7 +52,14 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from zoo.layers import FlowAttention, PatchEmbedCl, PreNormBlockCl
 
-from ._helpers import StagedModelMixin, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import (
+    StagedModelMixin,
+    check_state_dict,
+    init_weights,
+    overlay_cfg_strict,
+    rename_keys,
+    unwrap_state_dict,
+)
 
 __all__ = ['FlowformerCfg', 'FlowformerStem', 'FlowformerDownsample', 'FlowformerStage', 'Flowformer']
 
@@ -234,10 +241,7 @@ class Flowformer(StagedModelMixin, nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        cfg = overlay_cfg(cfg, kwargs)
-        if kwargs:
-            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; FlowformerCfg fields are '
-                            f'{sorted(FlowformerCfg.__dataclass_fields__)}')
+        cfg = overlay_cfg_strict(cfg, kwargs)
         self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         if min(to_2tuple(img_size)) < 1:
             raise ValueError(f'img_size must be >= 1, got img_size={img_size}')

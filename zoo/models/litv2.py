@@ -60,7 +60,14 @@ from zoo.layers.hilo import HiLoAttentionCl, hilo_head_split
 from zoo.layers.mlp import ConvFfnCl
 from zoo.layers.stems import PatchEmbedCl
 
-from ._helpers import StagedModelMixin, check_state_dict, init_weights, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import (
+    StagedModelMixin,
+    check_state_dict,
+    init_weights,
+    overlay_cfg_strict,
+    rename_keys,
+    unwrap_state_dict,
+)
 
 # checkpoint_filter_fn stays out of __all__: zoo.models star-imports every family
 __all__ = ['LITv2Cfg', 'LITv2Stage', 'LITv2']
@@ -222,10 +229,7 @@ class LITv2(StagedModelMixin, nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        cfg = overlay_cfg(cfg, kwargs)
-        if kwargs:
-            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; LITv2Cfg fields are '
-                            f'{sorted(LITv2Cfg.__dataclass_fields__)}')
+        cfg = overlay_cfg_strict(cfg, kwargs)
         self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         self.cfg = cfg
         dims = cfg.dims

@@ -79,7 +79,7 @@ from zoo.layers.partition_attention import PartitionAttentionCl
 from ._helpers import (
     StagedModelMixin,
     check_state_dict,
-    overlay_cfg,
+    overlay_cfg_strict,
     unwrap_state_dict,
 )
 
@@ -349,10 +349,7 @@ class MaxVit(StagedModelMixin, nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        cfg = overlay_cfg(cfg, kwargs)
-        if kwargs:
-            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; MaxVitCfg fields are '
-                            f'{sorted(MaxVitCfg.__dataclass_fields__)}')
+        cfg = overlay_cfg_strict(cfg, kwargs)
         self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         window, grid = cfg.window, cfg.grid
         if img_size is not None:

@@ -70,7 +70,7 @@ from ._helpers import (
     StagedModelMixin,
     check_state_dict,
     init_weights,
-    overlay_cfg,
+    overlay_cfg_strict,
     rename_keys,
     unwrap_state_dict,
 )
@@ -261,10 +261,7 @@ class _NatBase(ClassifierMixin, nn.Module):
             drop_path_rate: float,
     ) -> NatCfg:
         """Overlay ``kwargs`` on ``cfg``, validate the arguments and store the config as ``self.cfg``."""
-        cfg = overlay_cfg(cfg, kwargs)
-        if kwargs:
-            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; NatCfg fields are '
-                            f'{sorted(NatCfg.__dataclass_fields__)}')
+        cfg = overlay_cfg_strict(cfg, kwargs)
         self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         if cfg.isotropic != self._isotropic:
             raise ValueError('cfg.isotropic must be True for NatIsotropic; use Nat' if self._isotropic else

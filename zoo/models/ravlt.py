@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import ConvDownsample2d, Cpe2d, PreNormBlock2d, RalaAttention2d, Rope2d
 
-from ._helpers import StagedModelMixin, check_state_dict, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import StagedModelMixin, check_state_dict, overlay_cfg_strict, rename_keys, unwrap_state_dict
 
 __all__ = ['RavltCfg', 'RavltFfn', 'RavltBlock', 'RavltStage', 'RAVLT']
 
@@ -289,10 +289,7 @@ class RAVLT(StagedModelMixin, nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        cfg = overlay_cfg(cfg, kwargs)
-        if kwargs:
-            raise TypeError(f'unexpected keyword arguments {sorted(kwargs)}; RavltCfg fields are '
-                            f'{sorted(RavltCfg.__dataclass_fields__)}')
+        cfg = overlay_cfg_strict(cfg, kwargs)
         self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
         self.cfg = cfg
         dims = cfg.embed_dims
