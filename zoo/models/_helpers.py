@@ -15,6 +15,7 @@ __all__ = [
     'feature_take_indices', 'overlay_cfg', 'overlay_cfg_strict',
     'init_weights', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
     'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
+    'loader_adapted_keys',
 ]
 
 CfgT = TypeVar('CfgT')
@@ -365,6 +366,17 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[Rule]) -
         out[new] = value
         source[new] = key
     return out
+
+
+def loader_adapted_keys(model: nn.Module, classifier: str = 'head.fc') -> List[str]:
+    """Regexes (for :func:`check_state_dict`'s ``exempt``) of the keys timm's loader adapts itself: the classifier
+    ``classifier`` (re-initialised when ``num_classes`` differs) and the weight of the cfg's ``first_conv``
+    (adapted when ``in_chans`` differs)."""
+    exempt = ['^' + re.escape(classifier) + r'\.']
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    if first_conv:
+        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
+    return exempt
 
 
 def check_state_dict(

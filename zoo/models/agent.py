@@ -48,7 +48,7 @@ from zoo.layers import AgentAttention, AgentSpatialReductionAttentionCl, agent_p
 from zoo.layers.agent_attention import resize_bias_axis
 
 from ._deit_like import DeitLike, DeitLikeCfg
-from ._helpers import check_state_dict, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import check_state_dict, loader_adapted_keys, overlay_cfg, rename_keys, unwrap_state_dict
 from ._pvt_like import PvtLike, PvtLikeCfg, pvt_like_rename_rules
 from ._swin_like import SwinLike, SwinLikeCfg, swin_like_rename_rules
 
@@ -169,14 +169,6 @@ class AgentDeit(DeitLike):
 _BUFFERS = re.compile(r'(relative_position_index|attn_mask)$')
 
 
-def _exempt(model: nn.Module, classifier: str) -> list:
-    exempt = ['^' + re.escape(classifier) + r'\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
-    return exempt
-
-
 _ROW_COL = re.compile(r'\.(ah|aw|ha|wa)_bias$')
 
 
@@ -200,7 +192,7 @@ def _filter_swin(state_dict: Dict[str, torch.Tensor], model: AgentSwin) -> Dict[
         return dict(state_dict)
     state_dict = {k: v for k, v in state_dict.items() if not _BUFFERS.search(k)}
     out = _resize_row_col_biases(rename_keys(state_dict, swin_like_rename_rules()), model)
-    check_state_dict(out, model, exempt=_exempt(model, 'head.fc'))
+    check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head.fc'))
     return out
 
 
@@ -214,7 +206,7 @@ def _filter_deit(state_dict: Dict[str, torch.Tensor], model: AgentDeit) -> Dict[
     weight = out.get('patch_embed.proj.weight')
     if weight is not None and weight.dim() < 4:  # timm's conversion of linear patch embeddings
         out['patch_embed.proj.weight'] = weight.reshape(model.patch_embed.proj.weight.shape)
-    check_state_dict(out, model, exempt=_exempt(model, 'head'))
+    check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head'))
     return out
 
 
@@ -222,7 +214,7 @@ def _filter_pvt(state_dict: Dict[str, torch.Tensor], model: AgentPvt) -> Dict[st
     if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
         return dict(state_dict)
     out = _resize_row_col_biases(rename_keys(state_dict, pvt_like_rename_rules()), model)
-    check_state_dict(out, model, exempt=_exempt(model, 'head.fc'))
+    check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head.fc'))
     return out
 
 

@@ -46,7 +46,6 @@ Notes:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Optional, Set, Tuple
@@ -76,6 +75,7 @@ from ._helpers import (
     StagedModelMixin,
     check_state_dict,
     init_weights,
+    loader_adapted_keys,
     overlay_cfg_strict,
     rename_keys,
     unwrap_state_dict,
@@ -673,11 +673,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         *_native_rules(layout),
     ]
     out = rename_keys(state_dict, rules)
-    exempt = [r'^head\.fc\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
-    check_state_dict(out, model, exempt=exempt)
+    check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 
 

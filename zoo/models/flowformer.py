@@ -56,6 +56,7 @@ from ._helpers import (
     StagedModelMixin,
     check_state_dict,
     init_weights,
+    loader_adapted_keys,
     overlay_cfg_strict,
     rename_keys,
     unwrap_state_dict,
@@ -307,11 +308,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         side = math.isqrt(n)
         if side * side == n and tuple(model.stem.pos_embed.shape) != tuple(pos.shape):
             out['stem.pos_embed'] = resize_pos_embed(pos, (side, side), model.stem.grid_size)
-    exempt = [r'^head\.fc\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
-    check_state_dict(out, model, exempt=exempt)
+    check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 
 

@@ -56,7 +56,7 @@ from zoo.layers import InLineAttention
 from zoo.layers.inline_attention import INLINE_KERNELS
 
 from ._deit_like import DeitLike, DeitLikeCfg
-from ._helpers import check_state_dict, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import check_state_dict, loader_adapted_keys, overlay_cfg, rename_keys, unwrap_state_dict
 from ._pvt_like import PvtLike, PvtLikeCfg, pvt_like_rename_rules
 from ._swin_like import SwinLike, SwinLikeCfg, swin_like_rename_rules
 
@@ -141,20 +141,12 @@ class InLineDeit(DeitLike):
 _BUFFERS = re.compile(r'(relative_position_index|attn_mask)$')
 
 
-def _exempt(model: nn.Module, classifier: str) -> list:
-    exempt = ['^' + re.escape(classifier) + r'\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
-    return exempt
-
-
 def _filter_staged(state_dict: Dict[str, torch.Tensor], model: nn.Module, rules) -> Dict[str, torch.Tensor]:
     if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
         return dict(state_dict)
     state_dict = {k: v for k, v in state_dict.items() if not _BUFFERS.search(k)}
     out = rename_keys(state_dict, rules)
-    check_state_dict(out, model, exempt=_exempt(model, 'head.fc'))
+    check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head.fc'))
     return out
 
 
@@ -165,7 +157,7 @@ def _filter_deit(state_dict: Dict[str, torch.Tensor], model: InLineDeit) -> Dict
         old = int(round((pos.shape[1] - 1) ** 0.5))
         out['pos_embed'] = resample_abs_pos_embed(
             pos, list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation='bicubic', antialias=False)
-    check_state_dict(out, model, exempt=_exempt(model, 'head'))
+    check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head'))
     return out
 
 

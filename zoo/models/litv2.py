@@ -44,7 +44,6 @@ Notes:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Set, Tuple
 
@@ -64,6 +63,7 @@ from ._helpers import (
     StagedModelMixin,
     check_state_dict,
     init_weights,
+    loader_adapted_keys,
     overlay_cfg_strict,
     rename_keys,
     unwrap_state_dict,
@@ -292,11 +292,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         (r'^head\.(weight|bias)$', r'head.fc.\1'),
     ]
     out = rename_keys(state_dict, rules)
-    exempt = [r'^head\.fc\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
-    check_state_dict(out, model, exempt=exempt)
+    check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 
 

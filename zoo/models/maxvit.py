@@ -79,6 +79,7 @@ from zoo.layers.partition_attention import PartitionAttentionCl
 from ._helpers import (
     StagedModelMixin,
     check_state_dict,
+    loader_adapted_keys,
     overlay_cfg_strict,
     unwrap_state_dict,
 )
@@ -445,11 +446,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
             elif value.dim() == 4 and ref.dim() == 2 and value.numel() == ref.numel():
                 value = value.reshape(ref.shape)
         out[key] = value
-    exempt = [r'^head\.fc\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + first_conv.replace('.', r'\.') + r'\.weight$')
-    check_state_dict(out, model, exempt=exempt)
+    check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 
 

@@ -45,7 +45,6 @@ Notes:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -70,6 +69,7 @@ from ._helpers import (
     StagedModelMixin,
     check_state_dict,
     init_weights,
+    loader_adapted_keys,
     overlay_cfg_strict,
     rename_keys,
     unwrap_state_dict,
@@ -385,11 +385,7 @@ def _convert_checkpoint(
     if any(k.startswith(('stages.', 'blocks.', 'head.fc.')) for k in state_dict):
         return rename_keys(state_dict, _LAYER_SCALE_RULES)
     out = rename_keys(state_dict, [*rules, (r'^head\.(weight|bias)$', r'head.fc.\1'), *_LAYER_SCALE_RULES])
-    exempt = [r'^head\.fc\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
-    check_state_dict(out, model, exempt=exempt)
+    check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 
 

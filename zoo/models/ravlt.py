@@ -55,7 +55,14 @@ from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import ConvDownsample2d, Cpe2d, PreNormBlock2d, RalaAttention2d, Rope2d
 
-from ._helpers import StagedModelMixin, check_state_dict, overlay_cfg_strict, rename_keys, unwrap_state_dict
+from ._helpers import (
+    StagedModelMixin,
+    check_state_dict,
+    loader_adapted_keys,
+    overlay_cfg_strict,
+    rename_keys,
+    unwrap_state_dict,
+)
 
 __all__ = ['RavltCfg', 'RavltFfn', 'RavltBlock', 'RavltStage', 'RAVLT']
 
@@ -407,11 +414,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         if re.search(r'\.ls[12]\.gamma$', k) or k == 'head.fc.weight':
             v = v.flatten(1) if k == 'head.fc.weight' else v.flatten()
         out[k] = v
-    exempt = [r'^head\.fc\.']
-    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    if first_conv:
-        exempt.append('^' + re.escape(first_conv) + r'\.weight$')
-    check_state_dict(out, model, exempt=exempt)
+    check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 
 
