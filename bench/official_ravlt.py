@@ -1,9 +1,7 @@
 """The official RAVLT (qhfan/RALA ``classfication/RALA.py``) as a ``bench.models`` peer: ``official:ravlt/<name>``.
 
 Needs a checkout at ``$ZOO_OFFICIAL_ROOT/RALA`` (``git clone https://github.com/qhfan/RALA``). ``RALA.py`` imports
-``einops`` (``rearrange``) and ``fvcore``; without einops installed, a small ``rearrange`` for the two reshape
-patterns the file uses stands in (as in ``tests/fixtures/make_ravlt_fixtures.py``; a reshape + permute, which is what
-einops runs for them).
+``einops`` and ``fvcore`` (``pip install einops``).
 
     python -m bench.models --official-root /path/to/checkouts --models ravlt_small \
         --peers swin_tiny_patch4_window7_224 official:ravlt/ravlt_small
@@ -11,9 +9,7 @@ einops runs for them).
 from __future__ import annotations
 
 import sys
-import types
 
-import torch
 import torch.nn as nn
 
 from .official import official_root
@@ -34,41 +30,6 @@ NAMES = tuple(CONFIGS)
 _CACHE = {}
 
 
-def _parse(side: str):
-    groups, cur = [], None
-    for tok in side.replace('(', ' ( ').replace(')', ' ) ').split():
-        if tok == '(':
-            cur = []
-        elif tok == ')':
-            groups.append(cur)
-            cur = None
-        elif cur is not None:
-            cur.append(tok)
-        else:
-            groups.append([tok])
-    return groups
-
-
-def _rearrange(x: torch.Tensor, pattern: str, **sizes) -> torch.Tensor:
-    left, right = (_parse(s) for s in pattern.split('->'))
-    sizes = dict(sizes)
-    for group, n in zip(left, x.shape):
-        known = 1
-        for a in group:
-            known *= sizes.get(a, 1)
-        for a in group:
-            if a not in sizes:
-                sizes[a] = n // known
-    atoms = [a for g in left for a in g]
-    x = x.reshape([sizes[a] for a in atoms]).permute([atoms.index(a) for g in right for a in g])
-    shape = []
-    for group in right:
-        n = 1
-        for a in group:
-            n *= sizes[a]
-        shape.append(n)
-    return x.reshape(shape)
-
 
 def _official_module():
     if 'RALA' in _CACHE:
@@ -76,15 +37,6 @@ def _official_module():
     folder = official_root() / 'RALA' / 'classfication'
     if not (folder / 'RALA.py').is_file():
         raise ValueError(f'no official RALA checkout at {folder.parent} (classfication/RALA.py)')
-    try:
-        import einops  # noqa: F401
-    except ImportError:
-        einops = types.ModuleType('einops')
-        einops.rearrange = _rearrange
-        layers_torch = types.ModuleType('einops.layers.torch')
-        layers_torch.Rearrange = None
-        sys.modules.update({'einops': einops, 'einops.layers': types.ModuleType('einops.layers'),
-                            'einops.layers.torch': layers_torch})
     sys.path.insert(0, str(folder))
     try:
         import RALA
