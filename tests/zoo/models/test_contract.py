@@ -25,7 +25,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import get_channel_dim, get_spatial_dim
 from timm.models import FeatureInfo, group_parameters
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
@@ -51,10 +50,8 @@ DENSE_SIZES = {'512x704': ((512, 704), 8), '200x136': ((200, 136), 4)}
 TINY_MAX_PARAMS = 1_000_000
 
 # Known gaps of the families added in session 4 (issue 10 stays open for them): their layers are not yet FX
-# leaves / scriptable, and the class-token DeiT backbones return timm's NLC tokens where these checks expect maps.
-# xfail (not skip): the check still runs, and the report lists each one.
+# leaves / scriptable. xfail (not skip): the check still runs, and the report lists each one.
 _FX_TS_GAP = ('agent_', 'inline_', 'litv2', 'ravlt', 'flowformer')
-_NLC_GAP = ('agent_deit', 'inline_deit')
 
 
 def _gap(names, prefixes, reason):
@@ -63,8 +60,6 @@ def _gap(names, prefixes, reason):
 
 
 FX_TS_TINY = _gap(TINY, _FX_TS_GAP, 'layers of this family are not FX leaves / scriptable yet')
-NLC_TINY = _gap(TINY, _NLC_GAP, 'class-token ViT: forward_features returns NLC tokens, the check expects a map')
-NLC_FULL = _gap(FULL, _NLC_GAP, 'class-token ViT: forward_features returns NLC tokens, the check expects a map')
 META_DTYPE = torch.bfloat16
 
 
@@ -88,11 +83,17 @@ def _image(name: str, batch: int = 2, size=None, device='cpu', dtype=torch.float
     return torch.randn(batch, 3, *size, device=device, dtype=dtype)
 
 
-def _layout(model: torch.nn.Module, feats: torch.Tensor):
-    """(channels, (H, W)) of ``forward_features`` output, laid out as ``model.output_fmt``."""
+def _as_map(model: torch.nn.Module, feats: torch.Tensor, grid) -> torch.Tensor:
+    """``forward_features`` output (laid out as ``model.output_fmt``) as an NCHW map. NLC tokens (timm's ViT layout:
+    ``num_prefix_tokens`` class tokens, then the patch tokens row-major) must be exactly the prefix plus a ``grid``
+    of patch tokens; maps are only permuted (``grid`` unused)."""
     fmt = getattr(model, 'output_fmt', 'NCHW')
-    h, w = get_spatial_dim(fmt)
-    return feats.shape[get_channel_dim(fmt)], (feats.shape[h], feats.shape[w])
+    if fmt == 'NLC':
+        prefix = model.num_prefix_tokens
+        assert feats.shape[1] == prefix + math.prod(grid), (tuple(feats.shape), prefix, tuple(grid))
+        return feats[:, prefix:].transpose(1, 2).reshape(feats.shape[0], feats.shape[2], *grid)
+    assert fmt in ('NCHW', 'NHWC'), fmt
+    return feats.permute(0, 3, 1, 2) if fmt == 'NHWC' else feats
 
 
 def _check_reduced(size, reduction: int, out_size) -> None:
@@ -189,7 +190,7 @@ def test_reset_classifier_keeps_device_dtype_and_frozen(name):
     assert not [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize('name', NLC_FULL)
+@pytest.mark.parametrize('name', FULL)
 def test_full_variant_on_meta(name):
     cfg = _cfg(name)
     model = _meta_model(name)
@@ -201,10 +202,10 @@ def test_full_variant_on_meta(name):
     size = cfg['input_size'][1:] if cfg.get('fixed_input_size') else DENSE_SIZES['200x136'][0]
     x = _image(name, size=size, device='meta', dtype=META_DTYPE)
     final, inter = model.forward_intermediates(x)
-    chans, spatial = _layout(model, final)
-    assert chans == model.num_features
-    _check_reduced(size, reduction, spatial)
     _check_intermediates(model, x, inter)
+    final_map = _as_map(model, final, inter[-1].shape[2:])
+    assert final_map.shape[1] == model.num_features
+    _check_reduced(size, reduction, final_map.shape[2:])
     pre = model.forward_head(final, pre_logits=True)
     logits = model.forward_head(final)
     assert pre.shape == (2, model.head_hidden_size) and logits.shape == (2, model.num_classes)
@@ -276,14 +277,14 @@ def test_tiny_dtypes(name):
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('name', NLC_TINY)
+@pytest.mark.parametrize('name', TINY)
 def test_tiny_classifier(name):
     model = timm.create_model(name).eval()
     x = _image(name)
     with torch.no_grad():
         feats = model.forward_features(x)
-        chans, spatial = _layout(model, feats)
-        assert chans == model.num_features and spatial == tuple(_cfg(name)['pool_size'])
+        pool_size = _cfg(name)['pool_size']
+        assert _as_map(model, feats, pool_size).shape[1:] == (model.num_features, *pool_size)
         pre = model.forward_head(feats, pre_logits=True)
         assert pre.shape == (2, model.head_hidden_size)
         logits = model(x)
@@ -308,7 +309,7 @@ def test_tiny_classifier(name):
         assert one.in_chans == 1 and one(x[:, :1]).shape == logits.shape
 
 
-@pytest.mark.parametrize('name', NLC_TINY)
+@pytest.mark.parametrize('name', TINY)
 def test_tiny_forward_intermediates(name):
     model = timm.create_model(name).eval()
     x = _image(name)
@@ -321,14 +322,16 @@ def test_tiny_forward_intermediates(name):
             torch.testing.assert_close(a, b)
         # the normed last intermediate is the final feature map
         nhwc = model.forward_intermediates(x, indices=1, norm=True, output_fmt='NHWC', intermediates_only=True)
-        final_nhwc = final.permute(0, 2, 3, 1) if getattr(model, 'output_fmt', 'NCHW') == 'NCHW' else final
+        final_nhwc = _as_map(model, final, inter[-1].shape[2:]).permute(0, 2, 3, 1)
         assert len(nhwc) == 1
         torch.testing.assert_close(nhwc[0], final_nhwc)
         early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
         for a, b in zip(early, inter[:2]):
             torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match='output_fmt'):
-        model.forward_intermediates(x, output_fmt='NLC')
+    # maps of a hierarchical model have no token layout; no model has a channels-second token layout
+    for bad in ('NCL',) if getattr(model, 'output_fmt', 'NCHW') == 'NLC' else ('NLC', 'NCL'):
+        with pytest.raises(ValueError, match='output_fmt'):
+            model.forward_intermediates(x, output_fmt=bad)
 
 
 @pytest.mark.parametrize('name', TINY)
@@ -377,7 +380,7 @@ def test_tiny_features_only(name, which):
         assert [f.shape[1] for f in picked(x)] == picked.feature_info.channels()
 
 
-@pytest.mark.parametrize('name', NLC_TINY)
+@pytest.mark.parametrize('name', TINY)
 def test_tiny_prune_intermediate_layers(name):
     model = timm.create_model(name).eval()
     last = len(model.feature_info) - 1
@@ -404,9 +407,7 @@ def test_tiny_prune_intermediate_layers(name):
             pruned = copy.deepcopy(model)
             take = pruned.prune_intermediate_layers([i], prune_norm=True)
             if i < last:
-                feats = pruned.forward_features(x)
-                if getattr(pruned, 'output_fmt', 'NCHW') == 'NHWC':
-                    feats = feats.permute(0, 3, 1, 2)
+                feats = _as_map(pruned, pruned.forward_features(x), taps[i].shape[2:])
                 torch.testing.assert_close(feats, taps[i])
         pruned.train()
         selected = pruned.forward_intermediates(x, indices=take, intermediates_only=True)
