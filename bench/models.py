@@ -105,12 +105,12 @@ def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference
 
 def measure(names: List[str], batch: int, img_size: int, device: str, repeats: int, budget_s: float,
             memory: bool, mode: str = 'inference', drop_path: float = 0.1,
-            stat: str = 'median') -> Dict[str, Dict[str, Optional[float]]]:
+            stat: str = 'median', warmup: int = 2) -> Dict[str, Dict[str, Optional[float]]]:
     """Images/s and peak memory (bytes) of one ``mode`` step of each model at ``batch``, timed round-robin."""
     models = {n: _build(n, device, img_size, mode, drop_path) for n in names}
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     steps = {n: _step_fn(m, x, mode) for n, m in models.items()}
-    times = time_fns(steps, device, warmup=2, repeats=repeats, budget_s=budget_s, stat=stat)
+    times = time_fns(steps, device, warmup=warmup, repeats=repeats, budget_s=budget_s, stat=stat)
     out = {}
     for name, model in models.items():
         if not memory:
