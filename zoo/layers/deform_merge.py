@@ -25,8 +25,10 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import to_2tuple
+from timm.layers import register_notrace_module, to_2tuple
 from torchvision.ops import deform_conv2d
+
+from ._checks import shape_str
 
 __all__ = ['DeformConv2dPack', 'DeformTokenMergeCl', 'deform_conv2d_sampled']
 
@@ -61,14 +63,14 @@ def deform_conv2d_sampled(
     """
     B, C, H, W = x.shape
     c_out, _, kh, kw = weight.shape
-    Ho, Wo = offset.shape[-2:]
+    Ho, Wo = offset.shape[2], offset.shape[3]
     K = kh * kw
     off = offset.view(B, K, 2, Ho, Wo)
-    kwargs = {'device': x.device, 'dtype': x.dtype}
-    ky = (torch.arange(kh, **kwargs) * dilation[0]).repeat_interleave(kw).view(1, K, 1, 1)
-    kx = (torch.arange(kw, **kwargs) * dilation[1]).repeat(kh).view(1, K, 1, 1)
-    py = torch.arange(Ho, **kwargs).view(1, 1, Ho, 1) * stride[0] - padding[0] + ky + off[:, :, 0]
-    px = torch.arange(Wo, **kwargs).view(1, 1, 1, Wo) * stride[1] - padding[1] + kx + off[:, :, 1]
+    device, dtype = x.device, x.dtype
+    ky = (torch.arange(kh, device=device, dtype=dtype) * dilation[0]).repeat_interleave(kw).view(1, K, 1, 1)
+    kx = (torch.arange(kw, device=device, dtype=dtype) * dilation[1]).repeat(kh).view(1, K, 1, 1)
+    py = torch.arange(Ho, device=device, dtype=dtype).view(1, 1, Ho, 1) * stride[0] - padding[0] + ky + off[:, :, 0]
+    px = torch.arange(Wo, device=device, dtype=dtype).view(1, 1, 1, Wo) * stride[1] - padding[1] + kx + off[:, :, 1]
     # pixel p -> normalised (2p + 1) / size - 1 (align_corners=False: exact for maps of one row or column too)
     grid = torch.stack(((2 * px + 1) / W - 1, (2 * py + 1) / H - 1), dim=-1).view(B, K * Ho, Wo, 2)
     cols = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)  # [B, C, K*Ho, Wo]
@@ -76,7 +78,6 @@ def deform_conv2d_sampled(
     if bias is not None:
         out = out + bias.view(1, c_out, 1)
     return out.view(B, c_out, Ho, Wo)
-
 
 
 class DeformConv2dPack(nn.Module):
@@ -147,11 +148,11 @@ class DeformConv2dPack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_channels, H, W]`` -> ``[B, out_channels, H', W']`` (conv output size)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'x must have shape [B, {self.in_channels}, H, W], got {tuple(x.shape)}')
+            raise ValueError(f'x must have shape [B, {self.in_channels}, H, W], got {shape_str(x)}')
         offset = self.conv_offset(x)
         weight, bias = self.weight, self.bias
         dtype = x.dtype
-        if dtype in (torch.float16, torch.bfloat16):
+        if dtype == torch.float16 or dtype == torch.bfloat16:
             # in float32, as the official op under apex's ``amp.float_function`` (torchvision's CPU kernel has no
             # 16-bit path either)
             x, offset, weight = x.float(), offset.float(), weight.float()
@@ -175,6 +176,7 @@ def _pair(value, name: str, minimum: int) -> Tuple[int, int]:
     return pair
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class DeformTokenMergeCl(nn.Module):
     """LITv2's deformable token merging: deformable conv 2x2 / stride 2 -> BatchNorm2d -> GELU, channels-last."""
 
@@ -212,7 +214,7 @@ class DeformTokenMergeCl(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, max(H, 2) // 2, max(W, 2) // 2, out_dim]``."""
         if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
+            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {shape_str(x)}')
         x = x.permute(0, 3, 1, 2)
         pad_b, pad_r = max(0, 2 - x.shape[2]), max(0, 2 - x.shape[3])
         if pad_b or pad_r:

@@ -14,7 +14,11 @@ Per head, with ``phi = sigmoid`` on q (``N`` sinks) and k (``M`` sources) and ``
 The sums over tokens are computed with matrix products (``q @ s`` instead of ``sum(q * s[:, None])``), the same
 values up to rounding. For 16-bit inputs (autocast or not) everything between ``qkv`` and ``proj`` runs in float32:
 the token sums reach ``N / 2`` per channel (32 768 at 1024 x 1024 px, stride 4), and the incoming flow ``1 / (N d)``
-is below float16's normal range.
+is below float16's normal range. Scripted, the core runs in float64 instead for 16-bit inputs: TorchScript ignores
+``autocast(enabled=False)``, and autocast never downcasts float64.
+
+Under ``torch.fx``, :class:`FlowAttention` is a leaf (timm's ``register_notrace_module``): its input check and
+layout handling branch on shapes.
 """
 from __future__ import annotations
 
@@ -22,17 +26,20 @@ import contextlib
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
-from ._checks import check_num_heads
+from ._checks import check_num_heads, shape_str
 
 __all__ = ['flow_attention_core', 'FlowAttention']
 
 
+@torch.jit.unused
 def _autocast_off(device: torch.device):
     """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
     if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
 
 _EPS = 1e-6
 
@@ -48,6 +55,27 @@ def _weighted_sum(w: torch.Tensor, x: torch.Tensor, fused: bool) -> torch.Tensor
     return w.transpose(-1, -2) @ x if fused else (x * w).sum(dim=2, keepdim=True)
 
 
+def _flow(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool, eps: float = _EPS) -> torch.Tensor:
+    """The flow-attention math on ``[B, heads, L, d]`` q, k, v in their (common) dtype."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    q, k = torch.sigmoid(q), torch.sigmoid(k)
+    q_eps, k_eps = q + eps, k + eps
+    # _dot(a, row) is the official my_sum "nhld,nhd->nhl", kept as [B, h, L, 1]
+    sink_incoming = 1.0 / (_dot(q_eps, k.sum(dim=2, keepdim=True) + eps, fused) + eps)
+    source_outgoing = 1.0 / (_dot(k_eps, q.sum(dim=2, keepdim=True) + eps, fused) + eps)
+    conserved_sink = _dot(q_eps, _weighted_sum(source_outgoing, k, fused) + eps, fused) + eps
+    conserved_source = _dot(k_eps, _weighted_sum(sink_incoming, q, fused) + eps, fused) + eps
+    conserved_source = torch.clamp(conserved_source, min=-1.0, max=1.0)
+    sink_allocation = torch.sigmoid(conserved_sink * (float(n_q) / float(n_k)))
+    source_competition = torch.softmax(conserved_source, dim=-2) * float(n_k)
+    kv = k.transpose(-1, -2) @ (v * source_competition)
+    return (q @ kv) * (sink_incoming * sink_allocation)
+
+
+def _is_16bit(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float16 or x.dtype == torch.bfloat16
+
+
 def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """Flow attention of ``[B, heads, N, d]`` q and ``[B, heads, M, d]`` k, v (before the sigmoid feature map).
 
@@ -59,28 +87,21 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused
             products and sums (what fvcore counts: it does not count those).
 
     Returns:
-        ``[B, heads, N, d]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
+        ``[B, heads, N, d]`` in the dtype of ``q``; 16-bit inputs are computed in float32 (with autocast switched
+        off). Scripted (TorchScript ignores ``autocast(enabled=False)``), 16-bit inputs are computed in float64,
+        which autocast never downcasts.
     """
     out_dtype = q.dtype
-    dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    n_q, n_k = q.shape[-2], k.shape[-2]
+    if torch.jit.is_scripting():
+        dtype = torch.float64 if _is_16bit(q) else q.dtype
+        return _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused).to(out_dtype)
+    dtype = torch.float32 if _is_16bit(q) else q.dtype
     with _autocast_off(q.device):
-        q, k = torch.sigmoid(q), torch.sigmoid(k)
-        q_eps, k_eps = q + _EPS, k + _EPS
-        # _dot(a, row) is the official my_sum "nhld,nhd->nhl", kept as [B, h, L, 1]
-        sink_incoming = 1.0 / (_dot(q_eps, k.sum(dim=2, keepdim=True) + _EPS, fused) + _EPS)
-        source_outgoing = 1.0 / (_dot(k_eps, q.sum(dim=2, keepdim=True) + _EPS, fused) + _EPS)
-        conserved_sink = _dot(q_eps, _weighted_sum(source_outgoing, k, fused) + _EPS, fused) + _EPS
-        conserved_source = _dot(k_eps, _weighted_sum(sink_incoming, q, fused) + _EPS, fused) + _EPS
-        conserved_source = torch.clamp(conserved_source, min=-1.0, max=1.0)
-        sink_allocation = torch.sigmoid(conserved_sink * (float(n_q) / float(n_k)))
-        source_competition = torch.softmax(conserved_source, dim=-2) * float(n_k)
-        kv = k.transpose(-1, -2) @ (v * source_competition)
-        out = (q @ kv) * (sink_incoming * sink_allocation)
+        out = _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused)
     return out.to(out_dtype)
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, layouts): an FX leaf
 class FlowAttention(nn.Module):
     """Multi-head flow attention over channels-last tokens (``[B, N, C]`` or ``[B, H, W, C]``)."""
 
@@ -121,8 +142,8 @@ class FlowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, dim]`` or ``[B, H, W, dim]`` tokens -> the same shape (all tokens attend to all)."""
-        if x.dim() not in (3, 4) or x.shape[-1] != self.dim:
-            raise ValueError(f'x must have shape [B, N, {self.dim}] or [B, H, W, {self.dim}], got {tuple(x.shape)}')
+        if (x.dim() != 3 and x.dim() != 4) or x.shape[-1] != self.dim:
+            raise ValueError(f'x must have shape [B, N, {self.dim}] or [B, H, W, {self.dim}], got {shape_str(x)}')
         shape = x.shape
         B, C = shape[0], shape[-1]
         x = x.reshape(B, -1, C)

@@ -30,12 +30,12 @@ the matmuls are counted as the official code's).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import use_fused_attn
+from timm.layers import register_notrace_module, use_fused_attn
 
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
 
@@ -63,6 +63,7 @@ def hilo_head_split(num_heads: int, alpha: float, window_size: int) -> tuple:
     return l_heads, num_heads - l_heads
 
 
+@register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class HiLoAttentionCl(nn.Module):
     """HiLo attention on a channels-last map ``[B, H, W, C]`` of any size (see the module docstring)."""
 
@@ -148,12 +149,12 @@ class HiLoAttentionCl(nn.Module):
         out = out.view(B, nh, nw, self.h_heads, s, s, self.head_dim).permute(0, 1, 4, 2, 5, 3, 6)
         return out.reshape(B, Hp, Wp, self.h_dim)
 
-    def lofi(self, x: torch.Tensor, size: tuple) -> torch.Tensor:
+    def lofi(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """Global attention of the Lo-Fi heads to pooled keys: ``[B, Hp, Wp, C]`` -> ``[B, H, W, l_dim]`` before
         ``l_proj`` (queries of the real ``H x W`` tokens only)."""
         H, W = size
         B, Hp, Wp, C = x.shape
-        xq = x if (Hp, Wp) == (H, W) else x[:, :H, :W]
+        xq = x if Hp == H and Wp == W else x[:, :H, :W]
         q = self.l_q(xq).view(B, H * W, self.l_heads, self.head_dim).transpose(1, 2)
         if self.ws > 1:
             pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws).flatten(2).transpose(1, 2)  # [B, n, C]
@@ -170,13 +171,14 @@ class HiLoAttentionCl(nn.Module):
         s = self.ws
         pad_b, pad_r = -H % s, -W % s
         xp = F.pad(x, (0, 0, 0, pad_r, 0, pad_b)) if pad_b or pad_r else x
-        outs = []
-        if self.h_heads > 0:
+        outs: List[torch.Tensor] = []
+        # hasattr, not the head counts: TorchScript compiles only the branch of the projections that exist
+        if hasattr(self, 'h_qkv'):
             hi = self.hifi(xp)
             if pad_b or pad_r:
                 hi = hi[:, :H, :W]
             outs.append(self.h_proj(hi))
-        if self.l_heads > 0:
+        if hasattr(self, 'l_q'):
             outs.append(self.l_proj(self.lofi(xp, (H, W))))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return self.proj_drop(out)

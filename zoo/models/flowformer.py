@@ -103,12 +103,22 @@ class FlowformerCfg:
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], new_grid: Tuple[int, int]) -> torch.Tensor:
     """``[1, Gh*Gw, C]`` absolute position embedding resized bicubically to ``new_grid`` (computed in float32)."""
-    if tuple(grid) == tuple(new_grid):
+    if grid[0] == new_grid[0] and grid[1] == new_grid[1]:
         return pos_embed
     C = pos_embed.shape[-1]
     x = pos_embed.reshape(1, grid[0], grid[1], C).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=tuple(new_grid), mode='bicubic', align_corners=False)
+    x = F.interpolate(x, size=[new_grid[0], new_grid[1]], mode='bicubic', align_corners=False)
     return x.permute(0, 2, 3, 1).reshape(1, -1, C).to(pos_embed.dtype)
+
+
+def _pad_to_patch(x: torch.Tensor, patch_size: Tuple[int, int]) -> torch.Tensor:
+    """NCHW ``x`` zero-padded on the right/bottom to multiples of the patch (``PatchEmbedCl``'s padding: the
+    subclasses below do not call ``super().forward``, which TorchScript cannot compile)."""
+    pad_b = -x.shape[-2] % patch_size[0]
+    pad_r = -x.shape[-1] % patch_size[1]
+    if pad_b or pad_r:
+        x = F.pad(x, (0, pad_r, 0, pad_b))
+    return x
 
 
 class FlowformerStem(PatchEmbedCl):
@@ -140,7 +150,8 @@ class FlowformerStem(PatchEmbedCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, ceil(H/p), ceil(W/p), embed_dim]``."""
-        x = super().forward(x).contiguous()  # channels-last memory: LayerNorm and the Linears read rows
+        # contiguous channels-last memory: LayerNorm and the Linears read rows
+        x = self.proj(_pad_to_patch(x, self.patch_size)).permute(0, 2, 3, 1).contiguous()
         B, H, W, C = x.shape
         pos = resize_pos_embed(self.pos_embed, self.grid_size, (H, W))
         return x + pos.reshape(1, H, W, C)
@@ -154,7 +165,8 @@ class FlowformerDownsample(PatchEmbedCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, ceil(H/2), ceil(W/2), out_dim]``."""
-        return super().forward(x.permute(0, 3, 1, 2)).contiguous()
+        x = self.proj(_pad_to_patch(x.permute(0, 3, 1, 2), self.patch_size))
+        return x.permute(0, 2, 3, 1).contiguous()
 
 
 class FlowformerStage(nn.Module):

@@ -94,16 +94,20 @@ def test_planted_deviations_are_detected(mutation):
     assert max(errors) > 1e-3
 
 
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+@pytest.mark.parametrize('scripted', [False, True])
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_16bit_autocast_at_1024px_stage1_tokens(dtype):
-    """65,536 tokens (256x256: a 1024x1024-px input at stride 4), 12 heads: no overflow, close to float64."""
+def test_16bit_autocast_at_1024px_stage1_tokens(dtype, scripted):
+    """65,536 tokens (256x256: a 1024x1024-px input at stride 4), 12 heads: no overflow, close to float64; also
+    scripted (TorchScript ignores ``autocast(enabled=False)``: the scripted core computes in float64)."""
     mod = _layer(24, 12, dtype=torch.float32, seed=2)
     x = torch.randn(1, 256, 256, 24)
     with torch.no_grad():
         ref = _official(mod.double(), x.double().reshape(1, -1, 24)).reshape(x.shape)
         mod.float()
+        run = torch.jit.script(mod) if scripted else mod
         with torch.autocast('cpu', dtype=dtype):
-            out = mod(x)
+            out = run(x)
         assert out.dtype == dtype and torch.isfinite(out).all()
         assert _rel(out, ref) < (2e-2 if dtype == torch.bfloat16 else 5e-3)
 
