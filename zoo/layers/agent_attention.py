@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn
 from torch._subclasses.fake_tensor import is_fake
 
-from ._checks import check_num_heads, check_qk_scale
+from ._checks import check_num_heads, check_qk_scale, shape_str
 from .spatial_reduction import SpatialReductionAttentionCl
 
 __all__ = [
@@ -74,9 +74,8 @@ def resize_bias_axis(bias: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     if bias.shape[dim] == length:
         return bias
     moved = bias.movedim(dim, -1)
-    shape = moved.shape
-    out = F.interpolate(moved.reshape(1, -1, shape[-1]), size=length, mode='linear', align_corners=False)
-    return out.reshape(*shape[:-1], length).movedim(-1, dim)
+    out = F.interpolate(moved.reshape(1, -1, moved.shape[-1]), size=[length], mode='linear', align_corners=False)
+    return out.reshape(list(moved.shape[:-1]) + [length]).movedim(-1, dim)
 
 
 def _adaptive_pool_matrix(size: Tuple[int, int], p: int, device, dtype) -> torch.Tensor:
@@ -137,9 +136,9 @@ def agent_attention(
         return F.scaled_dot_product_attention(q, agents, agent_v, attn_mask=agent_bias, dropout_p=dropout_p,
                                               scale=scale)
     attn = ((agents * scale) @ k.transpose(-2, -1) + position_bias).softmax(dim=-1)
-    agent_v = F.dropout(attn, dropout_p) @ v if dropout_p else attn @ v
+    agent_v = F.dropout(attn, dropout_p) @ v if dropout_p > 0. else attn @ v
     attn = ((q * scale) @ agents.transpose(-2, -1) + agent_bias).softmax(dim=-1)
-    return (F.dropout(attn, dropout_p) if dropout_p else attn) @ agent_v
+    return (F.dropout(attn, dropout_p) if dropout_p > 0. else attn) @ agent_v
 
 
 class _AgentBiases(nn.Module):
@@ -186,7 +185,15 @@ class _AgentBiases(nn.Module):
 
     def cached_agent_biases(self, size: Tuple[int, int], kv_size: Tuple[int, int],
                             dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`agent_biases` in ``dtype``, contiguous; cached while no gradient is recorded."""
+        """:meth:`agent_biases` in ``dtype``, contiguous; cached while no gradient is recorded (eager only)."""
+        if torch.jit.is_scripting():  # no cache in TorchScript: the biases are made per call
+            pos, agent = self.agent_biases(size, kv_size)
+            return pos.to(dtype), agent.to(dtype).contiguous()
+        return self._cached_agent_biases(size, kv_size, dtype)
+
+    @torch.jit.unused
+    def _cached_agent_biases(self, size: Tuple[int, int], kv_size: Tuple[int, int],
+                             dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         params = [getattr(self, n) for n in self._bias_names]
         if (torch.is_grad_enabled() and any(p.requires_grad for p in params) or not _cacheable(params[0])
                 or not self.fused_attn or torch.jit.is_tracing()):
@@ -207,16 +214,18 @@ class _AgentBiases(nn.Module):
     def agent_biases(self, size: Tuple[int, int], kv_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """``position_bias [1, h, n, P + Hk * Wk]`` and ``agent_bias [1, h, P + H * W, n]`` for an ``size`` query
         map and a ``kv_size`` key map."""
-        h, n = self.an_bias.shape[:2]
-        pos = F.interpolate(self.an_bias, size=kv_size, mode='bilinear').reshape(1, h, n, -1)
+        h, n = self.an_bias.shape[0], self.an_bias.shape[1]
+        pos = F.interpolate(self.an_bias, size=[kv_size[0], kv_size[1]], mode='bilinear').reshape(1, h, n, -1)
         row_col = resize_bias_axis(self.ah_bias, kv_size[0], 3) + resize_bias_axis(self.aw_bias, kv_size[1], 4)
         pos = pos + row_col.reshape(1, h, n, -1)
-        agent = F.interpolate(self.na_bias, size=size, mode='bilinear').reshape(1, h, n, -1).transpose(-2, -1)
+        agent = F.interpolate(self.na_bias, size=[size[0], size[1]], mode='bilinear')
+        agent = agent.reshape(1, h, n, -1).transpose(-2, -1)
         row_col = resize_bias_axis(self.ha_bias, size[0], 2) + resize_bias_axis(self.wa_bias, size[1], 3)
         agent = agent + row_col.reshape(1, h, -1, n)
-        if self.num_prefix_tokens:
-            pos = torch.cat([self.ac_bias, pos], dim=-1)
-            agent = torch.cat([self.ca_bias, agent], dim=-2)
+        if self.ac_bias is not None:  # class-token biases (None without prefix tokens)
+            if self.ca_bias is not None:
+                pos = torch.cat([self.ac_bias, pos], dim=-1)
+                agent = torch.cat([self.ca_bias, agent], dim=-2)
         return pos, agent
 
     def pool_agents(self, q_map: torch.Tensor) -> torch.Tensor:
@@ -225,18 +234,32 @@ class _AgentBiases(nn.Module):
         The fused path pools with a matmul by the (cached) bin-averaging matrix, the same numbers as the official
         ``AdaptiveAvgPool2d`` (which the explicit path runs, so that fvcore counts it as on the official code).
         """
-        B, H, W, C = q_map.shape
-        if self.fused_attn and _cacheable(q_map):
-            key = (H, W, q_map.device, q_map.dtype)
-            mat = self._pool_cache.get(key)
-            if mat is None:
-                mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
-                if len(self._pool_cache) > 8:
-                    self._pool_cache.clear()
-                self._pool_cache[key] = mat
-            return torch.matmul(mat, q_map.reshape(B, H * W, C))
+        if torch.jit.is_scripting():  # no cache in TorchScript
+            return self._pool_explicit(q_map)
+        return self._pool_cached(q_map)
+
+    def _pool_explicit(self, q_map: torch.Tensor) -> torch.Tensor:
+        B, C = q_map.shape[0], q_map.shape[3]
         pooled = F.adaptive_avg_pool2d(q_map.permute(0, 3, 1, 2), self.pool_size)
         return pooled.reshape(B, C, -1).transpose(1, 2)
+
+    @torch.jit.unused
+    def _pool_cached(self, q_map: torch.Tensor) -> torch.Tensor:
+        if not (self.fused_attn and _cacheable(q_map)):
+            return self._pool_explicit(q_map)
+        B, H, W, C = q_map.shape
+        key = (H, W, q_map.device, q_map.dtype)
+        mat = self._pool_cache.get(key)
+        if mat is None:
+            mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
+            if len(self._pool_cache) > 8:
+                self._pool_cache.clear()
+            self._pool_cache[key] = mat
+        return torch.matmul(mat, q_map.reshape(B, H * W, C))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        """``[B, L, C]`` or ``[B, H, W, C]`` -> ``[B, h, L, d]``."""
+        return t.reshape(t.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
 
     def dwc_cl(self, v_map: torch.Tensor) -> torch.Tensor:
         """Depthwise 3x3 conv of a ``[B, H, W, C]`` map, channels-last out."""
@@ -307,10 +330,6 @@ class AgentAttention(_AgentBiases):
         self.proj_drop = nn.Dropout(proj_drop)
         self._init_agent(dim, num_heads, agent_num, resolution, resolution, num_prefix_tokens, bias_size, dd)
 
-    def _split(self, t: torch.Tensor) -> torch.Tensor:
-        """``[B, L, C]`` -> ``[B, h, L, d]``."""
-        return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """Agent attention over a map.
 
@@ -325,18 +344,19 @@ class AgentAttention(_AgentBiases):
             ValueError: ``x`` or ``size`` does not match.
         """
         P = self.num_prefix_tokens
-        if x.dim() == 4 and x.shape[-1] == self.dim and not P and size is None:
-            B, H, W, C = x.shape
+        if x.dim() == 4 and x.shape[-1] == self.dim and P == 0 and size is None:
+            B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
             tokens = x.reshape(B, H * W, C)
         elif x.dim() == 3 and x.shape[-1] == self.dim and size is not None:
             H, W = size
-            B, L, C = x.shape
+            B, L, C = x.shape[0], x.shape[1], x.shape[2]
             if H < 1 or W < 1 or L != P + H * W:
-                raise ValueError(f'x must have {P} + H * W tokens for size={tuple(size)}, got {tuple(x.shape)}')
+                raise ValueError(f'x must have {P} + H * W tokens for size=({H}, {W}), got {shape_str(x)}')
             tokens = x
         else:
-            expected = f'[B, H, W, {self.dim}]' if not P else f'[B, {P} + H * W, {self.dim}] with size=(H, W)'
-            raise ValueError(f'x must have shape {expected}, got {tuple(x.shape)} with size={size}')
+            expected = f'[B, H, W, {self.dim}]' if P == 0 else f'[B, {P} + H * W, {self.dim}] with size=(H, W)'
+            given = 'None' if size is None else f'({size[0]}, {size[1]})'
+            raise ValueError(f'x must have shape {expected}, got {shape_str(x)} with size={given}')
         qkv = self.qkv(tokens)  # [B, L, 3C]
         q, k, v = qkv.chunk(3, dim=-1)
         agents = self.pool_agents(q[:, P:].reshape(B, H, W, C))
@@ -411,6 +431,20 @@ class AgentSpatialReductionAttentionCl(SpatialReductionAttentionCl, _AgentBiases
         kv_resolution = (resolution[0] // sr_ratio, resolution[1] // sr_ratio)
         self._init_agent(dim, num_heads, agent_num, resolution, kv_resolution, 0, bias_size, dd)
 
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The key / value map: ``x`` itself (``sr_ratio`` 1), else :class:`~zoo.layers.SpatialReductionAttentionCl`'s
+        ``sr`` conv (maps below ``sr_ratio`` zero-padded up to it) and ``norm``; written out here (no linear SRA) so
+        that TorchScript compiles only the branch this layer has."""
+        if self.sr is None:
+            return x
+        else:
+            r = self.sr_ratio
+            pad_b, pad_r = max(0, r - x.shape[1]), max(0, r - x.shape[2])
+            if pad_b > 0 or pad_r > 0:
+                x = F.pad(x, [0, 0, 0, pad_r, 0, pad_b])
+            x = self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return self.norm(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``, any ``H, W >= 1``.
 
@@ -418,25 +452,21 @@ class AgentSpatialReductionAttentionCl(SpatialReductionAttentionCl, _AgentBiases
             ValueError: ``x`` is not ``[B, H, W, dim]``.
         """
         if x.dim() != 4 or x.shape[-1] != self.dim:
-            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {tuple(x.shape)}')
-        B, H, W, C = x.shape
+            raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {shape_str(x)}')
+        B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         q = self.q(x)  # [B, H, W, C]
         kv_map = self.reduce(x)
-        Hk, Wk = kv_map.shape[1:3]
+        Hk, Wk = kv_map.shape[1], kv_map.shape[2]
         k, v = self.kv(kv_map).reshape(B, Hk * Wk, 2 * C).chunk(2, dim=-1)
         agents = self.pool_agents(q)
         pos_bias, agent_bias = self.cached_agent_biases((H, W), (Hk, Wk), q.dtype)
-
-        def split(t):
-            return t.reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
-
         out = agent_attention(
-            split(q), split(k), split(v), split(agents), pos_bias, agent_bias, self.scale,
+            self._split(q), self._split(k), self._split(v), self._split(agents), pos_bias, agent_bias, self.scale,
             self.attn_drop.p if self.training else 0., self.fused_attn)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         v_map = v.reshape(B, Hk, Wk, C)
-        if (Hk, Wk) != (H, W):
-            v_map = F.interpolate(v_map.permute(0, 3, 1, 2), size=(H, W), mode='bilinear').permute(0, 2, 3, 1)
+        if Hk != H or Wk != W:
+            v_map = F.interpolate(v_map.permute(0, 3, 1, 2), size=[H, W], mode='bilinear').permute(0, 2, 3, 1)
         out = out + self.dwc_cl(v_map)
         return self.proj_drop(self.proj(out))
 

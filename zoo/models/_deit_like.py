@@ -24,8 +24,6 @@ Any input size: the stem pads the image to a multiple of the patch size and ``po
 (timm's ``resample_abs_pos_embed``, bicubic, as timm's ViT with ``dynamic_img_size=True``); at ``img_size`` nothing
 is resampled. ``dynamic_img_size=False`` instead rejects other grids with a ValueError.
 """
-from __future__ import annotations
-
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, List, Optional, Set, Tuple, Union
@@ -37,6 +35,7 @@ from timm.layers import (
     Mlp,
     calculate_drop_path_rates,
     get_device_dtype,
+    register_notrace_function,
     resample_abs_pos_embed,
     to_2tuple,
     trunc_normal_,
@@ -45,10 +44,11 @@ from timm.models import checkpoint
 from timm.models._features import feature_take_indices
 
 from zoo.layers import PatchEmbedCl, PreNormBlockCl
+from zoo.layers._checks import check_nchw
 
 from ._helpers import check_model_args, init_weights
 
-__all__ = ['DeitLikeCfg', 'DeitLike', 'DeitLikeBlock']
+__all__ = ['DeitLikeCfg', 'DeitLike', 'DeitLikeBlock', 'DeitLikeFamilyBlock', 'embed_tokens', 'grid_of']
 
 AttnFactory = Callable[..., nn.Module]
 _POOLS = ('token', 'avg', '')
@@ -109,18 +109,62 @@ class DeitLikeCfg:
 
 
 class DeitLikeBlock(PreNormBlockCl):
-    """:class:`~zoo.layers.PreNormBlockCl` over ``[B, 1 + N, C]`` tokens whose attention may take the grid size."""
+    """:class:`~zoo.layers.PreNormBlockCl` over ``[B, 1 + N, C]`` tokens of an ``(H, W)`` grid; the attention is
+    called as ``attn(x)`` (timm's softmax ``Attention``). :class:`DeitLikeFamilyBlock` passes the grid (one call per
+    class, so that TorchScript compiles only the block's own call)."""
 
-    def __init__(self, dim: int, attn: nn.Module, takes_size: bool, **kwargs):
+    takes_size = False
+
+    def __init__(self, dim: int, attn: nn.Module, **kwargs):
         super().__init__(dim, attn_layer=attn, **kwargs)
-        self.takes_size = takes_size
+
+    def _attn(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        return self.attn(x)
 
     def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """``[B, 1 + H * W, C]`` tokens of an ``(H, W)`` grid -> the same shape."""
-        y = self.norm1(x)
-        y = self.attn(y, size=size) if self.takes_size else self.attn(y)
-        x = x + self.drop_path1(self.ls1(y))
+        x = x + self.drop_path1(self.ls1(self._attn(self.norm1(x), size)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class DeitLikeFamilyBlock(DeitLikeBlock):
+    """A block whose attention takes the grid: ``attn(x, size=(H, W))``."""
+
+    takes_size = True
+
+    def _attn(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        return self.attn(x, size=size)
+
+
+@register_notrace_function  # shape-dependent (grid check, resampling): one opaque node under FX
+def embed_tokens(
+        x: torch.Tensor,
+        cls_token: torch.Tensor,
+        pos_embed: torch.Tensor,
+        grid_size: Tuple[int, int],
+        dynamic_img_size: bool,
+) -> torch.Tensor:
+    """``[B, H, W, C]`` patch map -> ``[B, 1 + H * W, C]``: the class token first, plus ``pos_embed`` (sized for
+    ``grid_size``; resampled bicubically to ``(H, W)`` when it differs and ``dynamic_img_size``).
+
+    Raises:
+        ValueError: the grid differs from ``grid_size`` and not ``dynamic_img_size``.
+    """
+    B, H, W, C = x.shape
+    pos = pos_embed
+    if H != grid_size[0] or W != grid_size[1]:
+        if not dynamic_img_size:
+            raise ValueError(f'input grid ({H}, {W}) differs from the model grid ({grid_size[0]}, {grid_size[1]}); '
+                             f'build with dynamic_img_size=True or img_size= for this input')
+        pos = resample_abs_pos_embed(pos, [H, W], [grid_size[0], grid_size[1]], num_prefix_tokens=1)
+    x = torch.cat([cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1)
+    return x + pos
+
+
+@register_notrace_function  # a shape read: one opaque node under FX
+def grid_of(x: torch.Tensor) -> Tuple[int, int]:
+    """``(H, W)`` of a ``[B, H, W, C]`` map."""
+    return x.shape[1], x.shape[2]
 
 
 class DeitLike(nn.Module):
@@ -183,7 +227,7 @@ class DeitLike(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = dim = cfg.embed_dim
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
-        self.grid_size = cfg.grid_size
+        self.grid_size: Tuple[int, int] = cfg.grid_size
         self.patch_size = cfg.patch_size
 
         self.patch_embed = PatchEmbedCl(cfg.patch_size, in_chans, dim, norm_layer=None, **dd)
@@ -201,10 +245,11 @@ class DeitLike(nn.Module):
             else:
                 attn = Attention(dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, attn_drop=attn_drop_rate,
                                  proj_drop=proj_drop_rate, **dd)
-            blocks.append(DeitLikeBlock(
-                dim, attn, takes_size=i < cfg.num_family_blocks, mlp_layer=Mlp, mlp_ratio=cfg.mlp_ratio,
+            block_cls = DeitLikeFamilyBlock if i < cfg.num_family_blocks else DeitLikeBlock
+            blocks.append(block_cls(
+                dim, attn, mlp_layer=Mlp, mlp_ratio=cfg.mlp_ratio,
                 drop_path=dpr[i], proj_drop=proj_drop_rate, norm_layer=norm_layer, **dd))
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.ModuleList(blocks)  # a block takes (x, size): no Sequential
         self.feature_info = [dict(num_chs=dim, reduction=cfg.patch_size, module=f'blocks.{i}')
                              for i in range(cfg.depth)]
         self.norm = norm_layer(dim, **dd)
@@ -249,18 +294,11 @@ class DeitLike(nn.Module):
     # ------------------------------------------------------------------------------------------------- forward
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Images -> ``[B, 1 + H * W, C]`` tokens with position embedding, and the grid ``(H, W)``."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f'x must have shape [B, {self.in_chans}, H, W], got {tuple(x.shape)}')
+        check_nchw(x, self.in_chans)
         x = self.patch_embed(x)  # [B, H, W, C]
-        B, H, W, C = x.shape
-        pos = self.pos_embed
-        if (H, W) != self.grid_size:
-            if not self.dynamic_img_size:
-                raise ValueError(f'input grid {(H, W)} differs from the model grid {self.grid_size} '
-                                 f'(img_size={self.cfg.img_size}); build with dynamic_img_size=True or img_size=')
-            pos = resample_abs_pos_embed(pos, [H, W], list(self.grid_size), num_prefix_tokens=1)
-        x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1)
-        return self.pos_drop(x + pos), (H, W)
+        size = grid_of(x)
+        x = embed_tokens(x, self.cls_token, self.pos_embed, self.grid_size, self.dynamic_img_size)
+        return self.pos_drop(x), size
 
     def _run(self, block: nn.Module, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -270,8 +308,12 @@ class DeitLike(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` images -> normed tokens ``[B, 1 + N, C]``."""
         x, size = self._embed(x)
-        for block in self.blocks:
-            x = self._run(block, x, size)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for block in self.blocks:
+                x = checkpoint(block, x, size)
+        else:
+            for block in self.blocks:
+                x = block(x, size)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -52,15 +52,15 @@ from typing import Callable, List, Optional, Set, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import calculate_drop_path_rates, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import checkpoint_seq
 
 from zoo.layers import PatchEmbedCl, PreNormBlockCl, SpatialReductionAttentionCl
 
 from ._helpers import StagedModelMixin, init_weights
 
-__all__ = ['PvtLikeCfg', 'PvtLike', 'PvtLikeStage', 'resample_pos_embed_cl', 'pvt_like_rename_rules',
-           'PVT_PLAIN_LETTER']
+__all__ = ['PvtLikeCfg', 'PvtLike', 'PvtLikeStage', 'resample_pos_embed_cl', 'add_pos_embed_cl',
+           'pvt_like_rename_rules', 'PVT_PLAIN_LETTER']
 
 PVT_PLAIN_LETTER = 'S'
 AttnFactory = Callable[..., nn.Module]
@@ -138,10 +138,17 @@ def resample_pos_embed_cl(pos_embed: torch.Tensor, grid: Tuple[int, int], size: 
     """
     gh, gw = grid
     pos = pos_embed.reshape(1, gh, gw, -1)
-    if tuple(size) == (gh, gw):
+    if size[0] == gh and size[1] == gw:
         return pos
-    pos = F.interpolate(pos.permute(0, 3, 1, 2), size=tuple(size), mode='bilinear', align_corners=False)
+    pos = F.interpolate(pos.permute(0, 3, 1, 2), size=[size[0], size[1]], mode='bilinear', align_corners=False)
     return pos.permute(0, 2, 3, 1)
+
+
+@register_notrace_function  # shape-dependent (resampling to the map): one opaque node under FX
+def add_pos_embed_cl(x: torch.Tensor, pos_embed: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """``x + pos_embed`` for a ``[B, H, W, C]`` map, ``pos_embed`` (of a ``grid``) resampled to ``(H, W)`` by
+    :func:`resample_pos_embed_cl`."""
+    return x + resample_pos_embed_cl(pos_embed, grid, (x.shape[1], x.shape[2]))
 
 
 class PvtLikeStage(nn.Module):
@@ -194,7 +201,7 @@ class PvtLikeStage(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         drop_path = tuple(drop_path) or (0.,) * depth
-        self.resolution = tuple(resolution)
+        self.resolution: Tuple[int, int] = (int(resolution[0]), int(resolution[1]))
         self.has_downsample = downsample
         self.downsample = PatchEmbedCl(2, in_dim, dim, norm_layer=nn.LayerNorm, **dd) if downsample \
             else nn.Identity()
@@ -221,8 +228,7 @@ class PvtLikeStage(nn.Module):
         """``[B, H, W, in_dim]`` -> ``[B, H', W', dim]`` (``H' = ceil(H / 2)`` with a downsample)."""
         if self.has_downsample:
             x = self.downsample(x.permute(0, 3, 1, 2))
-        pos = resample_pos_embed_cl(self.pos_embed, self.resolution, x.shape[1:3])
-        x = self.pos_drop(x + pos)
+        x = self.pos_drop(add_pos_embed_cl(x, self.pos_embed, self.resolution))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)

@@ -54,17 +54,10 @@ import torch.nn.functional as F
 from timm.layers import calculate_drop_path_rates, register_notrace_module, to_2tuple, use_fused_attn
 from timm.models import checkpoint_seq
 
-from zoo.layers import (
-    PatchEmbedCl,
-    PatchMergingCl,
-    PreNormBlockCl,
-    RelPosBias,
-    padded_size,
-    window_attn_mask,
-    window_partition,
-    window_reverse,
-)
+from zoo.layers import PatchEmbedCl, PatchMergingCl, PreNormBlockCl, RelPosBias
 from zoo.layers._checks import check_channels_last, check_num_heads
+from zoo.layers.attention import relative_position_index_2d
+from zoo.layers.partition import padded_size_, window_partition_, window_reverse_
 
 from ._helpers import StagedModelMixin, init_weights
 
@@ -201,6 +194,32 @@ class SwinLikeCfg:
         return out
 
 
+def _window_mask(H: int, W: int, win: Tuple[int, int], shift: Tuple[int, int], device: torch.device,
+                 dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``[nW, 1, N, N]`` additive mask of an ``H x W`` map in ``win`` windows shifted by ``shift``: Swin's shifted
+    regions (0 within one, -100 across; :func:`zoo.layers.window_attn_mask`) plus -inf on padded keys; None when
+    neither applies. TorchScript compiles it."""
+    Hp, Wp = padded_size_((H, W), win)
+    mask: Optional[torch.Tensor] = None
+    if shift[0] != 0 or shift[1] != 0:
+        img_mask = torch.zeros((1, Hp, Wp, 1), device=device, dtype=dtype)
+        hs = [(0, Hp - win[0]), (Hp - win[0], Hp - shift[0]), (Hp - shift[0], Hp)]
+        ws = [(0, Wp - win[1]), (Wp - win[1], Wp - shift[1]), (Wp - shift[1], Wp)]
+        cnt = 0
+        for h in hs:
+            for w in ws:
+                img_mask[:, h[0]:h[1], w[0]:w[1], :] = cnt
+                cnt += 1
+        regions = window_partition_(img_mask, win, (0, 0)).flatten(1)  # [nW, N]
+        diff = regions.unsqueeze(1) - regions.unsqueeze(2)
+        mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.)[:, None]
+    if Hp != H or Wp != W:
+        real = window_partition_(torch.ones(1, H, W, 1, device=device, dtype=dtype), win, shift).flatten(1)
+        pad = torch.zeros_like(real).masked_fill(real == 0, float('-inf'))[:, None, None, :]
+        mask = pad if mask is None else mask + pad
+    return mask
+
+
 @register_notrace_module  # shape-dependent control flow (window geometry, masks): an FX leaf
 class SwinWindowAttentionCl(nn.Module):
     """Swin (shifted-)window multi-head self-attention with Swin's relative position bias, channels-last.
@@ -270,26 +289,35 @@ class SwinWindowAttentionCl(nn.Module):
         shift = (self.shift_size if H > wh else 0, self.shift_size if W > ww else 0)
         return win, shift
 
-    def _mask(self, H: int, W: int, win, shift, device, dtype) -> Optional[torch.Tensor]:
-        """``[nW, 1, N, N]`` additive mask (shifted regions -100, padded keys -inf), or None."""
+    def _mask(self, H: int, W: int, win: Tuple[int, int], shift: Tuple[int, int], device: torch.device,
+              dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """``[nW, 1, N, N]`` additive mask (shifted regions -100, padded keys -inf), or None; cached in eager."""
+        if torch.jit.is_scripting():  # no cache in TorchScript: the mask is made per call
+            return _window_mask(H, W, win, shift, device, dtype)
+        return self._cached_mask(H, W, win, shift, device, dtype)
+
+    @torch.jit.unused
+    def _cached_mask(self, H: int, W: int, win: Tuple[int, int], shift: Tuple[int, int], device: torch.device,
+                     dtype: torch.dtype) -> Optional[torch.Tensor]:
         key = (H, W, str(device), dtype)
         if key in self._mask_cache:
             return self._mask_cache[key]
-        mask = None
         with torch.inference_mode(False), torch.no_grad():
-            if any(shift):
-                mask = window_attn_mask((H, W), win, shift, device=device, dtype=dtype)[:, None]
-            if padded_size((H, W), win) != (H, W):
-                real = window_partition(torch.ones(1, H, W, 1, device=device, dtype=dtype), win, shift).flatten(1)
-                pad = torch.zeros_like(real).masked_fill_(real == 0, float('-inf'))[:, None, None, :]
-                mask = pad if mask is None else mask + pad
+            mask = _window_mask(H, W, win, shift, device, dtype)
         if device.type != 'meta':
             self._mask_cache[key] = mask
         return mask
 
     def _bias(self, win: Tuple[int, int]) -> torch.Tensor:
         """``[1, heads, N, N]`` bias of a ``win`` window (the table's corner when smaller than the window)."""
-        bias = self.rel_pos.get_bias()
+        if torch.jit.is_scripting():
+            # RelPosBias.get_bias's scripted path calls .view(-1) on a transposed index (fails); the same lookup
+            table = self.rel_pos.relative_position_bias_table
+            index = relative_position_index_2d(self.window_size, self.window_size, device=table.device).t()
+            n_all = self.window_size[0] * self.window_size[1]
+            bias = table[index.reshape(-1)].view(n_all, n_all, -1).permute(2, 0, 1).unsqueeze(0)
+        else:
+            bias = self.rel_pos.get_bias()
         if win == self.window_size:
             return bias
         wh, ww = self.window_size
@@ -302,7 +330,7 @@ class SwinWindowAttentionCl(nn.Module):
         B, H, W, C = x.shape
         win, shift = self._geometry(H, W)
         n = win[0] * win[1]
-        windows = window_partition(x, win, shift).reshape(-1, n, C)
+        windows = window_partition_(x, win, shift).reshape(-1, n, C)
         qkv = self.qkv(windows).view(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         bias = self._bias(win).to(q.dtype)
@@ -316,7 +344,7 @@ class SwinWindowAttentionCl(nn.Module):
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1) + bias
             out = self.attn_drop(attn.softmax(dim=-1)) @ v
-        out = window_reverse(out.transpose(1, 2).reshape(-1, win[0], win[1], C), win, (H, W), shift)
+        out = window_reverse_(out.transpose(1, 2).reshape(-1, win[0], win[1], C), win, (H, W), shift)
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
@@ -331,15 +359,15 @@ class WindowedCl(nn.Module):
     def __init__(self, layer: nn.Module, window: Tuple[int, int], shift: int):
         super().__init__()
         self.layer = layer
-        self.window = tuple(window)
+        self.window = (int(window[0]), int(window[1]))
         self.shift = shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         win = (min(self.window[0], H), min(self.window[1], W))
         shift = (self.shift if H > self.window[0] else 0, self.shift if W > self.window[1] else 0)
-        windows = self.layer(window_partition(x, win, shift))
-        return window_reverse(windows, win, (H, W), shift)
+        windows = self.layer(window_partition_(x, win, shift))
+        return window_reverse_(windows, win, (H, W), shift)
 
     def extra_repr(self) -> str:
         return f'window={self.window}, shift={self.shift}'
