@@ -36,7 +36,7 @@ from timm.layers import use_fused_attn
 from ._checks import check_num_heads
 from .pos_conv import DwConv2d
 
-__all__ = ['Rope2d', 'apply_rope_2d', 'rala_core', 'RalaAttention2d']
+__all__ = ['Rope2d', 'apply_rope_2d', 'elu_plus_one', 'rala_core', 'RalaAttention2d']
 
 
 def _autocast_off(device: torch.device):
@@ -118,6 +118,32 @@ def _rope_to(rope: Tuple[torch.Tensor, ...], dtype: torch.dtype) -> Tuple[torch.
     return rope[0].to(dtype), rope[1].to(dtype)
 
 
+def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    """``elu(x) + 1`` as ``max(x, 0) + exp(min(x, 0))``: the same values (to rounding), several times faster on CPU,
+    where ``F.elu`` evaluates ``expm1`` per element without vectorisation."""
+    return torch.clamp_min(x, 0.) + torch.clamp_max(x, 0.).exp()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _rala_features(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rope: Tuple[torch.Tensor, ...],
+        scale: float,
+) -> torch.Tensor:
+    """RALA on ``[B, heads, N, head_dim]`` q, k after the feature map ``elu + 1`` (all in one dtype)."""
+    q_mean = q.mean(dim=-2, keepdim=True)
+    weight = torch.softmax(scale * (q_mean @ k.transpose(-1, -2)), dim=-1).transpose(-1, -2)  # [B, h, N, 1]
+    k = k * weight
+    z = 1.0 / (q @ k.sum(dim=-2, keepdim=True).transpose(-1, -2) + 1e-6)
+    kv = apply_rope_2d(k, rope).transpose(-1, -2) @ v
+    return (apply_rope_2d(q, rope) @ kv) * z
+
+
 def rala_core(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -130,18 +156,11 @@ def rala_core(
     Returns ``[B, heads, N, head_dim]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
     """
     out_dtype = q.dtype
-    dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    dtype = _compute_dtype(q.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     rope = _rope_to(rope, dtype)
     with _autocast_off(q.device):
-        q = F.elu(q) + 1.0
-        k = F.elu(k) + 1.0
-        q_mean = q.mean(dim=-2, keepdim=True)
-        weight = torch.softmax(scale * (q_mean @ k.transpose(-1, -2)), dim=-1).transpose(-1, -2)  # [B, h, N, 1]
-        k = k * weight
-        z = 1.0 / (q @ k.sum(dim=-2, keepdim=True).transpose(-1, -2) + 1e-6)
-        kv = apply_rope_2d(k, rope).transpose(-1, -2) @ v
-        out = (apply_rope_2d(q, rope) @ kv) * z
+        out = _rala_features(elu_plus_one(q), elu_plus_one(k), v, rope, scale)
     return out.to(out_dtype)
 
 
@@ -208,13 +227,20 @@ class RalaAttention2d(nn.Module):
             raise ValueError(f'rope tables must be [{N}, {self.head_dim}] for a {H}x{W} map, got '
                              f'{tuple(rope[0].shape)}')
         qkvo = self.qkvo(x)
-        v_map = qkvo[:, 2 * C:3 * C]
-        gate = qkvo[:, 3 * C:]
-        lepe = self.lepe(v_map)
-        q, k, v = qkvo[:, :3 * C].reshape(B, 3, self.num_heads, self.head_dim, N).transpose(-1, -2).unbind(1)
+        lepe = self.lepe(qkvo[:, 2 * C:3 * C])
+        # tokens-major view [B, N, 4C]: free for a channels-last map (as RAVLT runs), one copy else
+        tokens = qkvo.permute(0, 2, 3, 1).reshape(B, N, 4 * C)
+        heads, head_dim = self.num_heads, self.head_dim
         if self.mode == 'rala':
-            out = rala_core(q, k, v, rope, self.scale)
+            dtype = _compute_dtype(x.dtype)
+            with _autocast_off(x.device):
+                qk = elu_plus_one(tokens[..., :2 * C].to(dtype))  # the feature map on q and k in one pass
+                q = qk[..., :C].reshape(B, N, heads, head_dim).transpose(1, 2)
+                k = qk[..., C:].reshape(B, N, heads, head_dim).transpose(1, 2)
+                v = tokens[..., 2 * C:3 * C].to(dtype).reshape(B, N, heads, head_dim).transpose(1, 2)
+                out = _rala_features(q, k, v, _rope_to(rope, dtype), self.scale).to(x.dtype)
         else:
+            q, k, v = tokens[..., :3 * C].reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             rope = _rope_to(rope, q.dtype)
             q = apply_rope_2d(q, rope)
             k = apply_rope_2d(k, rope)
@@ -222,7 +248,9 @@ class RalaAttention2d(nn.Module):
                 out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
             else:
                 out = torch.softmax(self.scale * q @ k.transpose(-1, -2), dim=-1) @ v
-        out = out.transpose(-1, -2).reshape(B, C, H, W)
+        # back to a channels-last NCHW map (a view of the [B, N, C] tokens)
+        out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
+        gate = tokens[..., 3 * C:].reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.proj((out + lepe) * gate)
 
     def extra_repr(self) -> str:
