@@ -14,8 +14,9 @@ One row per zoo model with released ImageNet-1k weights (the set ``tests/zoo/mod
   project's ``paper_table.csv``; ``test_gmacs.py`` checks ours within 0.1 %). A model missing from the data file
   takes the values of its hand-written README row, which are then stored in the data file.
 * resolution: the pretrained cfg's input size.
-* CPU img/s: ``bench.models.measure`` (inference, batch 1, the run's machine in the data file's ``cpu`` entry),
-  stored by ``--measure``; ``—`` where not measured (models above ``--max-gmacs``).
+* CPU img/s: ``bench.models.measure`` (inference, batch 1, the run's machine in the data file's ``cpu`` entry,
+  each model's load average in its ``cpu_load``), stored by ``--measure``; ``—`` where not measured (models above
+  ``--max-gmacs``). A note under the table gives the machine and the load.
 
 The test ``tests/zoo/weights/test_model_table.py`` checks that the README equals the output of this script.
 """
@@ -116,8 +117,18 @@ def render(data: Dict, names: List[str]) -> str:
         img_s = entry.get('cpu_img_s')
         rows.append(f'| `{name}` | {entry["params"]:,} | {entry["gmacs"]:.3f} | {entry["res"]} | '
                     f'{entry.get("top1") or "—"} | '
-                    f'{"—" if img_s is None else f"{img_s:.1f}"} |')
-    return '\n'.join(rows)
+                    f'{"—" if img_s is None else f"{img_s:.3g}"} |')
+    return '\n'.join(rows) + '\n\n' + cpu_note(data, names)
+
+
+def cpu_note(data: Dict, names: List[str]) -> str:
+    """The paragraph under the table: how the CPU img/s were measured and under which load."""
+    loads = [data['models'][n]['cpu_load'] for n in names if data['models'][n].get('cpu_load') is not None]
+    spread = (f' The load average after each model ({min(loads):.1f} to {max(loads):.1f}) is stored as its '
+              f'`cpu_load` in `bench/model_table.json`: rows measured under different load are not comparable '
+              f'with each other.' if loads else '')
+    return (f'CPU img/s: {data["cpu"]}. Indicative only: one model at a time on a machine shared with other '
+            f'jobs.{spread} The speed comparisons are the same-run ratios in [BENCHMARKS.md](BENCHMARKS.md).')
 
 
 def complete_data(data: Dict, readme_text: str, strict: bool = True) -> List[str]:
@@ -159,22 +170,36 @@ def rewrite_readme(text: str, table: str) -> str:
     return f'{head}{START}\n{table}\n{END}{tail}'
 
 
-def measure(data: Dict, names: List[str], max_gmacs: float, repeats: int, budget: float) -> None:
-    """CPU inference img/s at batch 1 of each model up to ``max_gmacs`` (bench.models.measure, one at a time)."""
+def measure(data: Dict, names: List[str], max_gmacs: float, repeats: int, budget: float,
+            large_gmacs: float = 50.0) -> None:
+    """CPU inference img/s at batch 1 of each model up to ``max_gmacs`` (bench.models.measure, one at a time).
+
+    Models above ``large_gmacs`` get one warm-up call (two below) and at most two timed calls. The data file's
+    ``cpu`` entry records the machine, threads and the range of the 1-minute load average seen during the run.
+    """
+    import os
+
     import torch
 
     from .common import machine
     from .models import measure as bench_measure
+    loads = [os.getloadavg()[0]]
     for name in names:
         entry = data['models'][name]
         if entry['gmacs'] > max_gmacs:
             continue
+        large = entry['gmacs'] > large_gmacs
         res = _resolution(name)
-        result = bench_measure([name], 1, res, 'cpu', repeats, budget, memory=False)
-        entry['cpu_img_s'] = round(result[name]['img_s'], 2)
-        print(f'{name}: {entry["cpu_img_s"]} img/s', flush=True)
+        result = bench_measure([name], 1, res, 'cpu', min(repeats, 2) if large else repeats, budget, memory=False,
+                               warmup=1 if large else 2)
+        entry['cpu_img_s'] = round(result[name]['img_s'], 3)
+        loads.append(os.getloadavg()[0])
+        entry['cpu_load'] = round(loads[-1], 1)  # the machine's 1-minute load average right after the model
+        print(f'{name}: {entry["cpu_img_s"]} img/s (load {loads[-1]:.1f})', flush=True)
         save_data(data)
-    data['cpu'] = f'{machine("cpu")}; inference, batch 1, median of {repeats} (bench.models.measure)'
+    data['cpu'] = (f'{machine("cpu")}; inference, batch 1, median of up to {repeats} calls after 2 warm-ups '
+                   f'(1 warm-up and up to 2 calls above {large_gmacs:g} GMACs; bench.models.measure); '
+                   f'{os.cpu_count()} cores; 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the run')
     del torch
 
 
@@ -183,16 +208,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--check', action='store_true', help='exit 1 if the README table is not up to date')
     parser.add_argument('--measure', action='store_true', help='measure CPU img/s and store it in the data file')
     parser.add_argument('--models', nargs='+', default=None, help='--measure only these models')
-    parser.add_argument('--max-gmacs', type=float, default=20.0, help='--measure models up to this many GMACs')
+    parser.add_argument('--max-gmacs', type=float, default=float('inf'), help='--measure models up to this many GMACs')
+    parser.add_argument('--large-gmacs', type=float, default=50.0,
+                        help='--measure: one warm-up and at most two timed calls above this many GMACs')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--budget', type=float, default=5.0, help='seconds of timed calls per model')
     args = parser.parse_args(argv)
     data = load_data()
-    text = README.read_text()
     if args.measure:  # the models with data so far; saved at once (the table needs every model's data)
-        names = complete_data(data, text, strict=False)
-        measure(data, args.models or names, args.max_gmacs, args.repeats, args.budget)
+        names = complete_data(data, README.read_text(), strict=False)
+        measure(data, args.models or names, args.max_gmacs, args.repeats, args.budget, args.large_gmacs)
         save_data(data)
+    text = README.read_text()  # read after a long --measure: others may have edited the README meanwhile
     names = complete_data(data, text)
     if not args.check:
         refresh_counts(data, names)
