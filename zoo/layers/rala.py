@@ -26,19 +26,20 @@ The key reweighting is done without the official ``N`` and ``N ** -0.5`` factors
 from __future__ import annotations
 
 import contextlib
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import use_fused_attn
+from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_num_heads
+from ._checks import check_num_heads, shape_str
 from .pos_conv import DwConv2d
 
 __all__ = ['Rope2d', 'apply_rope_2d', 'elu_plus_one', 'rala_core', 'RalaAttention2d']
 
 
+@torch.jit.unused
 def _autocast_off(device: torch.device):
     """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
     if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
@@ -48,6 +49,7 @@ def _autocast_off(device: torch.device):
 _MODES = ('rala', 'softmax')
 
 
+@register_notrace_module  # the tables depend on the map size: an FX leaf
 class Rope2d(nn.Module):
     """2-D rotary position embedding of RAVLT: ``cos`` / ``sin`` tables for an ``(H, W)`` map."""
 
@@ -77,7 +79,7 @@ class Rope2d(nn.Module):
             self.paired = bool(torch.equal(angle[0::2], angle[1::2]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, ...]:
+    def forward(self, size: Tuple[int, int]) -> List[torch.Tensor]:
         """``(cos, sin)`` tables, each ``[H*W, head_dim]`` in the buffer's dtype, and with paired float32 / float64
         angles a third, ``[H*W, head_dim / 2]`` complex ``exp(i angle)`` per channel pair.
 
@@ -93,14 +95,14 @@ class Rope2d(nn.Module):
         sign = torch.tensor([-1., 1.], device=ang.device, dtype=ang.dtype).repeat(self.head_dim // 2)
         cos, sin = torch.cos(ang), torch.sin(ang) * sign
         if self.paired and ang.dtype in (torch.float32, torch.float64):
-            return cos, sin, torch.complex(cos[:, 0::2], sin[:, 1::2])
-        return cos, sin
+            return [cos, sin, torch.complex(cos[:, 0::2], sin[:, 1::2])]
+        return [cos, sin]
 
     def extra_repr(self) -> str:
         return f'head_dim={self.head_dim}'
 
 
-def apply_rope_2d(x: torch.Tensor, rope: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+def apply_rope_2d(x: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
     """Rotate ``x [..., N, head_dim]`` by the tables of :class:`Rope2d`: one complex product per channel pair when
     the complex table is there and matches ``x`` (float32 / float64), else ``x * cos + swap_pairs(x) * sin``."""
     cos, sin = rope[0], rope[1]
@@ -111,11 +113,11 @@ def apply_rope_2d(x: torch.Tensor, rope: Tuple[torch.Tensor, ...]) -> torch.Tens
     return x * cos + swapped * sin
 
 
-def _rope_to(rope: Tuple[torch.Tensor, ...], dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+def _rope_to(rope: List[torch.Tensor], dtype: torch.dtype) -> List[torch.Tensor]:
     """The tables in ``dtype`` (the complex one only where it stays exact: same dtype)."""
     if rope[0].dtype == dtype:
-        return tuple(rope)
-    return rope[0].to(dtype), rope[1].to(dtype)
+        return list(rope)
+    return [rope[0].to(dtype), rope[1].to(dtype)]
 
 
 def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +134,7 @@ def _rala_features(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        rope: Tuple[torch.Tensor, ...],
+        rope: List[torch.Tensor],
         scale: float,
 ) -> torch.Tensor:
     """RALA on ``[B, heads, N, head_dim]`` q, k after the feature map ``elu + 1`` (all in one dtype)."""
@@ -148,7 +150,7 @@ def rala_core(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        rope: Tuple[torch.Tensor, ...],
+        rope: List[torch.Tensor],
         scale: float,
 ) -> torch.Tensor:
     """Rank-augmented linear attention of ``[B, heads, N, head_dim]`` q, k, v (before the ELU feature map).
@@ -159,11 +161,14 @@ def rala_core(
     dtype = _compute_dtype(q.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     rope = _rope_to(rope, dtype)
+    if torch.jit.is_scripting():  # TorchScript ignores autocast(enabled=False)
+        return _rala_features(elu_plus_one(q), elu_plus_one(k), v, rope, scale).to(out_dtype)
     with _autocast_off(q.device):
         out = _rala_features(elu_plus_one(q), elu_plus_one(k), v, rope, scale)
     return out.to(out_dtype)
 
 
+@register_notrace_module  # shape-dependent control flow (input checks): an FX leaf
 class RalaAttention2d(nn.Module):
     """RAVLT's attention (RALA or softmax) with RoPE, LePE and the output gate, on NCHW maps."""
 
@@ -209,7 +214,7 @@ class RalaAttention2d(nn.Module):
         self.lepe = DwConv2d(dim, lepe_kernel, **dd)
         self.proj = nn.Conv2d(dim, dim, 1, **dd)
 
-    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
         """Attend over the whole map.
 
         Args:
@@ -220,25 +225,23 @@ class RalaAttention2d(nn.Module):
             ``[B, dim, H, W]``.
         """
         if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {tuple(x.shape)}')
+            raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {shape_str(x)}')
         B, C, H, W = x.shape
         N = H * W
-        if rope[0].shape != (N, self.head_dim):
+        if rope[0].dim() != 2 or rope[0].shape[0] != N or rope[0].shape[1] != self.head_dim:
             raise ValueError(f'rope tables must be [{N}, {self.head_dim}] for a {H}x{W} map, got '
-                             f'{tuple(rope[0].shape)}')
+                             f'{shape_str(rope[0])}')
         qkvo = self.qkvo(x)
         lepe = self.lepe(qkvo[:, 2 * C:3 * C])
         # tokens-major view [B, N, 4C]: free for a channels-last map (as RAVLT runs), one copy else
         tokens = qkvo.permute(0, 2, 3, 1).reshape(B, N, 4 * C)
         heads, head_dim = self.num_heads, self.head_dim
         if self.mode == 'rala':
-            dtype = _compute_dtype(x.dtype)
-            with _autocast_off(x.device):
-                qk = elu_plus_one(tokens[..., :2 * C].to(dtype))  # the feature map on q and k in one pass
-                q = qk[..., :C].reshape(B, N, heads, head_dim).transpose(1, 2)
-                k = qk[..., C:].reshape(B, N, heads, head_dim).transpose(1, 2)
-                v = tokens[..., 2 * C:3 * C].to(dtype).reshape(B, N, heads, head_dim).transpose(1, 2)
-                out = _rala_features(q, k, v, _rope_to(rope, dtype), self.scale).to(x.dtype)
+            if torch.jit.is_scripting():  # TorchScript ignores autocast(enabled=False)
+                out = self._rala(tokens, rope)
+            else:
+                with _autocast_off(x.device):
+                    out = self._rala(tokens, rope)
         else:
             q, k, v = tokens[..., :3 * C].reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             rope = _rope_to(rope, q.dtype)
@@ -252,6 +255,18 @@ class RalaAttention2d(nn.Module):
         out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
         gate = tokens[..., 3 * C:].reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.proj((out + lepe) * gate)
+
+    def _rala(self, tokens: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
+        """RALA of ``[B, N, 4C]`` qkvo tokens -> ``[B, heads, N, head_dim]`` in the tokens' dtype (16-bit: computed in
+        float32)."""
+        B, N, C = tokens.shape[0], tokens.shape[1], self.dim
+        heads, head_dim = self.num_heads, self.head_dim
+        dtype = _compute_dtype(tokens.dtype)
+        qk = elu_plus_one(tokens[..., :2 * C].to(dtype))  # the feature map on q and k in one pass
+        q = qk[..., :C].reshape(B, N, heads, head_dim).transpose(1, 2)
+        k = qk[..., C:].reshape(B, N, heads, head_dim).transpose(1, 2)
+        v = tokens[..., 2 * C:3 * C].to(dtype).reshape(B, N, heads, head_dim).transpose(1, 2)
+        return _rala_features(q, k, v, _rope_to(rope, dtype), self.scale).to(tokens.dtype)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, mode={self.mode!r}'

@@ -43,10 +43,11 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d, calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model
@@ -119,9 +120,8 @@ class _FoldedCpe(Cpe2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.kernel_size[0] // 2
-        weight = self.weight.clone()
-        weight[:, :, c, c] += 1.
-        return self._conv_forward(x, weight, self.bias)
+        centre = F.pad(self.weight.new_ones(1, 1, 1, 1), [c, c, c, c])  # a one-hot k x k kernel
+        return self._conv_forward(x, self.weight + centre, self.bias)
 
 
 class RavltFfn(nn.Module):
@@ -202,7 +202,7 @@ class RavltBlock(PreNormBlock2d):
             norm_layer=lambda d, **kw: LayerNorm2d(d, eps=1e-6, **kw), **dd)
         self.pos = _FoldedCpe(dim, cpe_kernel, **dd)
 
-    def forward(self, x: torch.Tensor, rope: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
         """``[B, dim, H, W]`` and the stage's RoPE tables -> ``[B, dim, H, W]``."""
         x = self.pos(x)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), rope)))
@@ -249,7 +249,7 @@ class RavltStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x.contiguous(memory_format=torch.channels_last))  # no-op after the stem (see _Stem)
-        rope = self.rope(x.shape[-2:])
+        rope = self.rope((x.shape[-2], x.shape[-1]))
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x, rope, use_reentrant=False)
