@@ -137,18 +137,20 @@ class SpatialReductionAttentionCl(nn.Module):
         ``(h, w)`` is ``(H, W)`` without reduction, ``(max(H, r) // r, max(W, r) // r)`` with ``sr_ratio = r``, and
         ``(pool_size, pool_size)`` for the linear SRA.
         """
-        if self.linear:
+        # branches on which optional modules exist (not on self.linear): TorchScript compiles only the taken one
+        if self.sr is None:
+            return x
+        elif self.act is not None:  # the linear SRA (the only variant with an activation)
             x = spatial_pool_cl(x, 'ada_avg', self.pool_size)
             x = self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             return self.act(self.norm(x))
-        if self.sr is None:
-            return x
-        r = self.sr_ratio
-        pad_b, pad_r = max(0, r - x.shape[1]), max(0, r - x.shape[2])
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        x = self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.norm(x)
+        else:
+            r = self.sr_ratio
+            pad_b, pad_r = max(0, r - x.shape[1]), max(0, r - x.shape[2])
+            if pad_b > 0 or pad_r > 0:
+                x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            x = self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
