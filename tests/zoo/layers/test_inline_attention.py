@@ -109,6 +109,28 @@ def test_dwconv_per_sample_equals_conv_of_each_sample():
         torch.testing.assert_close(out[b:b + 1], ref.permute(0, 2, 3, 1))
 
 
+def test_dwconv_per_sample_bias():
+    """The bias (the layer passes mean(V) through it) is added per sample and channel."""
+    x = torch.randn(3, 5, 7, 6, dtype=torch.float64)
+    w = torch.randn(3, 6, 3, 3, dtype=torch.float64)
+    b = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(dwconv3x3_per_sample(x, w, b), dwconv3x3_per_sample(x, w) + b[:, None, None, :])
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+def test_scripted_layer_equals_eager():
+    """TorchScript (the autocast switch is Python-only; the math is the same code)."""
+    for kwargs, x, size in ((dict(), torch.randn(2, 4, 5, 32, dtype=torch.float64), None),
+                            (dict(qkv_layout='q_kv', kernel_func='exp'), torch.randn(2, 3, 3, 32, dtype=torch.float64),
+                             None),
+                            (dict(num_prefix_tokens=1), torch.randn(2, 21, 32, dtype=torch.float64), (4, 5))):
+        mod = _layer(**kwargs)
+        scripted = torch.jit.script(mod)
+        with torch.no_grad():
+            args = (x,) if size is None else (x, size)
+            torch.testing.assert_close(scripted(*args), mod(*args), rtol=1e-12, atol=1e-12)
+
+
 def test_gradients_match_reference():
     mod = _layer(dim=16, heads=2)
     x = torch.randn(2, 4, 5, 16, dtype=torch.float64, requires_grad=True)
@@ -201,3 +223,5 @@ def test_bad_inputs():
         inline_attention_core(torch.randn(1, 4, 8), torch.randn(1, 5, 8), torch.randn(1, 4, 8), 2)
     with pytest.raises(ValueError, match='weight'):
         dwconv3x3_per_sample(torch.randn(2, 4, 4, 8), torch.randn(2, 8, 9))
+    with pytest.raises(ValueError, match='bias'):
+        dwconv3x3_per_sample(torch.randn(2, 4, 4, 8), torch.randn(2, 8, 3, 3), torch.randn(8))
