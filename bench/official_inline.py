@@ -47,6 +47,10 @@ CONFIGS = {
         img_size=288, patch_size=16, embed_dim=320, depth=12, num_heads=10)),
     'inline_deit_base': ('inline_deit', 'VisionTransformer', dict(
         img_size=448, patch_size=16, embed_dim=384, depth=12, num_heads=12)),
+    # InLine-DeiT-S built for 224 px (its cfg is 288 px; the official position embedding and InLine layers are fixed
+    # to the built grid): the peer of inline_deit_small in a 224 px bench.models run
+    'inline_deit_small_224': ('inline_deit', 'VisionTransformer', dict(
+        img_size=224, patch_size=16, embed_dim=320, depth=12, num_heads=10)),
 }
 NAMES = tuple(CONFIGS)
 _CACHE = {}
