@@ -12,12 +12,16 @@ handles both while the export traces (and restores everything afterwards):
   their ``reference`` backend (``ZOO_NA_BACKEND`` / ``ZOO_BRA_BACKEND``): the exact specification, plain
   gathers, matmuls and softmax that every ONNX runtime has;
 * modules with timm's ``fused_attn`` run their explicit-matmul path (the same function as SDPA; the fused kernel's
-  strides break the same decomposition).
+  strides break the same decomposition);
+* functions whose graph would bake a size into an ONNX attribute are replaced by an equal computation
+  (:data:`_EXPORT_SUBSTITUTES`): InLine's per-sample depthwise conv (``groups = batch x channels``, and ONNX
+  ``Conv`` needs a constant group count) becomes nine shifted products, so InLine keeps a dynamic batch.
 
 The graph has a dynamic batch axis and, where the model allows it, dynamic height and width: the export is first
 tried with all three dynamic and checked in onnxruntime at a second image size; a model whose graph specialises
 to the traced size (window or region counts baked in: BiFormer's region split) or that has a fixed input size is
-exported again with static height and width. Every export is verified against PyTorch in float32 (max abs
+exported again with static height and width (``tests/zoo/weights/test_onnx.py`` lists the tiny variants that
+stay static and why). Every export is verified against PyTorch in float32 (max abs
 difference <= ``atol``, default 1e-4) at batch 1 and 3.
 
 Users calling ``torch.onnx.export`` themselves get the same graph inside ``with onnx_export_mode(model):``.
@@ -36,18 +40,53 @@ __all__ = ['onnx_export_mode', 'export_onnx', 'check_onnx', 'load_model', 'regis
 _BACKEND_ENV = ('ZOO_NA_BACKEND', 'ZOO_BRA_BACKEND')
 
 
+def _dwconv3x3_per_sample_shifts(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``zoo.layers.inline_attention.dwconv3x3_per_sample`` as nine shifted products (export only).
+
+    The layer runs one depthwise conv over the ``B * C`` channels of a single image, i.e. ``groups = B * C``: ONNX
+    ``Conv`` needs a constant ``group``, so that graph keeps the traced batch. The same cross-correlation as a sum of
+    the nine shifted, zero-padded maps times the per-sample taps has no batch-dependent attribute: batch, height and
+    width stay symbolic (equal to the conv up to float rounding: the nine products are summed in another order).
+    """
+    B, H, W, C = x.shape
+    if weight.shape != (B, C, 3, 3):
+        raise ValueError(f'weight must be [B, C, 3, 3] = {[B, C, 3, 3]}, got {list(weight.shape)}')
+    taps = weight.to(x.dtype).permute(0, 2, 3, 1)  # [B, 3, 3, C]
+    padded = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))  # [B, H + 2, W + 2, C]
+    out = padded[:, :H, :W] * taps[:, None, None, 0, 0]
+    for i in range(3):
+        for j in range(3):
+            if i or j:
+                out = out + padded[:, i:i + H, j:j + W] * taps[:, None, None, i, j]
+    return out
+
+
+# (module, function, export substitute): functions whose graph would bake a size into an ONNX attribute, replaced
+# while exporting by an equal computation that keeps the axes symbolic
+_EXPORT_SUBSTITUTES = (
+    ('zoo.layers.inline_attention', 'dwconv3x3_per_sample', _dwconv3x3_per_sample_shifts),
+)
+
+
 @contextlib.contextmanager
 def onnx_export_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Route ``model`` to its exportable paths while the block runs (see the module docstring); restores after."""
+    import importlib
     saved_env = {k: os.environ.get(k) for k in _BACKEND_ENV}
     saved_fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, 'fused_attn', None), bool)]
+    saved_fns = [(importlib.import_module(mod), fn) for mod, fn, _ in _EXPORT_SUBSTITUTES]
+    saved_fns = [(mod, fn, getattr(mod, fn)) for mod, fn in saved_fns]
     try:
         for k in _BACKEND_ENV:
             os.environ[k] = 'reference'
         for m, _ in saved_fused:
             m.fused_attn = False
+        for (mod, fn, _), (_, _, substitute) in zip(saved_fns, _EXPORT_SUBSTITUTES):
+            setattr(mod, fn, substitute)
         yield model
     finally:
+        for mod, fn, original in saved_fns:
+            setattr(mod, fn, original)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -125,8 +164,8 @@ def export_onnx(
         input_size: ``(C, H, W)`` traced; default the model's pretrained cfg input size.
         dynamic_hw: True: dynamic height and width required (an error if the graph does not generalise); False:
             static; None: dynamic where the model allows it (see the module docstring).
-        dynamic_batch: True: required; None: where the graph allows it (a model that folds the batch into conv
-            groups, as InLine's depthwise LePE/CPE does, exports with the traced batch, 2); False is not offered.
+        dynamic_batch: True: required; None: where the graph allows it (a model outside the zoo that folds the
+            batch into an attribute, e.g. conv groups, exports with the traced batch, 2); False is not offered.
         atol: largest abs difference to PyTorch allowed (float32).
         opset: ONNX opset (default: the exporter's).
         optimize: run the exporter's graph optimisation (onnxscript).
