@@ -185,3 +185,28 @@ def test_inference_caches_follow_parameter_updates():
         assert layer(torch.randn(1, 5, 9, 16)).shape == (1, 5, 9, 16)
     layer(x).sum().backward()
     assert layer.na_bias.grad is not None and layer.ah_bias.grad is not None
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+def test_torchscript_matches_official_math():
+    """The scripted layers (no caches: biases summed and agents pooled per call; PVT's reduction written without the
+    linear-SRA branch) give the official math at non-square sizes, another resolution, a class token and sr 2."""
+    qkv = _randomize(AgentAttention(24, num_heads=3, agent_num=4, resolution=(8, 6))).double().eval()
+    cls = _randomize(AgentAttention(16, num_heads=2, agent_num=9, resolution=(6, 6), num_prefix_tokens=1))
+    cls = cls.double().eval()
+    pvt = _randomize(AgentSpatialReductionAttentionCl(16, num_heads=2, agent_num=4, resolution=8, sr_ratio=2))
+    pvt = pvt.double().eval()
+    for layer in (qkv, cls, pvt):
+        layer.fused_attn = True  # the eager fast path would use the caches; the scripted one never does
+    scripted = [torch.jit.script(m) for m in (qkv, cls, pvt)]
+    x = torch.randn(2, 5, 9, 24, dtype=torch.float64)
+    ref = official_agent(dict(qkv.named_parameters()), x.reshape(2, 45, 24), 5, 9, 3, 4)
+    torch.testing.assert_close(scripted[0](x).reshape(2, 45, 24), ref, atol=1e-10, rtol=1e-10)
+    t = torch.randn(2, 1 + 4 * 7, 16, dtype=torch.float64)
+    ref = official_agent(dict(cls.named_parameters()), t, 4, 7, 2, 9, prefix=1)
+    torch.testing.assert_close(scripted[1](t, size=(4, 7)), ref, atol=1e-10, rtol=1e-10)
+    m = torch.randn(2, 10, 6, 16, dtype=torch.float64)
+    ref = official_agent(dict(pvt.named_parameters()), m.reshape(2, 60, 16), 10, 6, 2, 4, sr=2, q_kv=True)
+    torch.testing.assert_close(scripted[2](m).reshape(2, 60, 16), ref, atol=1e-10, rtol=1e-10)
+    with pytest.raises(torch.jit.Error, match='tokens'):
+        scripted[1](t, size=(4, 6))

@@ -192,3 +192,24 @@ def test_options_and_bad_arguments():
     model = timm.create_model('agent_swin_test', window_size=8, attn_type='AABB')
     assert type(model.stages[0].blocks[1].attn).__name__ == 'WindowedCl'
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize('size, win, shift', [((14, 14), (7, 7), (3, 3)), ((10, 13), (4, 4), (2, 2)),
+                                              ((9, 9), (4, 4), (0, 0)), ((8, 8), (4, 4), (0, 0))])
+def test_swin_window_mask_is_swin_mask_plus_padding(size, win, shift):
+    """The scriptable mask of the Swin window blocks: Swin's shifted-window mask (window_attn_mask) plus -inf on the
+    keys that padding added (none when neither applies)."""
+    from zoo.layers import padded_size, window_attn_mask, window_partition
+    from zoo.models._swin_like import _window_mask
+
+    mask = _window_mask(size[0], size[1], win, shift, torch.device('cpu'), torch.float32)
+    expected = window_attn_mask(size, win, shift) if any(shift) else None
+    expected = None if expected is None else expected[:, None]
+    if padded_size(size, win) != size:
+        real = window_partition(torch.ones(1, *size, 1), win, shift).flatten(1)
+        pad = torch.zeros_like(real).masked_fill(real == 0, float('-inf'))[:, None, None, :]
+        expected = pad if expected is None else expected + pad
+    if expected is None:
+        assert mask is None
+    else:
+        torch.testing.assert_close(mask, expected)
