@@ -2,11 +2,15 @@
 variant, run in onnxruntime on CPU against PyTorch (max abs difference <= 1e-4 in float32).
 
 The variants are discovered like the contract test does: a family that registers a ``*_test`` model is covered.
-Every export has a dynamic batch (checked at batch 1 and 3, traced at 2); the parametrized exports keep height
-and width static and skip the graph optimisation, which keeps each to a few seconds on an idle core (an export with
-dynamic height and width costs 2-3x as much). Dynamic height and width are checked on ``nat_test`` (dynamic in all
-three axes, run at a second, non-square size) and BiFormer (its region split bakes the traced size into the graph:
-refused with ``dynamic_hw=True``, static by default).
+One export per variant (traced at batch 2 at its cfg size, no graph optimisation: the exporter's decomposition and
+translation dominate, a few seconds each on an idle core), checked in one onnxruntime session:
+
+* dynamic batch for every variant: run at batch 1 and 3;
+* dynamic height and width for every variant not in :data:`STATIC_HW`: run at a second, non-square size that is not
+  a multiple of the traced one (:func:`zoo.weights.onnx._probe_size`), so a size baked into the graph fails;
+* :data:`STATIC_HW` lists the variants whose graph specialises to the traced size, each with the reason (and models
+  with ``fixed_input_size`` in their cfg are static); the export with ``dynamic_hw=True`` is refused for them
+  (checked on BiFormer).
 """
 import os
 
@@ -34,8 +38,22 @@ def _tiny_by_module():
 BY_MODULE = _tiny_by_module()
 TINY = sorted(n for names in BY_MODULE.values() for n in names)
 ATOL = 1e-4
-# ONNX Conv needs a static group count: these fold the batch into depthwise-conv groups
-STATIC_BATCH = ('inline_',)
+# name prefix -> why the exported graph keeps the traced height and width (Python branches on the input size, taken
+# once while tracing, or sizes computed in Python and cached)
+STATIC_HW = {
+    'biformer_test': 'the BRA pads to its n_win region grid only when needed (`if pad_b or pad_r`, '
+                     'zoo/layers/routing.py): the traced branch holds for one range of sizes only',
+    'biformer_stl': 'as biformer_test (region grid padding branch; nchw: region size computed from H // n_win)',
+    'agent_deit': 'patch-size padding branch (`-W % 16 == 0` guard) and the position embedding resized in Python',
+    'agent_pvt': 'agent pooling / position embedding sized at the traced map (`H // 4 == 16` guard)',
+    'agent_swin': 'window and shift-mask caches keyed by Python ints (not traceable with symbolic sizes)',
+    'inline_swin': 'window and shift-mask caches computed for the traced map (wrong broadcast at another size)',
+}
+
+
+def _static_hw(name):
+    """In :data:`STATIC_HW`, or a model with a fixed input size (its cfg says so: ViT-RPB's position grid)."""
+    return name.startswith(tuple(STATIC_HW)) or bool(timm.get_pretrained_cfg(name).fixed_input_size)
 
 
 def test_every_family_has_tiny_variants_here():
@@ -47,14 +65,18 @@ def test_onnx_matches_pytorch(tmp_path, name):
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
     path = str(tmp_path / f'{name}.onnx')
-    info = export_onnx(model, path, dynamic_hw=False, optimize=False)
+    dynamic_hw = not _static_hw(name)
+    info = export_onnx(model, path, dynamic_hw=dynamic_hw, dynamic_batch=True, optimize=False)
     assert info['max_abs_diff'] <= ATOL
+    assert info['dynamic_batch'] and info['dynamic_hw'] == dynamic_hw
+    checked = info['checked_shapes']
+    assert {s[0] for s in checked} >= {1, 3}
+    if dynamic_hw:  # one onnxruntime session ran the batch sizes and a second, non-square image size
+        assert len({s[2:] for s in checked}) == 2
     graph = onnx.load(path).graph
     dims = graph.input[0].type.tensor_type.shape.dim
-    assert bool(dims[0].dim_param) == info['dynamic_batch']
-    # only a graph that folds the batch into conv groups (InLine's depthwise convs) keeps the traced batch
-    assert info['dynamic_batch'] or name.startswith(STATIC_BATCH), info.get('static_reason')
-    assert not info['dynamic_hw'] and dims[2].dim_value and dims[3].dim_value
+    assert dims[0].dim_param
+    assert bool(dims[2].dim_param) == bool(dims[3].dim_param) == dynamic_hw
     # the custom ops were translated, not left as opaque nodes
     assert not [n.op_type for n in graph.node if n.domain.startswith('zoo')]
     # the model is left as it was: its fast paths back on, no backend forced
@@ -64,17 +86,30 @@ def test_onnx_matches_pytorch(tmp_path, name):
                      if isinstance(getattr(m, 'fused_attn', None), bool)]
 
 
-def test_dynamic_hw_where_the_model_allows_it(tmp_path):
-    model = timm.create_model('nat_test').eval()
-    assert export_onnx(model, str(tmp_path / 'nat.onnx'), optimize=False)['dynamic_hw']
-    session = ort.InferenceSession(str(tmp_path / 'nat.onnx'), providers=['CPUExecutionProvider'])
-    x = torch.randn(2, 3, 48, 80)
-    with torch.no_grad():
-        ref = model(x).numpy()
-    assert np.abs(session.run(None, {'image': x.numpy()})[0] - ref).max() <= ATOL
+def test_static_hw_list_is_current():
+    assert all(any(n.startswith(p) for n in TINY) for p in STATIC_HW), 'a STATIC_HW entry matches no variant'
+
+
+def test_dynamic_hw_refused_where_the_graph_specialises(tmp_path):
     biformer = timm.create_model('biformer_test').eval()
     with pytest.raises(ValueError, match='does not generalise'):
         export_onnx(biformer, str(tmp_path / 'bf.onnx'), dynamic_hw=True, optimize=False)
+
+
+def test_inline_per_sample_conv_substitute():
+    """The export form of InLine's per-sample depthwise conv (no batch in a Conv attribute) equals the layer's."""
+    from zoo.layers.inline_attention import dwconv3x3_per_sample
+    from zoo.weights.onnx import _dwconv3x3_per_sample_shifts, onnx_export_mode
+    x, w = torch.randn(3, 5, 7, 6, dtype=torch.float64), torch.randn(3, 6, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(_dwconv3x3_per_sample_shifts(x, w), dwconv3x3_per_sample(x, w), rtol=0, atol=1e-12)
+    w2 = w.clone()
+    w2[1, 2, 0, 2] += 1.  # a planted tap: only sample 1, channel 2 changes
+    diff = (_dwconv3x3_per_sample_shifts(x, w2) - _dwconv3x3_per_sample_shifts(x, w)).abs().amax(dim=(1, 2))
+    assert diff[1, 2] > 0 and diff.count_nonzero() == 1
+    import zoo.layers.inline_attention as inline
+    with onnx_export_mode(torch.nn.Identity()):
+        assert inline.dwconv3x3_per_sample is _dwconv3x3_per_sample_shifts
+    assert inline.dwconv3x3_per_sample is dwconv3x3_per_sample
 
 
 def test_onnx_cli_with_weights(tmp_path, capsys):
