@@ -13,10 +13,12 @@ those ``models/build.py`` passes from ``cfgs/*.yaml``.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 import warnings
 
+import timm.models._registry as _registry
 import torch.nn as nn
 
 from .official import official_root
@@ -66,9 +68,18 @@ def _official_module(file: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # timm's register_model looks the module up
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', FutureWarning)  # timm 1.x's notes on the timm.models.layers imports
-        spec.loader.exec_module(module)
+    # the official files register inline_deit_* / inline_pvt_* with timm under the zoo's own names: restore timm's
+    # registry afterwards, so that create_model('inline_deit_small') still builds the zoo model in the same process
+    saved = {k: copy.deepcopy(v) for k, v in vars(_registry).items() if k.startswith('_model') and isinstance(v, dict)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)  # timm 1.x's notes on the timm.models.layers imports
+            warnings.filterwarnings('ignore', 'Overwriting .* in registry')
+            spec.loader.exec_module(module)
+    finally:
+        for key, value in saved.items():
+            getattr(_registry, key).clear()
+            getattr(_registry, key).update(value)
     _CACHE[file] = module
     return module
 
