@@ -40,7 +40,8 @@ __all__ = ['onnx_export_mode', 'export_onnx', 'check_onnx', 'load_model', 'regis
 _BACKEND_ENV = ('ZOO_NA_BACKEND', 'ZOO_BRA_BACKEND')
 
 
-def _dwconv3x3_per_sample_shifts(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _dwconv3x3_per_sample_shifts(x: torch.Tensor, weight: torch.Tensor,
+                                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``zoo.layers.inline_attention.dwconv3x3_per_sample`` as nine shifted products (export only).
 
     The layer runs one depthwise conv over the ``B * C`` channels of a single image, i.e. ``groups = B * C``: ONNX
@@ -58,6 +59,8 @@ def _dwconv3x3_per_sample_shifts(x: torch.Tensor, weight: torch.Tensor) -> torch
         for j in range(3):
             if i or j:
                 out = out + padded[:, i:i + H, j:j + W] * taps[:, None, None, i, j]
+    if bias is not None:  # [B, C] (the InLine layer passes mean(V) as the conv's bias)
+        out = out + bias.to(x.dtype)[:, None, None, :]
     return out
 
 
