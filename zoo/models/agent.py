@@ -276,7 +276,9 @@ model_cfgs = dict(
     agent_swin_base=_swin(128, _S, (4, 8, 16, 32), 'AAMB2'),
     agent_swin_base_384=_swin(128, _S, (4, 8, 16, 32), 'AAMB2', window_size=96, img_size=384),
     # tiny: a shifted, padded Swin-window stage, global agent stages, a mixed stage
-    agent_swin_test=_swin(16, (2, 1, 2, 1), (1, 2, 4, 8), 'BAMB1', window_size=16, img_size=64,
+    # (tiny Swin / PVT: stage 0 is 16 x 16 x 20 at 64 px; 20, not 16 channels, so that timm's tests can tell an
+    # NHWC feature from an NCHW one by its shape)
+    agent_swin_test=_swin(20, (2, 1, 2, 1), (1, 2, 4, 8), 'BAMB1', window_size=16, img_size=64,
                           agent_num=(4, 4, 4, 4)),
 
     agent_pvt_tiny=_pvt((2, 2, 2, 2)),
@@ -284,7 +286,7 @@ model_cfgs = dict(
     agent_pvt_medium=_pvt((3, 4, 18, 3)),
     agent_pvt_medium_256=_pvt((3, 4, 18, 3), img_size=256),
     agent_pvt_large=_pvt((3, 8, 27, 3)),
-    agent_pvt_test=_pvt((1, 2, 1, 1), img_size=64, embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8),
+    agent_pvt_test=_pvt((1, 2, 1, 1), img_size=64, embed_dims=(20, 40, 80, 160), num_heads=(1, 2, 4, 8),
                         mlp_ratios=(2, 2, 2, 2), agent_num=(4, 4, 4, 1)),
 
     agent_deit_tiny=_deit(192, 3),
