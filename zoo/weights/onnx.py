@@ -99,6 +99,13 @@ def onnx_export_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             m.fused_attn = v
 
 
+# model class name -> why its export keeps the traced height and width without a dynamic try: the exporter's
+# symbolic-shape reasoning does not finish on these graphs, so the dynamic attempt would hang the caller
+_STATIC_HW_CLASSES = {
+    'MaxVit': "torch.export's symbolic-shape solver does not finish (> 5 min) on the padded block/grid partitions",
+}
+
+
 def _probe_size(size: Tuple[int, int]) -> Tuple[int, int]:
     """A second image size, neither a multiple of the first nor square: exposes sizes baked into the graph."""
     h, w = size
@@ -180,7 +187,7 @@ def export_onnx(
 
     Raises:
         ValueError: the export does not match PyTorch (the message names the input), or ``dynamic_hw=True`` for
-            a model whose graph does not generalise to other sizes.
+            a model whose graph does not generalise to other sizes (or whose class is known to keep them static).
     """
     import timm
     model.eval()
@@ -191,11 +198,15 @@ def export_onnx(
     fixed = bool(cfg.get('fixed_input_size'))
     if dynamic_hw and fixed:
         raise ValueError(f'dynamic_hw=True: {type(model).__name__} has a fixed input size {(h, w)}')
+    static_reason = _STATIC_HW_CLASSES.get(type(model).__name__)
+    if dynamic_hw and static_reason:
+        raise ValueError(f'dynamic_hw=True: {type(model).__name__} exports with a static height and width only '
+                         f'({static_reason})')
     gen = torch.Generator().manual_seed(seed)
     batch_inputs = [torch.randn(1, c, h, w, generator=gen), torch.randn(3, c, h, w, generator=gen)]
     x = torch.randn(2, c, h, w, generator=gen)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if dynamic_hw is not False and not fixed:
+    if dynamic_hw is not False and not fixed and not static_reason:
         ph, pw = _probe_size((h, w))
         probe = [torch.randn(2, c, ph, pw, generator=gen)]
         try:
