@@ -71,3 +71,23 @@ def test_resume_mid_epoch_is_exact(uninterrupted, tmp_path):
     assert {s: full[s] for s in after} == after
     for key, value in resumed.model.model.state_dict().items():
         assert torch.equal(value, full_weights[key]), key
+
+
+class _CreatesFile:
+    """Unpickling this calls ``open(path, 'w')``: the file exists afterwards iff the pickle ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def test_resume_refuses_a_checkpoint_that_carries_code(tmp_path):
+    """``--ckpt_path`` reads with ``torch.load(weights_only=True)``: the pickle's code is refused, never run."""
+    marker = tmp_path / 'pwned'
+    ckpt = tmp_path / 'evil.ckpt'
+    torch.save({'state_dict': {}, 'epoch': 0, 'global_step': 0, 'payload': _CreatesFile(marker)}, ckpt)
+    with pytest.raises(Exception, match='[Ww]eights only load failed|weights_only'):
+        run_cli([*RUN, *logger_args(tmp_path, 'evil'), '--trainer.max_epochs', '1', '--ckpt_path', str(ckpt)])
+    assert not marker.exists()

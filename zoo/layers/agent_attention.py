@@ -46,6 +46,7 @@ from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_f
 from torch._subclasses.fake_tensor import is_fake
 
 from ._checks import check_num_heads, check_qk_scale, shape_str
+from .partition import pad_needed
 from .spatial_reduction import SpatialReductionAttentionCl
 
 __all__ = [
@@ -440,7 +441,7 @@ class AgentSpatialReductionAttentionCl(SpatialReductionAttentionCl, _AgentBiases
         else:
             r = self.sr_ratio
             pad_b, pad_r = max(0, r - x.shape[1]), max(0, r - x.shape[2])
-            if pad_b > 0 or pad_r > 0:
+            if pad_needed(pad_b, pad_r):
                 x = F.pad(x, [0, 0, 0, pad_r, 0, pad_b])
             x = self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             return self.norm(x)

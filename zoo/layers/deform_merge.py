@@ -29,6 +29,7 @@ from timm.layers import register_notrace_module, to_2tuple
 from torchvision.ops import deform_conv2d
 
 from ._checks import shape_str
+from .partition import pad_needed
 
 __all__ = ['DeformConv2dPack', 'DeformTokenMergeCl', 'deform_conv2d_sampled']
 
@@ -217,7 +218,7 @@ class DeformTokenMergeCl(nn.Module):
             raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {shape_str(x)}')
         x = x.permute(0, 3, 1, 2)
         pad_b, pad_r = max(0, 2 - x.shape[2]), max(0, 2 - x.shape[3])
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             x = F.pad(x, (0, pad_r, 0, pad_b))
         x = self.norm(self.dconv(x))
         # one copy to a contiguous channels-last map: the blocks after it (norms, Linears, residual adds) would

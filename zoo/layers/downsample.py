@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from .partition import pad_needed
+
 __all__ = ['ConvDownsampleCl', 'ConvDownsample2d', 'PatchMergingCl']
 
 
@@ -126,7 +128,7 @@ class PatchMergingCl(nn.Module):
         """``[B, H, W, dim]`` -> ``[B, ceil(H/2), ceil(W/2), out_dim]``."""
         B, H, W, C = x.shape
         pad_b, pad_r = H % 2, W % 2
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
             H, W = H + pad_b, W + pad_r
         # [B, H/2, dy, W/2, dx, C] -> [B, H/2, W/2, dx, dy, C]: channel blocks ordered (0,0), (1,0), (0,1), (1,1)

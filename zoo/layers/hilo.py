@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from .partition import pad_needed
 
 __all__ = ['HiLoAttentionCl', 'hilo_head_split']
 
@@ -170,12 +171,12 @@ class HiLoAttentionCl(nn.Module):
         B, H, W, C = x.shape
         s = self.ws
         pad_b, pad_r = -H % s, -W % s
-        xp = F.pad(x, (0, 0, 0, pad_r, 0, pad_b)) if pad_b or pad_r else x
+        xp = F.pad(x, (0, 0, 0, pad_r, 0, pad_b)) if pad_needed(pad_b, pad_r) else x
         outs: List[torch.Tensor] = []
         # hasattr, not the head counts: TorchScript compiles only the branch of the projections that exist
         if hasattr(self, 'h_qkv'):
             hi = self.hifi(xp)
-            if pad_b or pad_r:
+            if pad_needed(pad_b, pad_r):
                 hi = hi[:, :H, :W]
             outs.append(self.h_proj(hi))
         if hasattr(self, 'l_q'):

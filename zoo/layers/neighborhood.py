@@ -23,6 +23,7 @@ from timm.layers import register_notrace_module, to_2tuple, trunc_normal_
 from zoo_kernels.neighborhood import na2d
 
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from .partition import pad_needed
 
 __all__ = ['NeighborhoodAttention2d', 'na_pad_size']
 
@@ -127,7 +128,7 @@ class NeighborhoodAttention2d(nn.Module):
         check_channels_last(x, self.dim)
         B, H, W, C = x.shape
         pad_b, pad_r = na_pad_size((H, W), self.kernel_size, self.dilation)
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
         q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
@@ -137,7 +138,7 @@ class NeighborhoodAttention2d(nn.Module):
         else:
             x = self._na2d(q, k, v)
         x = x.reshape(B, Hp, Wp, C)
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             x = x[:, :H, :W]
         x = self.proj(x)
         return self.proj_drop(x)

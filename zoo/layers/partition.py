@@ -29,6 +29,7 @@ from ._checks import shape_str
 
 __all__ = [
     'window_partition', 'window_reverse', 'window_attn_mask', 'grid_partition', 'grid_reverse', 'padded_size',
+    'pad_needed', 'is_exporting',
 ]
 
 Size2 = Union[int, Tuple[int, int]]
@@ -60,9 +61,27 @@ def padded_size(size: Tuple[int, int], window_size: Size2) -> Tuple[int, int]:
     return -(-size[0] // wh) * wh, -(-size[1] // ww) * ww
 
 
+def is_exporting() -> bool:
+    """``torch.compiler.is_exporting()`` (True while ``torch.export`` traces), False in TorchScript."""
+    if torch.jit.is_scripting():  # a static branch: TorchScript compiles only this one
+        return False
+    else:
+        return torch.compiler.is_exporting()
+
+
+def pad_needed(pad_b: int, pad_r: int) -> bool:
+    """Whether a map padded by ``(pad_b, pad_r)`` must take its pad (and later crop) branch.
+
+    Eager and TorchScript: only when a pad is non-zero. While ``torch.export`` traces (ONNX), always: a zero pad
+    and crop are the identity, and a branch on the traced size would bake that size into the graph (the exported
+    model would then skip the padding at sizes that need it).
+    """
+    return is_exporting() or pad_b > 0 or pad_r > 0
+
+
 def _pad(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     pad_b, pad_r = size[0] - x.shape[1], size[1] - x.shape[2]
-    if pad_b or pad_r:
+    if pad_needed(pad_b, pad_r):
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     return x
 

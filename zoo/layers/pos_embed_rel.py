@@ -98,7 +98,7 @@ class RelPosBias(nn.Module):
                 self.window_size, self.window_size, device=self.relative_position_bias_table.device).t()
         else:
             index = self.relative_position_index
-        bias = self.relative_position_bias_table[index.view(-1)]
+        bias = self.relative_position_bias_table[index.reshape(-1)]  # the scripted index is a transpose
         return bias.view(self.window_area, self.window_area, -1).permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, attn: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ from timm.layers import register_notrace_module
 from zoo_kernels.routing import routed_attention
 
 from ._checks import check_channels_last, check_nchw, check_num_heads, check_qk_scale
+from .partition import pad_needed
 from .pos_conv import DwConv2d, DwConvCl
 from .spatial_reduction import spatial_pool_cl
 
@@ -290,7 +291,7 @@ class BiLevelRoutingAttention(nn.Module):
         B, H, W, C = x.shape
         n = self.n_win
         pad_b, pad_r = -H % n, -W % n
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
         rh, rw = Hp // n, Wp // n
@@ -325,7 +326,7 @@ class BiLevelRoutingAttention(nn.Module):
         if self.lepe is not None:
             out = out + self.lepe(qkv[..., 2 * qk:])
         out = self.wo(out)
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             out = out[:, :H, :W].contiguous()
         return out
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
 from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from .partition import pad_needed
 
 __all__ = ['SpatialReductionAttentionCl', 'spatial_pool_cl', 'POOL_MODES']
 
@@ -147,7 +148,7 @@ class SpatialReductionAttentionCl(nn.Module):
         else:
             r = self.sr_ratio
             pad_b, pad_r = max(0, r - x.shape[1]), max(0, r - x.shape[2])
-            if pad_b > 0 or pad_r > 0:
+            if pad_needed(pad_b, pad_r):
                 x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
             x = self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             return self.norm(x)

@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple
 
+from .partition import pad_needed
+
 __all__ = ['ConvStemCl', 'PatchEmbedCl', 'ConvStem2d', 'PatchEmbed2d']
 
 
@@ -104,7 +106,7 @@ class PatchEmbedCl(nn.Module):
         H, W = x.shape[-2:]
         pad_b = -H % self.patch_size[0]
         pad_r = -W % self.patch_size[1]
-        if pad_b or pad_r:
+        if pad_needed(pad_b, pad_r):
             x = F.pad(x, (0, pad_r, 0, pad_b))
         x = self.proj(x).permute(0, 2, 3, 1)
         return self.norm(x)
@@ -205,7 +207,7 @@ class PatchEmbed2d(nn.Module):
             x = self.norm(x)
         if self.pad:
             pad_b, pad_r = -x.shape[-2] % self.patch_size[0], -x.shape[-1] % self.patch_size[1]
-            if pad_b or pad_r:
+            if pad_needed(pad_b, pad_r):
                 x = F.pad(x, (0, pad_r, 0, pad_b))
         x = self.proj(x)
         return x if self.norm_first else self.norm(x)

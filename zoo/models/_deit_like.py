@@ -45,6 +45,7 @@ from timm.models._features import feature_take_indices
 
 from zoo.layers import PatchEmbedCl, PreNormBlockCl
 from zoo.layers._checks import check_nchw
+from zoo.layers.partition import is_exporting
 
 from ._helpers import check_model_args, init_weights
 
@@ -152,7 +153,11 @@ def embed_tokens(
     """
     B, H, W, C = x.shape
     pos = pos_embed
-    if H != grid_size[0] or W != grid_size[1]:
+    if is_exporting() and dynamic_img_size:
+        # torch.export (ONNX): resampled at every size (the identity at ``grid_size``; timm skips its early return
+        # while exporting), so that no branch on the traced size is baked into the graph
+        pos = resample_abs_pos_embed(pos, [H, W], [grid_size[0], grid_size[1]], num_prefix_tokens=1)
+    elif H != grid_size[0] or W != grid_size[1]:
         if not dynamic_img_size:
             raise ValueError(f'input grid ({H}, {W}) differs from the model grid ({grid_size[0]}, {grid_size[1]}); '
                              f'build with dynamic_img_size=True or img_size= for this input')

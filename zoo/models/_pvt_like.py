@@ -56,6 +56,7 @@ from timm.layers import calculate_drop_path_rates, register_notrace_function, to
 from timm.models import checkpoint_seq
 
 from zoo.layers import PatchEmbedCl, PreNormBlockCl, SpatialReductionAttentionCl
+from zoo.layers.partition import is_exporting
 
 from ._helpers import StagedModelMixin, init_weights
 
@@ -134,11 +135,13 @@ class PvtLikeCfg:
 def resample_pos_embed_cl(pos_embed: torch.Tensor, grid: Tuple[int, int], size: Tuple[int, int]) -> torch.Tensor:
     """``[1, gh * gw, C]`` position embedding of a ``grid`` -> ``[1, H, W, C]`` for a map of ``size``.
 
-    Bilinear, ``align_corners=False`` (the official ``_get_pos_embed``); no resampling when ``size == grid``.
+    Bilinear, ``align_corners=False`` (the official ``_get_pos_embed``); no resampling when ``size == grid``, except
+    while ``torch.export`` traces (ONNX): resampling to the same grid is the identity, and a branch on the size
+    would bake the traced size into the graph.
     """
     gh, gw = grid
     pos = pos_embed.reshape(1, gh, gw, -1)
-    if size[0] == gh and size[1] == gw:
+    if size[0] == gh and size[1] == gw and not is_exporting():
         return pos
     pos = F.interpolate(pos.permute(0, 3, 1, 2), size=[size[0], size[1]], mode='bilinear', align_corners=False)
     return pos.permute(0, 2, 3, 1)

@@ -56,7 +56,6 @@ from timm.models import checkpoint_seq
 
 from zoo.layers import PatchEmbedCl, PatchMergingCl, PreNormBlockCl, RelPosBias
 from zoo.layers._checks import check_channels_last, check_num_heads
-from zoo.layers.attention import relative_position_index_2d
 from zoo.layers.partition import padded_size_, window_partition_, window_reverse_
 
 from ._helpers import StagedModelMixin, init_weights
@@ -310,14 +309,7 @@ class SwinWindowAttentionCl(nn.Module):
 
     def _bias(self, win: Tuple[int, int]) -> torch.Tensor:
         """``[1, heads, N, N]`` bias of a ``win`` window (the table's corner when smaller than the window)."""
-        if torch.jit.is_scripting():
-            # RelPosBias.get_bias's scripted path calls .view(-1) on a transposed index (fails); the same lookup
-            table = self.rel_pos.relative_position_bias_table
-            index = relative_position_index_2d(self.window_size, self.window_size, device=table.device).t()
-            n_all = self.window_size[0] * self.window_size[1]
-            bias = table[index.reshape(-1)].view(n_all, n_all, -1).permute(2, 0, 1).unsqueeze(0)
-        else:
-            bias = self.rel_pos.get_bias()
+        bias = self.rel_pos.get_bias()
         if win == self.window_size:
             return bias
         wh, ww = self.window_size

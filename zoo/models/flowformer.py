@@ -51,6 +51,7 @@ from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import FlowAttention, PatchEmbedCl, PreNormBlockCl
+from zoo.layers.partition import pad_needed
 
 from ._helpers import (
     StagedModelMixin,
@@ -116,7 +117,7 @@ def _pad_to_patch(x: torch.Tensor, patch_size: Tuple[int, int]) -> torch.Tensor:
     subclasses below do not call ``super().forward``, which TorchScript cannot compile)."""
     pad_b = -x.shape[-2] % patch_size[0]
     pad_r = -x.shape[-1] % patch_size[1]
-    if pad_b or pad_r:
+    if pad_needed(pad_b, pad_r):
         x = F.pad(x, (0, pad_r, 0, pad_b))
     return x
 

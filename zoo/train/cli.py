@@ -17,6 +17,8 @@ What it adds to ``LightningCLI``:
   ``fit``) and :class:`PredictionCSVWriter` (``--predictions.output_file``);
 * ``fit --ckpt_path last`` resumes the newest ``last.ckpt`` of this logger name (every run logs to a new
   version folder, so Lightning's own ``'last'`` lookup would find nothing);
+* resuming (``--ckpt_path``) reads the checkpoint with ``torch.load(weights_only=True)`` unless
+  ``--weights_only false``;
 * clear errors before training: an unknown model name (with close matches), an odd batch with Mixup,
   a checkpoint whose class count differs from the data, a reused log folder, missing data folders.
 """
@@ -131,6 +133,10 @@ class ZooCLI(LightningCLI):
         config = self.config_init['fit']
         if config.get('ckpt_path') == 'last':
             config['ckpt_path'] = self._resolve_last()
+        if config.get('ckpt_path') and config.get('weights_only') is None:
+            # resume reads the checkpoint with torch.load(weights_only=True): a checkpoint carrying code is refused
+            # (Lightning's default, None, unpickles anything); --weights_only false opts out for a trusted file
+            config['weights_only'] = True
 
     def _resolve_last(self) -> str:
         logger = self.trainer.logger

@@ -19,7 +19,7 @@ handles both while the export traces (and restores everything afterwards):
 
 The graph has a dynamic batch axis and, where the model allows it, dynamic height and width: the export is first
 tried with all three dynamic and checked in onnxruntime at a second image size; a model whose graph specialises
-to the traced size (window or region counts baked in: BiFormer's region split) or that has a fixed input size is
+to the traced size (window counts or caches baked in: Agent-Swin's window caches) or that has a fixed input size is
 exported again with static height and width (``tests/zoo/weights/test_onnx.py`` lists the tiny variants that
 stay static and why). Every export is verified against PyTorch in float32 (max abs
 difference <= ``atol``, default 1e-4) at batch 1 and 3.
