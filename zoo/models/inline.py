@@ -217,13 +217,13 @@ model_cfgs = dict(
     inline_swin_base=_swin(128, _S, (4, 8, 16, 32), 'IIMS2'),
     inline_swin_base_384=_swin(128, _S, (4, 8, 16, 32), 'IIMS2', window_size=96, img_size=384),
     # tiny: a shifted, padded Swin-window stage, global InLine stages, a mixed stage
-    inline_swin_test=_swin(16, (2, 1, 2, 1), (1, 2, 4, 8), 'SIMS1', window_size=16, img_size=64),
+    inline_swin_test=_swin(20, (2, 1, 2, 1), (1, 2, 4, 8), 'SIMS1', window_size=16, img_size=64),
     inline_pvt_tiny=_pvt((2, 2, 2, 2)),
     inline_pvt_small=_pvt((3, 4, 6, 3)),
     inline_pvt_medium=_pvt((3, 4, 18, 3)),
     inline_pvt_large=_pvt((3, 8, 27, 3)),
     # tiny: InLine stages around a plain SRA stage (sr 2)
-    inline_pvt_test=_pvt((1, 2, 1, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), mlp_ratios=(2, 2, 2, 2),
+    inline_pvt_test=_pvt((1, 2, 1, 1), embed_dims=(20, 40, 80, 160), num_heads=(1, 2, 4, 8), mlp_ratios=(2, 2, 2, 2),
                          sr_ratios=(8, 4, 2, 1), attn_type='IISI', img_size=64),
     inline_deit_tiny=_deit(192, 6),
     inline_deit_small=_deit(320, 10, img_size=288),
