@@ -310,7 +310,7 @@ class InLineAttention(nn.Module):
                                  f'got size=None')
             if len(size) != 2:
                 raise ValueError(f'size must be (H, W) of the token grid, got {len(size)} values')
-            H, W = int(size[0]), int(size[1])
+            H, W = size[0], size[1]  # no int(): it would fix a symbolic size while torch.export traces
             if x.shape[1] != P + H * W:
                 raise ValueError(f'x has {x.shape[1]} tokens, expected {P} + {H} * {W} for size=({H}, {W})')
             tokens = x

@@ -171,7 +171,8 @@ def export_onnx(
     Args:
         model: a (zoo or timm) classification model; put in eval mode.
         path: the ``.onnx`` file to write.
-        input_size: ``(C, H, W)`` traced; default the model's pretrained cfg input size.
+        input_size: ``(C, H, W)`` traced; default the model's pretrained cfg input size. For dynamic height and
+            width, trace at a size where no stage map is 1 x 1: torch.export specialises dims of size 1.
         dynamic_hw: True: dynamic height and width required (an error if the graph does not generalise); False:
             static; None: dynamic where the model allows it (see the module docstring).
         dynamic_batch: True: required; None: where the graph allows it (a model outside the zoo that folds the
