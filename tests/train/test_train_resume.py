@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from train_helpers import DEMO, QUIET, logger_args, run_cli
+from unsafe_pickles import CreatesFile
 
 RUN = [
     'fit', '-c', DEMO, *QUIET,
@@ -73,21 +74,11 @@ def test_resume_mid_epoch_is_exact(uninterrupted, tmp_path):
         assert torch.equal(value, full_weights[key]), key
 
 
-class _CreatesFile:
-    """Unpickling this calls ``open(path, 'w')``: the file exists afterwards iff the pickle ran."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
-
 def test_resume_refuses_a_checkpoint_that_carries_code(tmp_path):
     """``--ckpt_path`` reads with ``torch.load(weights_only=True)``: the pickle's code is refused, never run."""
     marker = tmp_path / 'pwned'
     ckpt = tmp_path / 'evil.ckpt'
-    torch.save({'state_dict': {}, 'epoch': 0, 'global_step': 0, 'payload': _CreatesFile(marker)}, ckpt)
+    torch.save({'state_dict': {}, 'epoch': 0, 'global_step': 0, 'payload': CreatesFile(marker)}, ckpt)
     with pytest.raises(Exception, match='[Ww]eights only load failed|weights_only'):
         run_cli([*RUN, *logger_args(tmp_path, 'evil'), '--trainer.max_epochs', '1', '--ckpt_path', str(ckpt)])
     assert not marker.exists()

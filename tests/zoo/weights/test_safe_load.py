@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from unsafe_pickles import CreatesFile
 
 import zoo  # noqa: F401  (registers the models)
 from zoo.weights.export import load_training_checkpoint
@@ -23,16 +24,6 @@ from zoo.weights.safe_load import (
 )
 
 
-class _CreatesFile:
-    """Unpickling this calls ``open(path, 'w')``: the file exists afterwards iff the pickle ran."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
-
 def _weights():
     return {'w': torch.arange(6.).reshape(2, 3), 'b': torch.ones(2)}
 
@@ -41,7 +32,7 @@ def _weights():
 def test_code_carrying_pickle_is_refused_and_never_run(tmp_path, kind):
     marker = tmp_path / 'pwned'
     path = tmp_path / 'evil.pth'
-    payload = {'model': _weights(), 'extra': _CreatesFile(marker)}
+    payload = {'model': _weights(), 'extra': CreatesFile(marker)}
     if kind == 'torch.save':
         torch.save(payload, path)
     else:
@@ -49,7 +40,7 @@ def test_code_carrying_pickle_is_refused_and_never_run(tmp_path, kind):
             pickle.dump(payload, f, protocol=int(kind[-1]))
     # the crafted file really runs code when loaded unsafely (checked on a copy, in a throwaway location)
     probe = tmp_path / 'probe.pth'
-    torch.save({'x': _CreatesFile(tmp_path / 'probe_ran')}, probe)
+    torch.save({'x': CreatesFile(tmp_path / 'probe_ran')}, probe)
     torch.load(probe, weights_only=False)
     assert (tmp_path / 'probe_ran').exists()
     with pytest.raises(UnsafeCheckpointError, match=r'refused.*builtins\.open|refused.*io\.open'):
@@ -62,7 +53,7 @@ def test_code_carrying_pickle_is_refused_and_never_run(tmp_path, kind):
 def test_code_carrying_training_checkpoint_refused_by_export(tmp_path):
     marker = tmp_path / 'pwned'
     path = tmp_path / 'last.ckpt'
-    torch.save({'state_dict': {}, 'hyper_parameters': {'model_name': 'nat_test'}, 'x': _CreatesFile(marker)}, path)
+    torch.save({'state_dict': {}, 'hyper_parameters': {'model_name': 'nat_test'}, 'x': CreatesFile(marker)}, path)
     with pytest.raises(ValueError, match='ckpt: .*refused'):
         load_training_checkpoint(str(path))
     assert not marker.exists()
