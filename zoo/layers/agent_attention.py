@@ -46,7 +46,7 @@ from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_f
 from torch._subclasses.fake_tensor import is_fake
 
 from ._checks import check_num_heads, check_qk_scale, shape_str
-from .partition import pad_needed
+from .partition import is_exporting, pad_needed
 from .spatial_reduction import SpatialReductionAttentionCl
 
 __all__ = [
@@ -71,24 +71,32 @@ def agent_pool_size(agent_num: int) -> int:
 
 def resize_bias_axis(bias: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     """Linear interpolation (``align_corners=False``) of ``bias`` along ``dim`` to ``length``; identity at its own
-    length. How the agent row / column biases follow another map size."""
-    if bias.shape[dim] == length:
+    length. How the agent row / column biases follow another map size. While ``torch.export`` traces, always
+    interpolated (the identity at the traced size), so that the exported graph follows the input size."""
+    if bias.shape[dim] == length and not is_exporting():
         return bias
     moved = bias.movedim(dim, -1)
     out = F.interpolate(moved.reshape(1, -1, moved.shape[-1]), size=[length], mode='linear', align_corners=False)
     return out.reshape(list(moved.shape[:-1]) + [length]).movedim(-1, dim)
 
 
+def _adaptive_pool_axis(n, p: int, device, dtype) -> torch.Tensor:
+    """``[p, n]`` bin-averaging matrix of one axis: row ``i`` averages ``[floor(i * n / p), ceil((i + 1) * n / p))``
+    (PyTorch's adaptive-pool bins). Tensor ops only, so that ``n`` may be a symbolic size (``torch.export``)."""
+    i = torch.arange(p, device=device)
+    lo = (i * n).div(p, rounding_mode='floor')
+    hi = -((-(i + 1) * n).div(p, rounding_mode='floor'))
+    j = torch.arange(n, device=device)
+    inside = (j[None, :] >= lo[:, None]) & (j[None, :] < hi[:, None])
+    return inside.to(dtype) / (hi - lo).to(dtype)[:, None]
+
+
 def _adaptive_pool_matrix(size: Tuple[int, int], p: int, device, dtype) -> torch.Tensor:
-    """``[p * p, H * W]`` matrix ``M`` with ``M @ x_tokens == adaptive_avg_pool2d(x, p)`` (PyTorch's bins:
-    ``[floor(i * H / p), ceil((i + 1) * H / p))``)."""
-    def axis(n):
-        m = torch.zeros(p, n, dtype=torch.float64)
-        for i in range(p):
-            lo, hi = (i * n) // p, -(-((i + 1) * n) // p)
-            m[i, lo:hi] = 1. / (hi - lo)
-        return m
-    mat = axis(size[0])[:, None, :, None] * axis(size[1])[None, :, None, :]
+    """``[p * p, H * W]`` matrix ``M`` with ``M @ x_tokens == adaptive_avg_pool2d(x, p)`` (computed in float64 in
+    eager, in ``dtype`` while exporting)."""
+    work = dtype if is_exporting() else torch.float64
+    rows, cols = _adaptive_pool_axis(size[0], p, device, work), _adaptive_pool_axis(size[1], p, device, work)
+    mat = rows[:, None, :, None] * cols[None, :, None, :]
     return mat.reshape(p * p, size[0] * size[1]).to(device=device, dtype=dtype)
 
 
@@ -246,9 +254,13 @@ class _AgentBiases(nn.Module):
 
     @torch.jit.unused
     def _pool_cached(self, q_map: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = q_map.shape
+        if is_exporting():
+            # adaptive_avg_pool2d exports with the bins of the traced size (a fixed kernel where it divided the map)
+            mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
+            return torch.matmul(mat, q_map.reshape(B, H * W, C))
         if not (self.fused_attn and _cacheable(q_map)):
             return self._pool_explicit(q_map)
-        B, H, W, C = q_map.shape
         key = (H, W, q_map.device, q_map.dtype)
         mat = self._pool_cache.get(key)
         if mat is None:

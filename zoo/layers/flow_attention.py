@@ -112,8 +112,9 @@ def _flow(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool, eps: f
     conserved_sink = _dot(q_eps, _weighted_sum(source_outgoing, k, fused) + eps, fused) + eps
     conserved_source = _dot(k_eps, _weighted_sum(sink_incoming, q, fused) + eps, fused) + eps
     conserved_source = torch.clamp(conserved_source, min=-1.0, max=1.0)
-    sink_allocation = torch.sigmoid(conserved_sink * (float(n_q) / float(n_k)))
-    source_competition = torch.softmax(conserved_source, dim=-2) * float(n_k)
+    # the token counts stay ints (no float()): under torch.export they are symbolic sizes, not traced constants
+    sink_allocation = torch.sigmoid(conserved_sink * (n_q / n_k))
+    source_competition = torch.softmax(conserved_source, dim=-2) * n_k
     kv = k.transpose(-1, -2) @ (v * source_competition)
     return (q @ kv) * (sink_incoming * sink_allocation)
 

@@ -155,7 +155,7 @@ class HiLoAttentionCl(nn.Module):
         ``l_proj`` (queries of the real ``H x W`` tokens only)."""
         H, W = size
         B, Hp, Wp, C = x.shape
-        xq = x if Hp == H and Wp == W else x[:, :H, :W]
+        xq = x[:, :H, :W] if pad_needed(Hp - H, Wp - W) else x
         q = self.l_q(xq).view(B, H * W, self.l_heads, self.head_dim).transpose(1, 2)
         if self.ws > 1:
             pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws).flatten(2).transpose(1, 2)  # [B, n, C]

@@ -51,7 +51,7 @@ from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import FlowAttention, PatchEmbedCl, PreNormBlockCl
-from zoo.layers.partition import pad_needed
+from zoo.layers.partition import is_exporting, pad_needed
 
 from ._helpers import (
     StagedModelMixin,
@@ -104,7 +104,7 @@ class FlowformerCfg:
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], new_grid: Tuple[int, int]) -> torch.Tensor:
     """``[1, Gh*Gw, C]`` absolute position embedding resized bicubically to ``new_grid`` (computed in float32)."""
-    if grid[0] == new_grid[0] and grid[1] == new_grid[1]:
+    if grid[0] == new_grid[0] and grid[1] == new_grid[1] and not is_exporting():  # exported: resized at any size
         return pos_embed
     C = pos_embed.shape[-1]
     x = pos_embed.reshape(1, grid[0], grid[1], C).permute(0, 3, 1, 2).float()

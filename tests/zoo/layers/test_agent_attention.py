@@ -210,3 +210,14 @@ def test_torchscript_matches_official_math():
     torch.testing.assert_close(scripted[2](m).reshape(2, 60, 16), ref, atol=1e-10, rtol=1e-10)
     with pytest.raises(torch.jit.Error, match='tokens'):
         scripted[1](t, size=(4, 6))
+
+
+@pytest.mark.parametrize('size, p', [((5, 5), 2), ((16, 16), 3), ((7, 9), 4), ((3, 2), 7), ((8, 8), 2)])
+def test_pooling_matrix_is_adaptive_avg_pool(size, p):
+    """The bin-averaging matrix (cached in eager; built from tensor ops in the exported graph, where a traced
+    ``adaptive_avg_pool2d`` keeps the traced size's kernel) equals PyTorch's adaptive pool, divisible or not."""
+    from zoo.layers.agent_attention import _adaptive_pool_matrix
+    x = torch.randn(2, *size, 8, dtype=torch.float64)
+    ref = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), p).flatten(2).transpose(1, 2)
+    mat = _adaptive_pool_matrix(size, p, 'cpu', torch.float64)
+    torch.testing.assert_close(mat @ x.reshape(2, -1, 8), ref, rtol=0, atol=1e-12)
