@@ -49,7 +49,7 @@ from timm.layers import register_notrace_module
 from zoo_kernels.routing import routed_attention
 
 from ._checks import check_channels_last, check_nchw, check_num_heads, check_qk_scale
-from .partition import pad_needed
+from .partition import is_exporting, pad_needed
 from .pos_conv import DwConv2d, DwConvCl
 from .spatial_reduction import spatial_pool_cl
 
@@ -341,6 +341,20 @@ class BiLevelRoutingAttention(nn.Module):
                 f'topk={self.topk}, routing={self.routing_mode}, kv_downsample_mode={self.kv_downsample_mode}')
 
 
+def _region_means(x: torch.Tensor, region: Tuple[int, int]) -> torch.Tensor:
+    """``avg_pool2d(x, region, ceil_mode=True, count_include_pad=False)`` of a ``[B, C, H, W]`` map as a zero pad,
+    a reshape and sums divided by the valid-token counts: the region size may be a symbolic size (``torch.export``),
+    which a pooling kernel (an ONNX attribute) cannot be."""
+    B, C, H, W = x.shape
+    rh, rw = region
+    gh, gw = (H + rh - 1) // rh, (W + rw - 1) // rw
+    pad = [0, gw * rw - W, 0, gh * rh - H]
+    sums = F.pad(x, pad).reshape(B, C, gh, rh, gw, rw).sum(dim=(3, 5))
+    ones = F.pad(torch.ones(1, 1, H, W, device=x.device, dtype=x.dtype), pad)
+    counts = ones.reshape(1, 1, gh, rh, gw, rw).sum(dim=(3, 5))
+    return sums / counts
+
+
 @register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class BiLevelRoutingAttention2d(nn.Module):
     """nchw bi-level routing attention (BiFormer-STL-nchw): 1x1-conv projections, pooling-based region descriptors."""
@@ -406,13 +420,16 @@ class BiLevelRoutingAttention2d(nn.Module):
         q, k, v = self.qkv_linear(x).chunk(3, dim=1)
 
         # region means over the valid tokens only; the grid is ceil(H / rh) x ceil(W / rw)
-        q_r = F.avg_pool2d(q.detach(), kernel_size=region, ceil_mode=True, count_include_pad=False)
-        k_r = F.avg_pool2d(k.detach(), kernel_size=region, ceil_mode=True, count_include_pad=False)
+        if is_exporting():  # the region size follows the symbolic map size: no pooling kernel attribute can
+            q_r, k_r = _region_means(q.detach(), region), _region_means(k.detach(), region)
+        else:
+            q_r = F.avg_pool2d(q.detach(), kernel_size=region, ceil_mode=True, count_include_pad=False)
+            k_r = F.avg_pool2d(k.detach(), kernel_size=region, ceil_mode=True, count_include_pad=False)
         grid = (q_r.shape[-2], q_r.shape[-1])
         _, r_idx = self.router(q_r.permute(0, 2, 3, 1).flatten(1, 2), k_r.flatten(2).transpose(1, 2))
 
         Hp, Wp = grid[0] * region[0], grid[1] * region[1]
-        if Hp != H or Wp != W:
+        if pad_needed(Hp - H, Wp - W):
             # zero padding after the projection; the padded keys stay unmasked (logit 0, value 0), as official
             pad = (0, Wp - W, 0, Hp - H)
             qp, kp, vp = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
@@ -428,7 +445,7 @@ class BiLevelRoutingAttention2d(nn.Module):
         # [B, heads, nR, M, C/heads] -> [B, C, Hp, Wp]
         out = out.reshape(B, self.num_heads, grid[0], grid[1], region[0], region[1], -1)
         out = out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, C, Hp, Wp)
-        if Hp != H or Wp != W:
+        if pad_needed(Hp - H, Wp - W):
             out = out[:, :, :H, :W]
         if self.lepe is not None:
             out = out + self.lepe(v)

@@ -304,3 +304,13 @@ def test_meta_device_and_dtype():
     layer = BiLevelRoutingAttention(32, 2, device='meta', dtype=torch.bfloat16)
     assert all(p.is_meta and p.dtype == torch.bfloat16 for p in layer.parameters())
     assert all(p.is_meta for p in BiLevelRoutingAttention2d(32, 2, device='meta').parameters())
+
+
+@pytest.mark.parametrize('size, region', [((7, 9), (2, 3)), ((8, 8), (2, 2)), ((5, 3), (1, 1)), ((13, 11), (4, 3))])
+def test_region_means_equal_ceil_mode_avg_pool(size, region):
+    """The exported form of the nchw BRA's region descriptors (pad, reshape, sums over valid-token counts) equals
+    ``avg_pool2d(ceil_mode=True, count_include_pad=False)``, including the partial regions at the bottom/right."""
+    from zoo.layers.routing import _region_means
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    ref = F.avg_pool2d(x, region, ceil_mode=True, count_include_pad=False)
+    torch.testing.assert_close(_region_means(x, region), ref, rtol=0, atol=1e-12)

@@ -41,8 +41,6 @@ ATOL = 1e-4
 # name prefix -> why the exported graph keeps the traced height and width (Python branches on the input size, taken
 # once while tracing, or sizes computed in Python and cached)
 STATIC_HW = {
-    'biformer_stl_nchw': 'the NCHW BRA computes its region size from H // n_win in Python (a reshape keeps the traced '
-                         'size: onnxruntime fails at the probe size)',
     'agent_swin': 'window and shift-mask caches keyed by Python ints (the dynamic export does not finish in minutes)',
     'inline_swin': 'window geometry and shift masks computed in Python from the map size (the dynamic export takes '
                    '> 10 min and keeps a traced size: a wrong broadcast in onnxruntime)',
