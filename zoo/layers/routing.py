@@ -420,7 +420,7 @@ class BiLevelRoutingAttention2d(nn.Module):
         q, k, v = self.qkv_linear(x).chunk(3, dim=1)
 
         # region means over the valid tokens only; the grid is ceil(H / rh) x ceil(W / rw)
-        if is_exporting():  # the region size follows the symbolic map size: no pooling kernel attribute can
+        if is_exporting():  # the region size follows the symbolic map size, which a pooling kernel attribute cannot
             q_r, k_r = _region_means(q.detach(), region), _region_means(k.detach(), region)
         else:
             q_r = F.avg_pool2d(q.detach(), kernel_size=region, ceil_mode=True, count_include_pad=False)
