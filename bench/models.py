@@ -1,7 +1,7 @@
 """Model throughput and peak memory: zoo models against timm's Swin-T and ConvNeXt-T, measured in the same run.
 
     python -m bench.models [--device cpu|cuda] [--models nat_mini dinat_mini ...] [--batch 8] [--img-size 224]
-                           [--modes inference training]
+                           [--modes inference training] [--isolate]
 
 Two modes, each at batch 1 and at the throughput batch: ``inference`` (eval, ``no_grad`` forward) and ``training``
 (one optimizer step: train-mode forward, cross-entropy, backward, ``torch.optim.AdamW`` step; every model built
@@ -9,7 +9,9 @@ with the same ``--drop-path`` rate). For every model the step of the model and o
 with :func:`bench.common.time_fns` (warm-up, synchronisation, median), so a shared machine slowing down mid-run
 affects all of them alike. Printed as one markdown table per mode: images/s, the speed ratio to each peer (ours
 img/s / peer img/s: above 1 means ours is faster), and peak memory with its ratio (ours / peer: below 1 means ours
-uses less).
+uses less). ``--isolate`` runs each model with the peers in a fresh process (the peers are then timed once per
+model): with many models training in one process, the allocator state of that process slows the models with the
+largest activations (BENCHMARKS.md, session 7).
 
 Peak memory: on CUDA, the peak allocated by one step above what was allocated before it
 (:func:`bench.common.peak_memory`). On CPU, the growth of the process's peak resident set over one step in a fresh
@@ -135,6 +137,18 @@ MODE_TITLE = {
 }
 
 
+def _child_args(args: argparse.Namespace, model: str) -> List[str]:
+    """The command line of one ``--isolate`` group: ``model`` and the peers, every other option as given."""
+    out = ['--device', args.device, '--models', model, '--peers', *args.peers, '--modes', *args.modes,
+           '--img-size', str(args.img_size), '--drop-path', str(args.drop_path), '--repeats', str(args.repeats),
+           '--budget', str(args.budget), '--stat', args.stat]
+    out += ['--batch', str(args.batch)] if args.batch else []
+    out += ['--threads', str(args.threads)] if args.threads else []
+    out += ['--no-memory'] if args.no_memory else []
+    out += ['--official-root', args.official_root] if args.official_root else []
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=('cpu', 'cuda'))
@@ -155,8 +169,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
     parser.add_argument('--official-root', default=None,
                         help='directory of official checkouts for official:<family>/<model> peers (bench.official)')
+    parser.add_argument('--isolate', action='store_true',
+                        help='time each model with the peers in a fresh process of its own (one set of tables per '
+                             'model): with many models alive in one process, training-step timings depend on that '
+                             "process's allocator state")
     parser.add_argument('--_peak-child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.isolate:
+        for model in args.models:
+            subprocess.run([sys.executable, '-m', 'bench.models', *_child_args(args, model)], check=True)
+        return
     if args.official_root:
         os.environ[official.ROOT_ENV] = args.official_root
     if args.threads:
