@@ -41,9 +41,11 @@ ATOL = 1e-4
 # name prefix -> why the exported graph keeps the traced height and width (Python branches on the input size, taken
 # once while tracing, or sizes computed in Python and cached)
 STATIC_HW = {
-    'agent_swin': 'window and shift-mask caches keyed by Python ints (the dynamic export does not finish in minutes)',
-    'inline_swin': 'window geometry and shift masks computed in Python from the map size (the dynamic export takes '
-                   '> 10 min and keeps a traced size: a wrong broadcast in onnxruntime)',
+    # both through the shared Swin window layer (zoo.models._swin_like.SwinWindowAttentionCl)
+    'agent_swin': 'the shift-mask cache is keyed by the map size, which cannot be hashed when symbolic; exporting '
+                  'without the cache finishes (5-10 min) but onnxruntime then fails even at the traced size',
+    'inline_swin': 'the shift-mask cache is keyed by the map size, which cannot be hashed when symbolic; exporting '
+                   'without the cache finishes (5-10 min) but onnxruntime then fails even at the traced size',
     'maxvit': 'zoo.weights.onnx._STATIC_HW_CLASSES: the exporter does not finish with symbolic sizes',
     # generalises (checked by hand: max |diff| 5e-7 at the probe size) but its dynamic export takes ~3 min on one
     # core; exported static here to keep the suite short
