@@ -256,18 +256,19 @@ class _AgentBiases(nn.Module):
     def _pool_cached(self, q_map: torch.Tensor) -> torch.Tensor:
         B, H, W, C = q_map.shape
         if is_exporting():
-            # adaptive_avg_pool2d exports with the bins of the traced size (a fixed kernel where it divided the map)
+            # adaptive_avg_pool2d exports with the bins of the traced size (a fixed kernel where it divided the map);
+            # the matrix is built in the graph from the symbolic size, never cached
             mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
-            return torch.matmul(mat, q_map.reshape(B, H * W, C))
-        if not (self.fused_attn and _cacheable(q_map)):
+        elif not (self.fused_attn and _cacheable(q_map)):
             return self._pool_explicit(q_map)
-        key = (H, W, q_map.device, q_map.dtype)
-        mat = self._pool_cache.get(key)
-        if mat is None:
-            mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
-            if len(self._pool_cache) > 8:
-                self._pool_cache.clear()
-            self._pool_cache[key] = mat
+        else:
+            key = (H, W, q_map.device, q_map.dtype)
+            mat = self._pool_cache.get(key)
+            if mat is None:
+                mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
+                if len(self._pool_cache) > 8:
+                    self._pool_cache.clear()
+                self._pool_cache[key] = mat
         return torch.matmul(mat, q_map.reshape(B, H * W, C))
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:

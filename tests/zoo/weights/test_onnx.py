@@ -38,14 +38,14 @@ def _tiny_by_module():
 BY_MODULE = _tiny_by_module()
 TINY = sorted(n for names in BY_MODULE.values() for n in names)
 ATOL = 1e-4
+# Agent-Swin and InLine-Swin, both through the shared Swin window layer (zoo.models._swin_like.SwinWindowAttentionCl)
+_SWIN_WINDOW_REASON = ('the shift-mask cache is keyed by the map size, which cannot be hashed when symbolic; exporting '
+                       'without the cache finishes (5-10 min) but onnxruntime then fails even at the traced size')
 # name prefix -> why the exported graph keeps the traced height and width (Python branches on the input size, taken
 # once while tracing, or sizes computed in Python and cached)
 STATIC_HW = {
-    # both through the shared Swin window layer (zoo.models._swin_like.SwinWindowAttentionCl)
-    'agent_swin': 'the shift-mask cache is keyed by the map size, which cannot be hashed when symbolic; exporting '
-                  'without the cache finishes (5-10 min) but onnxruntime then fails even at the traced size',
-    'inline_swin': 'the shift-mask cache is keyed by the map size, which cannot be hashed when symbolic; exporting '
-                   'without the cache finishes (5-10 min) but onnxruntime then fails even at the traced size',
+    'agent_swin': _SWIN_WINDOW_REASON,
+    'inline_swin': _SWIN_WINDOW_REASON,
     'maxvit': 'zoo.weights.onnx._STATIC_HW_CLASSES: the exporter does not finish with symbolic sizes',
     # generalises (checked by hand: max |diff| 5e-7 at the probe size) but its dynamic export takes ~3 min on one
     # core; exported static here to keep the suite short
