@@ -34,6 +34,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
+from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = ('float16', 'bfloat16', 'float32', 'tf32')
@@ -346,6 +347,7 @@ def correctness(cases, dtypes, device, helpers) -> tuple[str, int]:
         cells = ['-' if errors[c] is None else f'{errors[c]:.1e}' for c in columns]
         rows.append([describe(case), name, *cells, f'{fwd_tol:.0e} / {grad_tol:.0e}',
                      f'ok ({time.perf_counter() - start:.1f} s)' if ok else '**FAIL**'])
+        print('| ' + ' | '.join(map(str, rows[-1])) + ' |', file=sys.stderr, flush=True)  # progress
     headers = ['case', 'dtype', *columns, 'tolerance fwd / grad', 'status']
     return markdown_table(headers, rows), failed
 
@@ -377,39 +379,57 @@ def launched_kernels() -> list:
     return found
 
 
-def bench_tables(device: str, rehearsal: bool, use_natten: bool = True) -> list[tuple[str, str]]:
-    """(title, output) of bench.na, bench.routing and bench.models on CUDA (tiny shapes on CPU in rehearsal)."""
+def bench_tables(device: str, rehearsal: bool, use_natten: bool = True,
+                 official_root: str | None = None) -> Iterator[tuple[str, str]]:
+    """(title, output) of bench.na, bench.routing and bench.models on CUDA (tiny shapes on CPU in rehearsal).
+
+    bench.models runs under bf16 autocast (mixed-precision training as on a GPU), with the official twin of each
+    model that has one when ``official_root`` holds the official checkouts. A table that fails yields its error,
+    and the next one still runs.
+    """
     import torch
 
     from . import models, na, routing
 
-    out = []
     if rehearsal:
         na_shapes = [na.Shape('rehearsal', 1, (9, 10), 2, 16, 3)]
         bra_shapes = [routing.Shape('rehearsal', 1, 8, 2, 2, 2, head_dim=16)]
         models_argv = ['--device', 'cpu', '--models', 'nat_mini', '--peers', 'convnext_tiny', '--batch', '2',
-                       '--img-size', '64', '--repeats', '1', '--budget', '1', '--no-memory']
+                       '--img-size', '64', '--repeats', '1', '--budget', '1', '--no-memory', '--amp', 'bf16']
         repeats, dtype = 1, torch.float16
     else:
         na_shapes = [s for s in na.CUDA_SHAPES if s.quick]
         bra_shapes = [s for s in routing.CUDA_SHAPES if s.quick]
-        models_argv = ['--device', 'cuda', '--repeats', '10', '--budget', '5']
+        models_argv = ['--device', 'cuda', '--repeats', '10', '--budget', '5', '--amp', 'bf16']
         repeats, dtype = 10, torch.bfloat16
+    if official_root:
+        models_argv += ['--officials', '--official-root', official_root]
     natten = na.import_natten() if use_natten and not rehearsal else None
     peak_bw = 4.8e12 if 'H200' in _device_name(device) else 3.35e12
-    start = time.perf_counter()
-    table = na.bench_cuda(na_shapes, 'triton', natten, repeats, 'median', peak_bw, 989e12, device=device, dtype=dtype)
-    out.append((f'bench.na ({time.perf_counter() - start:.0f} s; SOL against {peak_bw / 1e12:.2f} TB/s, '
-                f'989 TFLOP/s; natten {getattr(natten, "__version__", "not installed")})', table))
-    start = time.perf_counter()
-    table = routing.bench_cuda(bra_shapes, 'triton', repeats, peak_bw, 989e12, device=device)
-    out.append((f'bench.routing ({time.perf_counter() - start:.0f} s)', table))
-    start = time.perf_counter()
+    tables = {
+        f'bench.na (SOL against {peak_bw / 1e12:.2f} TB/s, 989 TFLOP/s; natten '
+        f'{getattr(natten, "__version__", "not installed")})':
+            lambda: na.bench_cuda(na_shapes, 'triton', natten, repeats, 'median', peak_bw, 989e12, device=device,
+                                  dtype=dtype),
+        'bench.routing': lambda: routing.bench_cuda(bra_shapes, 'triton', repeats, peak_bw, 989e12, device=device),
+        f'bench.models {" ".join(models_argv)}': lambda: _captured(models.main, models_argv),
+    }
+    for title, make in tables.items():
+        start = time.perf_counter()
+        try:
+            table = make()
+        except Exception as error:  # noqa: BLE001  (one failing table must not hide the others)
+            traceback.print_exc(file=sys.stderr)
+            table = f'**ERROR** {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ""}'
+        yield f'{title} ({time.perf_counter() - start:.0f} s)', table
+
+
+def _captured(fn, *args) -> str:
+    """What ``fn(*args)`` prints."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        models.main(models_argv)
-    out.append((f'bench.models {" ".join(models_argv)} ({time.perf_counter() - start:.0f} s)', buffer.getvalue()))
-    return out
+        fn(*args)
+    return buffer.getvalue()
 
 
 def _device_name(device: str) -> str:
@@ -417,33 +437,13 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(device) if device == 'cuda' else 'CPU (Triton interpreter)'
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--rehearsal', action='store_true',
-                        help="CPU only: Triton's interpreter, tiny shapes; kernels compiled for sm90 without a GPU")
-    parser.add_argument('--skip-bench', action='store_true', help='leave out the bench.na/routing/models tables')
-    parser.add_argument('--no-prewarm', action='store_true', help='compile kernels at their first launch instead')
-    parser.add_argument('--no-natten', action='store_true',
-                        help="leave natten out of bench.na (its flex backend compiles per shape: minutes)")
-    parser.add_argument('--jobs', type=int, default=None, help='compile workers (default: CPU count)')
-    parser.add_argument('--out', default=None, help='also write the report to this file')
-    args = parser.parse_args(argv)
-    if args.rehearsal:
-        # before anything imports the kernels: @triton.jit reads it at decoration time
-        os.environ['TRITON_INTERPRET'] = '1'
-    import torch
-    import triton
+def check_kernels(args, cases, device: str, arch: int, helpers, report: list) -> int:
+    """Sections 1 and 2 appended to ``report``: compile ahead, the correctness table, the kernels' resources.
 
-    if not args.rehearsal and not torch.cuda.is_available():
-        print('no CUDA device: run with --rehearsal for the CPU rehearsal', file=sys.stderr)
-        return 2
-    device = 'cpu' if args.rehearsal else 'cuda'
-    cases = REHEARSAL_CASES if args.rehearsal else GPU_CASES
-    arch = 90 if args.rehearsal else 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
-    helpers = load_helpers()
-    report = [f'# bench.gpu_check on {_device_name(device)} (sm{arch}); torch {torch.__version__}, '
-              f'triton {triton.__version__}{" (rehearsal: interpreter, tiny shapes)" if args.rehearsal else ""}']
-    total = time.perf_counter()
+    Returns the number of failed cases.
+    """
+    import torch
+
     prewarmed = []
     if not args.no_prewarm:
         # the rehearsal compiles the kernels of one NA and one BRA case in fp16: those of two build-matrix cells
@@ -465,16 +465,57 @@ def main(argv=None) -> int:
     else:
         launched = [kernel_record(name, kernel, arch) for name, kernel in launched_kernels()]
         report.append(f'\n## Kernels launched ({len(launched)})\n\n{records_table(launched)}')
+    return failed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--rehearsal', action='store_true',
+                        help="CPU only: Triton's interpreter, tiny shapes; kernels compiled for sm90 without a GPU")
+    parser.add_argument('--skip-bench', action='store_true', help='leave out the bench.na/routing/models tables')
+    parser.add_argument('--no-prewarm', action='store_true', help='compile kernels at their first launch instead')
+    parser.add_argument('--no-natten', action='store_true',
+                        help="leave natten out of bench.na (its flex backend compiles per shape: minutes)")
+    parser.add_argument('--skip-correctness', action='store_true',
+                        help='leave out the correctness and kernel sections (only the benchmark tables)')
+    parser.add_argument('--official-root', default=None,
+                        help="official checkouts: bench.models adds each model's official twin (bench.official)")
+    parser.add_argument('--jobs', type=int, default=None, help='compile workers (default: CPU count)')
+    parser.add_argument('--out', default=None, help='also write the report to this file')
+    args = parser.parse_args(argv)
+    if args.rehearsal:
+        # before anything imports the kernels: @triton.jit reads it at decoration time
+        os.environ['TRITON_INTERPRET'] = '1'
+    import torch
+    import triton
+
+    if not args.rehearsal and not torch.cuda.is_available():
+        print('no CUDA device: run with --rehearsal for the CPU rehearsal', file=sys.stderr)
+        return 2
+    device = 'cpu' if args.rehearsal else 'cuda'
+    cases = REHEARSAL_CASES if args.rehearsal else GPU_CASES
+    arch = 90 if args.rehearsal else 10 * torch.cuda.get_device_capability()[0] + torch.cuda.get_device_capability()[1]
+    helpers = load_helpers()
+    report = [f'# bench.gpu_check on {_device_name(device)} (sm{arch}); torch {torch.__version__}, '
+              f'triton {triton.__version__}{" (rehearsal: interpreter, tiny shapes)" if args.rehearsal else ""}']
+    total = time.perf_counter()
+
+    def save():  # after every section: a run stopped at its time limit keeps what it has measured
+        if args.out:
+            with open(args.out, 'w') as f:
+                f.write('\n'.join(report) + '\n')
+
+    failed = 0 if args.skip_correctness else check_kernels(args, cases, device, arch, helpers, report)
     print('\n'.join(report), flush=True)
+    save()
     if not args.skip_bench:
-        for title, table in bench_tables(device, args.rehearsal, not args.no_natten):
+        for title, table in bench_tables(device, args.rehearsal, not args.no_natten, args.official_root):
             report.append(f'\n## {title}\n\n{table.strip()}')
             print(report[-1], flush=True)
+            save()
     report.append(f'\nTotal {time.perf_counter() - total:.0f} s.')
     print(report[-1])
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write('\n'.join(report) + '\n')
+    save()
     return 1 if failed else 0
 
 

@@ -50,20 +50,37 @@ def _build(name: str, device: str, img_size: int, mode: str = 'inference', drop_
     return model.train() if mode == 'training' else model.eval()
 
 
-def _step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    """One inference forward, or one training step (forward, cross-entropy, backward, AdamW step)."""
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def _autocast(device: str, amp: str):
+    """``torch.autocast`` to the ``amp`` dtype on ``device``'s type, or a disabled one for ``'none'``."""
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def _step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str, amp: str = 'none') -> Callable[[], None]:
+    """One inference forward, or one training step (forward, cross-entropy, backward, AdamW step).
+
+    ``amp``: the forward (and the loss) under autocast to bf16 or fp16, as mixed-precision training runs it; fp16
+    scales the loss by a ``torch.amp.GradScaler``.
+    """
     if mode == 'inference':
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(x.device.type, amp):
                 model(x)
         return forward
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     target = torch.arange(x.shape[0], device=x.device) % getattr(model, 'num_classes', 1000)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=amp == 'fp16')
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-        optimizer.step()
+        with _autocast(x.device.type, amp):
+            loss = F.cross_entropy(model(x), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return train_step
 
 
@@ -75,10 +92,11 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f'{field} not found in /proc/self/status')
 
 
-def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: str, drop_path: float) -> None:
+def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: str, drop_path: float,
+                    amp: str = 'none') -> None:
     torch.set_num_threads(threads)
     model = _build(name, 'cpu', img_size, mode, drop_path)
-    step = _step_fn(model, torch.randn(batch, 3, img_size, img_size), mode)
+    step = _step_fn(model, torch.randn(batch, 3, img_size, img_size), mode, amp)
     if mode == 'training':
         step()  # allocates the optimizer state: the measured step is a steady one
     with open('/proc/self/clear_refs', 'w') as f:
@@ -89,11 +107,11 @@ def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: st
 
 
 def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference',
-                    drop_path: float = 0.1) -> Optional[int]:
+                    drop_path: float = 0.1, amp: str = 'none') -> Optional[int]:
     """Peak resident-set growth in bytes of one step of ``name`` in a fresh process (None if it failed)."""
     cmd = [sys.executable, '-m', 'bench.models', '--_peak-child', name, '--batch', str(batch),
            '--img-size', str(img_size), '--threads', str(torch.get_num_threads()), '--modes', mode,
-           '--drop-path', str(drop_path)]
+           '--drop-path', str(drop_path), '--amp', amp]
     # a fixed mmap threshold: glibc's adaptive one would serve the second step from heap memory the first one freed,
     # which the resident-set high-water mark does not see again
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
@@ -107,11 +125,11 @@ def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference
 
 def measure(names: List[str], batch: int, img_size: int, device: str, repeats: int, budget_s: float,
             memory: bool, mode: str = 'inference', drop_path: float = 0.1,
-            stat: str = 'median', warmup: int = 2) -> Dict[str, Dict[str, Optional[float]]]:
+            stat: str = 'median', warmup: int = 2, amp: str = 'none') -> Dict[str, Dict[str, Optional[float]]]:
     """Images/s and peak memory (bytes) of one ``mode`` step of each model at ``batch``, timed round-robin."""
     models = {n: _build(n, device, img_size, mode, drop_path) for n in names}
     x = torch.randn(batch, 3, img_size, img_size, device=device)
-    steps = {n: _step_fn(m, x, mode) for n, m in models.items()}
+    steps = {n: _step_fn(m, x, mode, amp) for n, m in models.items()}
     times = time_fns(steps, device, warmup=warmup, repeats=repeats, budget_s=budget_s, stat=stat)
     out = {}
     for name, model in models.items():
@@ -120,7 +138,7 @@ def measure(names: List[str], batch: int, img_size: int, device: str, repeats: i
         elif torch.device(device).type == 'cuda':
             peak = peak_memory(steps[name], device)
         else:
-            peak = cpu_peak_memory(name, batch, img_size, mode, drop_path)
+            peak = cpu_peak_memory(name, batch, img_size, mode, drop_path, amp)
         out[name] = {'img_s': batch / times[name], 'peak': peak,
                      'params': sum(p.numel() for p in model.parameters())}
     del models, steps
@@ -141,10 +159,11 @@ def _child_args(args: argparse.Namespace, model: str) -> List[str]:
     """The command line of one ``--isolate`` group: ``model`` and the peers, every other option as given."""
     out = ['--device', args.device, '--models', model, '--peers', *args.peers, '--modes', *args.modes,
            '--img-size', str(args.img_size), '--drop-path', str(args.drop_path), '--repeats', str(args.repeats),
-           '--budget', str(args.budget), '--stat', args.stat]
+           '--budget', str(args.budget), '--stat', args.stat, '--amp', args.amp]
     out += ['--batch', str(args.batch)] if args.batch else []
     out += ['--threads', str(args.threads)] if args.threads else []
     out += ['--no-memory'] if args.no_memory else []
+    out += ['--officials'] if args.officials else []
     out += ['--official-root', args.official_root] if args.official_root else []
     return out
 
@@ -173,6 +192,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help='time each model with the peers in a fresh process of its own (one set of tables per '
                              'model): with many models alive in one process, training-step timings depend on that '
                              "process's allocator state")
+    parser.add_argument('--amp', default='none', choices=tuple(AMP_DTYPES),
+                        help='autocast dtype of the forward and the loss (mixed precision); none: fp32')
+    parser.add_argument('--officials', action='store_true',
+                        help='add the official twin of each model that has one (bench/official_<family>.py) and a '
+                             '"vs official" column; needs --official-root')
     parser.add_argument('--_peak-child', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.isolate:
@@ -185,27 +209,33 @@ def main(argv: Optional[List[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     if args._peak_child:
         _cpu_peak_child(args._peak_child, args.batch, args.img_size, torch.get_num_threads(), args.modes[0],
-                        args.drop_path)
+                        args.drop_path, args.amp)
         return
     batches = [1, args.batch or (8 if args.device == 'cpu' else 64)]
-    names = list(dict.fromkeys(args.models + args.peers))
-    print(f'# bench.models: {machine(args.device)}; {args.img_size}px fp32; NA backend '
+    twins = {m: official.twin(m) for m in args.models} if args.officials else {}
+    twins = {m: t for m, t in twins.items() if t}
+    names = list(dict.fromkeys(args.models + list(twins.values()) + args.peers))
+    precision = 'fp32' if args.amp == 'none' else f'{args.amp} autocast'
+    print(f'# bench.models: {machine(args.device)}; {args.img_size}px {precision}; NA backend '
           f'{os.environ.get("ZOO_NA_BACKEND") or "auto"}; {args.stat} of up to {args.repeats} round-robin repeats')
+    columns = list(args.peers) + (['official'] if args.officials else [])
+    short = {**PEER_SHORT, 'official': 'official'}
     headers = ['model', 'params (M)', 'batch', 'img/s']
-    headers += [f'speed vs {PEER_SHORT.get(p, p)}' for p in args.peers]
-    headers += ['peak mem (MB)'] + [f'mem vs {PEER_SHORT.get(p, p)}' for p in args.peers]
+    headers += [f'speed vs {short.get(p, p)}' for p in columns]
+    headers += ['peak mem (MB)'] + [f'mem vs {short.get(p, p)}' for p in columns]
     for mode in args.modes:
         rows = []
         for batch in batches:
             results = measure(names, batch, args.img_size, args.device, args.repeats, args.budget,
-                              not args.no_memory, mode, args.drop_path, args.stat)
+                              not args.no_memory, mode, args.drop_path, args.stat, amp=args.amp)
             for name in names:
                 r = results[name]
+                peers = [p if p != 'official' else twins.get(name) for p in columns]
                 row = [name, f'{r["params"] / 1e6:.1f}', batch, f'{r["img_s"]:.3g}']
-                row += [fmt_ratio(r['img_s'], results[p]['img_s']) for p in args.peers]
+                row += [fmt_ratio(r['img_s'], results[p]['img_s']) if p else '-' for p in peers]
                 row += [_mb(r['peak'])]
-                row += [fmt_ratio(r['peak'], results[p]['peak']) if r['peak'] and results[p]['peak'] else 'n/a'
-                        for p in args.peers]
+                row += [fmt_ratio(r['peak'], results[p]['peak']) if p and r['peak'] and results[p]['peak'] else 'n/a'
+                        for p in peers]
                 rows.append(row)
         print(f'\n## {MODE_TITLE[mode].format(drop_path=args.drop_path)}\n')
         print(markdown_table(headers, rows), flush=True)

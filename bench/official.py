@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import re
 from pathlib import Path
+from typing import Optional
 
 import torch.nn as nn
 
@@ -52,3 +54,14 @@ def build(name: str, num_classes: int = 1000, drop_path_rate: float = 0.) -> nn.
     if model not in module.NAMES:
         raise ValueError(f'bench.official_{family} builds {sorted(module.NAMES)}, not {model!r}')
     return module.build(model, num_classes=num_classes, drop_path_rate=drop_path_rate)
+
+
+def twin(model: str) -> Optional[str]:
+    """``official:<family>/<model>`` when a family's peer module builds the official twin of ``model``; else None."""
+    bench_dir = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(bench_dir)]):
+        if info.name.startswith('official_'):
+            module = importlib.import_module(f'bench.{info.name}')
+            if model in module.NAMES:
+                return f'{PREFIX}{info.name[len("official_"):]}/{model}'
+    return None

@@ -1,14 +1,17 @@
 """The official RAVLT (qhfan/RALA ``classfication/RALA.py``) as a ``bench.models`` peer: ``official:ravlt/<name>``.
 
 Needs a checkout at ``$ZOO_OFFICIAL_ROOT/RALA`` (``git clone https://github.com/qhfan/RALA``). ``RALA.py`` imports
-``einops`` and ``fvcore`` (``pip install einops``).
+``einops`` and, for FLOP counting the model never calls, ``fvcore``: a stand-in module is used where fvcore is not
+installed (a GPU machine without a registry).
 
     python -m bench.models --official-root /path/to/checkouts --models ravlt_small \
         --peers swin_tiny_patch4_window7_224 official:ravlt/ravlt_small
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
+import types
 
 import torch.nn as nn
 
@@ -30,6 +33,20 @@ NAMES = tuple(CONFIGS)
 _CACHE = {}
 
 
+def _fvcore_stand_in() -> dict:
+    """``sys.modules`` entries standing in for fvcore when it is not installed: RALA.py imports two names from it at
+    the top but uses them only in its FLOP-counting ``__main__``."""
+    if importlib.util.find_spec('fvcore') is not None:
+        return {}
+
+    def not_installed(*args, **kwargs):
+        raise RuntimeError('fvcore is not installed (stand-in of bench.official_ravlt)')
+
+    fvcore, fvcore_nn = types.ModuleType('fvcore'), types.ModuleType('fvcore.nn')
+    fvcore_nn.FlopCountAnalysis = fvcore_nn.flop_count_table = not_installed
+    fvcore.nn = fvcore_nn
+    return {'fvcore': fvcore, 'fvcore.nn': fvcore_nn}
+
 
 def _official_module():
     if 'RALA' in _CACHE:
@@ -37,11 +54,15 @@ def _official_module():
     folder = official_root() / 'RALA' / 'classfication'
     if not (folder / 'RALA.py').is_file():
         raise ValueError(f'no official RALA checkout at {folder.parent} (classfication/RALA.py)')
+    stand_in = _fvcore_stand_in()
+    sys.modules.update(stand_in)
     sys.path.insert(0, str(folder))
     try:
         import RALA
     finally:
         sys.path.remove(str(folder))
+        for name in stand_in:
+            del sys.modules[name]
     _CACHE['RALA'] = RALA
     return RALA
 

@@ -341,19 +341,27 @@ def bra_bwd_kernel_dkv(
         q_slot = cols // M
         q_tok0 = cols % M
         slot_ok = (q_slot < G) & (p0 + q_slot < NITEMS)
+        q_item = tl.load(order + p0 + q_slot, mask=slot_ok, other=0)
+        b_start = tl.load(offsets + q_item, mask=slot_ok, other=0)
+        b_end = tl.load(offsets + q_item + 1, mask=slot_ok, other=0)
+        start = 0
     else:
+        # every column has the same work item: scalar loads broadcast to the columns (per-column loads of the same
+        # values, used in two layouts below, fail Triton 3.6's layout-conversion pass in 16-bit)
         q_slot = cols * 0
         q_tok0 = cols
         slot_ok = cols < BM
-    q_item = tl.load(order + p0 + q_slot, mask=slot_ok, other=0)
+        item = tl.load(order + p0)
+        start = tl.load(offsets + item)
+        q_item = q_slot + item
+        b_start = q_slot + start
+        b_end = q_slot + tl.load(offsets + item + 1)
     if SHARED:
         q_b = q_item // NRK
         q_h = q_slot * 0 + tl.program_id(1)
     else:
         q_b = q_item // NRK // NH
         q_h = (q_item // NRK) % NH
-    b_start = tl.load(offsets + q_item, mask=slot_ok, other=0)
-    b_end = tl.load(offsets + q_item + 1, mask=slot_ok, other=0)
     n_pairs = tl.max(b_end - b_start, 0)
 
     base_q = q_b.to(tl.int64) * stride_qb + q_h.to(tl.int64) * stride_qh
@@ -366,7 +374,10 @@ def bra_bwd_kernel_dkv(
     for it in range(0, n_pairs):
         pair_ok = slot_ok & (b_start + it < b_end)
         # [BM] (query region, t) of each column's slot
-        b_pair = tl.load(pairs + b_start + it, mask=pair_ok, other=0)
+        if PACK:
+            b_pair = tl.load(pairs + b_start + it, mask=pair_ok, other=0)
+        else:
+            b_pair = q_slot + tl.load(pairs + start + it)
         b_r = b_pair // TOPK
         if HAS_W:
             b_w = tl.load(rw + base_i + b_r.to(tl.int64) * stride_ir + b_pair % TOPK, mask=pair_ok, other=0.)

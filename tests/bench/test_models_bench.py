@@ -3,6 +3,8 @@ import subprocess
 import sys
 
 import pytest
+import timm
+import torch
 
 from bench import models
 
@@ -46,3 +48,50 @@ def test_isolate_end_to_end(tmp_path):
     result = subprocess.run([sys.executable, '-m', 'bench.models', '--models', 'dinat_test', 'nat_test', '--isolate',
                              *_tiny_run()], capture_output=True, text=True, check=True)
     assert result.stdout.count('# bench.models:') == 2
+
+
+def test_amp_runs_the_step_under_autocast():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.num_classes = 3
+
+        def forward(self, x):
+            out = self.fc(x)
+            seen.append(out.dtype)
+            return out
+
+    x = torch.randn(2, 4)
+    for mode in ('inference', 'training'):
+        for amp, dtype in (('none', torch.float32), ('bf16', torch.bfloat16)):
+            models._step_fn(Probe(), x, mode, amp)()
+            assert seen.pop() == dtype
+
+
+def test_amp_option_names_the_precision(capsys):
+    models.main(['--models', 'dinat_test', '--amp', 'bf16', *_tiny_run()])
+    assert '64px bf16 autocast' in capsys.readouterr().out
+
+
+def test_officials_adds_each_twin_and_its_column(capsys, monkeypatch):
+    # the twin of dinat_test stands in for an official checkout: nat_test built through the official path
+    monkeypatch.setattr(models.official, 'twin', lambda m: 'official:fake/nat_test' if m == 'dinat_test' else None)
+    monkeypatch.setattr(models.official, 'build', lambda name, **kw: timm.create_model(name.split('/')[1], **kw))
+    models.main(['--models', 'dinat_test', 'biformer_test', '--officials', *_tiny_run()])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith('| model'))
+    assert [c.strip() for c in header.split('|')[5:7]] == ['speed vs nat_test', 'speed vs official']
+    rows = {line.split('|')[1].strip(): line.split('|') for line in out.splitlines()
+            if line.startswith('| ') and not line.startswith('| model')}
+    assert set(rows) == {'dinat_test', 'biformer_test', 'official:fake/nat_test', 'nat_test'}
+    assert rows['dinat_test'][6].strip().endswith('x') and rows['biformer_test'][6].strip() == '-'
+
+
+def test_official_twin_names():
+    from bench import official
+    assert official.twin('agent_swin_tiny') == 'official:agent/agent_swin_tiny'
+    assert official.twin('ravlt_small') == 'official:ravlt/ravlt_small'
+    assert official.twin('nat_tiny') is None

@@ -12,6 +12,10 @@ from typing import Iterator
 
 import torch
 
+# where backend='triton' runs: the GPU, or Triton's interpreter on the CPU (tests/conftest.py sets TRITON_INTERPRET=1
+# when no GPU is present)
+TRITON_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
 # (forward, gradient) tolerances on the relative RMS error against the fp32/fp64 reference, per dtype
 TOLERANCES = {
     torch.float64: (1e-10, 1e-10),

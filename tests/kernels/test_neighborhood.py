@@ -12,7 +12,7 @@ import traceback
 
 import pytest
 import torch
-from kernel_helpers import TOLERANCES, assert_close, sample_na_configs
+from kernel_helpers import TOLERANCES, TRITON_DEVICE, assert_close, sample_na_configs
 
 from zoo_kernels import na1d, na2d, na3d, neighborhood_attention
 from zoo_kernels.neighborhood.reference import na_reference
@@ -167,12 +167,15 @@ def test_reference_random_sweep_matches_natten():
 
 
 def _run_backend(backend, q, k, v, cfg, rpb, grad_out, grad_lse):
+    """out, lse and the gradients of ``backend`` on CPU inputs (run on the GPU for Triton where there is one)."""
+    device = TRITON_DEVICE if backend == 'triton' else 'cpu'
+    q, k, v, rpb = (None if t is None else t.detach().to(device).requires_grad_() for t in (q, k, v, rpb))
     out, lse = neighborhood_attention(q, k, v, cfg['kernel_size'], dilation=cfg['dilation'],
                                       is_causal=cfg['is_causal'], rpb=rpb, backend=backend, stride=cfg['stride'],
                                       return_lse=True)
     tensors = [t for t in (q, k, v, rpb) if t is not None]
-    grads = torch.autograd.grad((out * grad_out).sum() + (lse * grad_lse).sum(), tensors)
-    return out, lse, grads
+    grads = torch.autograd.grad((out * grad_out.to(device)).sum() + (lse * grad_lse.to(device)).sum(), tensors)
+    return out.cpu(), lse.cpu(), [g.cpu() for g in grads]
 
 
 SWEEP_BACKENDS = [
@@ -206,7 +209,7 @@ def test_backend_random_sweep_matches_reference(backend, count, max_size, rank, 
 
 @pytest.mark.parametrize('backend', ['reference', 'torch', pytest.param('triton', marks=pytest.mark.triton)])
 def test_backends_accept_strided_views(backend):
-    qkv = torch.randn(1, 9, 8, 3, 2, 16)
+    qkv = torch.randn(1, 9, 8, 3, 2, 16, device=TRITON_DEVICE if backend == 'triton' else 'cpu')
     q, k, v = qkv.unbind(3)
     expected = na2d(q.contiguous(), k.contiguous(), v.contiguous(), 3, dilation=2, backend='reference')
     assert_close('out', expected, na2d(q, k, v, 3, dilation=2, backend=backend), TOLERANCES[torch.float32][0])
@@ -281,7 +284,7 @@ ERROR_CASES = [
     pytest.param(lambda: na2d(*_qkv(), 3, scale='x'), TypeError, 'scale must be a float', id='scale-type'),
     pytest.param(lambda: na2d(*_qkv(), 3, scale=-1.0), ValueError, 'scale must be a positive', id='scale-value'),
     pytest.param(lambda: na2d(*_qkv(), 3, backend='cuda'), ValueError, 'backend must be one of', id='backend-name'),
-    pytest.param(lambda: na2d(*(t.double() for t in _qkv()), 3, backend='triton'), ValueError,
+    pytest.param(lambda: na2d(*(t.double().to(TRITON_DEVICE) for t in _qkv()), 3, backend='triton'), ValueError,
                  'triton supports float16, bfloat16 and float32', id='triton-fp64'),
     pytest.param(lambda: na2d(*_qkv(), 4, rpb=torch.zeros(2, 7, 7)), ValueError, 'rpb needs an odd kernel_size',
                  id='rpb-even-kernel'),

@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from kernel_helpers import ROW_TOLERANCES, assert_close, assert_rows_close
+from kernel_helpers import ROW_TOLERANCES, TRITON_DEVICE, assert_close, assert_rows_close
 
 from zoo_kernels import routed_attention
 from zoo_kernels.routing.reference import bra_reference
@@ -244,4 +244,4 @@ def test_backend_selection(monkeypatch):
     routed_attention(q, k, v, r_idx)
     assert calls[-1] == 'torch'
     with pytest.raises(ValueError, match="backend='triton' cannot run this call: triton supports float16"):
-        routed_attention(q.double(), k.double(), v.double(), r_idx, backend='triton')
+        routed_attention(*(t.double().to(TRITON_DEVICE) for t in (q, k, v)), r_idx.to(TRITON_DEVICE), backend='triton')

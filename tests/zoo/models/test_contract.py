@@ -13,6 +13,7 @@ gradient, identical gradients with checkpointing, a new head fitting pruned feat
 warning-free in a fresh interpreter. timm's FX, FX + TorchScript and TorchScript tests run on the tiny variants
 (values against eager, at an odd size too, and a saved and loaded scripted model).
 """
+import contextlib
 import copy
 import functools
 import inspect
@@ -275,6 +276,54 @@ def test_tiny_dtypes(name):
         assert all(p.dtype == torch.bfloat16 for p in model.parameters())
         out = model(x.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def _relative_error(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return ((out.double().cpu() - ref.double().cpu()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """Full fp32 matmuls and convolutions on CUDA (cuDNN allows TF32 in convolutions by default)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_on_cuda_matches_cpu(name):
+    """On a GPU (through the Triton kernels where the model uses them) a model computes what it computes on the
+    CPU: fp32 logits and every parameter's gradient; under bf16 autocast a finite forward and backward whose logits
+    stay close to fp32's."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7).eval()  # eval: no dropout / drop-path randomness
+    model_cuda = copy.deepcopy(model).cuda()
+    x = _image(name)
+    target = torch.tensor([1, 2])
+    logits = model(x)
+    F.cross_entropy(logits, target).backward()
+    with _no_tf32():
+        logits_cuda = model_cuda(x.cuda())
+        F.cross_entropy(logits_cuda, target.cuda()).backward()
+    assert _relative_error(logits, logits_cuda) < 1e-4
+    grads = {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
+    # relative to each gradient, floored at 1e-6 of the largest: some gradients are exactly zero in exact arithmetic
+    # (LITv2's Lo-Fi query where the pooled map is one token: a softmax over one key) and are fp32 noise on both
+    floor = 1e-6 * max(g.norm() for g in grads.values())
+    errors = {n: ((p.grad.double().cpu() - grads[n]).norm() / grads[n].norm().clamp_min(floor)).item()
+              for n, p in model_cuda.named_parameters() if n in grads}
+    assert errors and max(errors.values()) < 1e-3, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+    model_cuda.zero_grad(set_to_none=True)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        logits_bf16 = model_cuda(x.cuda())
+    F.cross_entropy(logits_bf16.float(), target.cuda()).backward()
+    assert torch.isfinite(logits_bf16).all()
+    assert all(torch.isfinite(p.grad).all() for p in model_cuda.parameters() if p.grad is not None)
+    assert _relative_error(logits, logits_bf16) < 0.1
 
 
 @pytest.mark.parametrize('name', TINY)
