@@ -311,9 +311,10 @@ def test_tiny_on_cuda_matches_cpu(name):
         F.cross_entropy(logits_cuda, target.cuda()).backward()
     assert _relative_error(logits, logits_cuda) < 1e-4
     grads = {n: p.grad.double() for n, p in model.named_parameters() if p.grad is not None}
-    # relative to each gradient, floored at 1e-6 of the largest: some gradients are exactly zero in exact arithmetic
+    # relative to each gradient, floored at 1e-4 of the largest: some gradients are exactly zero in exact arithmetic
     # (LITv2's Lo-Fi query where the pooled map is one token: a softmax over one key) and are fp32 noise on both
-    floor = 1e-6 * max(g.norm() for g in grads.values())
+    # devices (on an H200: 5e-8 against 7e-9 on the CPU, the largest gradient 6.9)
+    floor = 1e-4 * max(g.norm() for g in grads.values())
     errors = {n: ((p.grad.double().cpu() - grads[n]).norm() / grads[n].norm().clamp_min(floor)).item()
               for n, p in model_cuda.named_parameters() if n in grads}
     assert errors and max(errors.values()) < 1e-3, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
