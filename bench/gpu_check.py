@@ -400,7 +400,8 @@ def bench_tables(device: str, rehearsal: bool, use_natten: bool = True,
     else:
         na_shapes = [s for s in na.CUDA_SHAPES if s.quick]
         bra_shapes = [s for s in routing.CUDA_SHAPES if s.quick]
-        models_argv = ['--device', 'cuda', '--repeats', '10', '--budget', '5', '--amp', 'bf16']
+        # batch 256: at 64 the eager steps of every model were bound by the host's op dispatch (BENCHMARKS.md, H200)
+        models_argv = ['--device', 'cuda', '--batch', '256', '--repeats', '10', '--budget', '5', '--amp', 'bf16']
         repeats, dtype = 10, torch.bfloat16
     if official_root:
         models_argv += ['--officials', '--official-root', official_root]
