@@ -39,6 +39,7 @@ def routed_attention(
         r_weight: torch.Tensor | None = None,
         backend: str | None = None,
         return_lse: bool = False,
+        check_indices: bool = True,
 ):
     """Attention of every query region over the tokens of its ``topk`` routed key regions.
 
@@ -62,6 +63,10 @@ def routed_attention(
             choice). Meta and fake tensors (outside ``torch.compile`` / ``torch.export``) take no backend: their
             outputs are allocated, not computed, and are differentiable.
         return_lse: also return the fp32 log-sum-exp of the scaled logits.
+        check_indices: check that every ``r_idx`` value lies in ``[0, nRk)``. The check reads the values on the host:
+            on CUDA one device synchronisation per call. Pass False only for indices in range by construction (a
+            ``topk`` over ``nRk`` region scores, as BiFormer's router computes them): an out-of-range index is then
+            read out of bounds.
 
     The Triton backward is deterministic (bitwise reproducible dK/dV). Setting the environment variable
     ``ZOO_BRA_ATOMIC_BWD=1`` opts in to a faster variant that adds dK/dV with fp32 atomics; it is ignored while
@@ -76,10 +81,11 @@ def routed_attention(
             and the value expected. The index range is checked in eager mode only (it needs a device sync); it is
             skipped while ``torch.compile`` traces and for meta or fake indices.
     """
-    check_bra_inputs(query, key, value, r_idx, r_weight)
+    for name, flag in (('return_lse', return_lse), ('check_indices', check_indices)):
+        if not isinstance(flag, bool):
+            raise TypeError(f'{name} must be a bool, got {type(flag).__name__}')
+    check_bra_inputs(query, key, value, r_idx, r_weight, check_indices)
     check_scale(scale)
-    if not isinstance(return_lse, bool):
-        raise TypeError(f'return_lse must be a bool, got {type(return_lse).__name__}')
     scale = float(scale) if scale is not None else query.shape[-1] ** -0.5
 
     if is_shape_only(query):
@@ -99,8 +105,9 @@ def routed_attention(
     return (out, lse) if return_lse else out
 
 
-def check_bra_inputs(query, key, value, r_idx, r_weight) -> None:
-    """Types, dtypes, devices and shapes of the tensors, and the range of the routing indices (eager only)."""
+def check_bra_inputs(query, key, value, r_idx, r_weight, check_indices: bool = True) -> None:
+    """Types, dtypes, devices and shapes of the tensors, and (``check_indices``, eager only) the range of the routing
+    indices."""
     check_tensor('query', query, ndim=5)
     check_tensor('key', key, ndim=5)
     check_tensor('value', value, ndim=5)
@@ -140,10 +147,11 @@ def check_bra_inputs(query, key, value, r_idx, r_weight) -> None:
         if tuple(r_weight.shape) != tuple(r_idx.shape):
             raise ValueError(f'r_weight must have the shape of r_idx {tuple(r_idx.shape)}, '
                              f'got {tuple(r_weight.shape)}')
-    if not torch.compiler.is_compiling() and not is_shape_only(r_idx):
+    if check_indices and not torch.compiler.is_compiling() and not is_shape_only(r_idx):
         low, high = torch.aminmax(r_idx)
-        if int(low) < 0 or int(high) >= n_k:
-            raise ValueError(f'r_idx values must be in [0, nRk) = [0, {n_k}), got values in [{int(low)}, {int(high)}]')
+        if bool((low < 0) | (high >= n_k)):  # the one read of the device
+            raise ValueError(f'r_idx values must be in [0, nRk) = [0, {n_k}), '
+                             f'got values in [{int(low)}, {int(high)}]')
 
 
 def _deterministic_bwd() -> bool:

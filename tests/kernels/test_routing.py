@@ -201,6 +201,7 @@ ERRORS = [
     (lambda a: a.update(scale=float('nan')), ValueError, 'scale must be a positive finite float, got nan'),
     (lambda a: a.update(scale='1'), TypeError, 'scale must be a float'),
     (lambda a: a.update(return_lse=1), TypeError, 'return_lse must be a bool'),
+    (lambda a: a.update(check_indices='no'), TypeError, 'check_indices must be a bool'),
     (lambda a: a.update(backend='cuda'), ValueError, 'backend must be one of'),
 ]
 
@@ -211,6 +212,23 @@ def test_errors_name_the_argument(edit, error, match):
     edit(args)
     with pytest.raises(error, match=match):
         routed_attention(**args)
+
+
+def test_check_indices_false_skips_only_the_range_check(monkeypatch):
+    """The range check is the one host read of the call (a device sync on CUDA); check_indices=False leaves it out
+    and nothing else: the output is the same, and the shape checks still run."""
+    q, k, v, r_idx, _ = make_inputs(requires_grad=False)
+    expected = routed_attention(q, k, v, r_idx, backend='torch')
+    reads = []
+    real_aminmax = torch.aminmax
+    monkeypatch.setattr(torch, 'aminmax', lambda t: reads.append(t) or real_aminmax(t))
+    routed_attention(q, k, v, r_idx, backend='torch')
+    assert len(reads) == 1
+    out = routed_attention(q, k, v, r_idx, backend='torch', check_indices=False)
+    assert len(reads) == 1
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match='r_idx must have shape'):
+        routed_attention(q, k, v, r_idx[:, :1], check_indices=False)
 
 
 def test_arguments_after_r_idx_are_keyword_only():

@@ -333,8 +333,9 @@ class BiLevelRoutingAttention(nn.Module):
     @torch.jit.unused
     def _routed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor,
                           r_weight: Optional[torch.Tensor]) -> torch.Tensor:
-        # eager: the functional API; scripted code calls the same API as the dispatcher op
-        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight)
+        # eager: the functional API; scripted code calls the same API as the dispatcher op. r_idx is a topk over the
+        # regions' scores, in range by construction: no index check, which would wait for the device on every call
+        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight, check_indices=False)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, n_win={self.n_win}, '
@@ -454,8 +455,9 @@ class BiLevelRoutingAttention2d(nn.Module):
     @torch.jit.unused
     def _routed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor,
                           r_weight: Optional[torch.Tensor]) -> torch.Tensor:
-        # eager: the functional API; scripted code calls the same API as the dispatcher op
-        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight)
+        # eager: the functional API; scripted code calls the same API as the dispatcher op. r_idx is a topk over the
+        # regions' scores, in range by construction: no index check, which would wait for the device on every call
+        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight, check_indices=False)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'

@@ -240,6 +240,17 @@ def test_fused_and_gather_paths_agree(cls):
     torch.testing.assert_close(fused, gathered, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('cls', [BiLevelRoutingAttention, BiLevelRoutingAttention2d])
+def test_fused_path_does_not_read_the_indices_on_the_host(cls, monkeypatch):
+    """The router's indices are a topk over the regions, in range by construction: the layer skips the functional
+    API's range check, which on CUDA would synchronise with the device in every block."""
+    layer = cls(32, 4, n_win=3, topk=3).eval()
+    x = torch.randn(2, 10, 13, 32) if cls is BiLevelRoutingAttention else torch.randn(2, 32, 10, 13)
+    monkeypatch.setattr(torch, 'aminmax', lambda t: pytest.fail('the layer read r_idx on the host'))
+    with torch.no_grad():
+        layer(x)
+
+
 @pytest.mark.parametrize(('mode', 'kwargs', 'ref'), [
     ('avgpool', dict(kv_downsample_ratio=2), lambda t: F.avg_pool2d(t, 2)),
     ('maxpool', dict(kv_downsample_ratio=2), lambda t: F.max_pool2d(t, 2)),

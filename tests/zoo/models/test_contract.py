@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import FeatureInfo, group_parameters
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo  # noqa: F401  (registers the models)
 
@@ -276,6 +277,32 @@ def test_tiny_dtypes(name):
         assert all(p.dtype == torch.bfloat16 for p in model.parameters())
         out = model(x.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's values on the host (``.item()``, ``int(t)``, ``nonzero``, ...)."""
+
+    READS = ('aten._local_scalar_dense', 'aten.nonzero', 'aten.is_nonzero', 'aten.equal')
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.READS):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_training_step_reads_nothing_on_the_host(name):
+    """No op of a forward and backward reads values back to the host: on a GPU each such read waits for the device
+    (BiFormer's routing-index range check did, in every block)."""
+    model = timm.create_model(name, num_classes=7).train()
+    x = _image(name)
+    with _HostReads() as mode:
+        F.cross_entropy(model(x), torch.tensor([1, 2])).backward()
+    assert mode.reads == []
 
 
 def _relative_error(ref: torch.Tensor, out: torch.Tensor) -> float:
