@@ -1,7 +1,8 @@
 """Model throughput and peak memory: zoo models against timm's Swin-T and ConvNeXt-T, measured in the same run.
 
     python -m bench.models [--device cpu|cuda] [--models nat_mini dinat_mini ...] [--batch 8] [--img-size 224]
-                           [--modes inference training] [--isolate]
+                           [--modes inference training] [--isolate] [--amp none|bf16|fp16]
+                           [--officials --official-root DIR]
 
 Two modes, each at batch 1 and at the throughput batch: ``inference`` (eval, ``no_grad`` forward) and ``training``
 (one optimizer step: train-mode forward, cross-entropy, backward, ``torch.optim.AdamW`` step; every model built
@@ -9,7 +10,9 @@ with the same ``--drop-path`` rate). For every model the step of the model and o
 with :func:`bench.common.time_fns` (warm-up, synchronisation, median), so a shared machine slowing down mid-run
 affects all of them alike. Printed as one markdown table per mode: images/s, the speed ratio to each peer (ours
 img/s / peer img/s: above 1 means ours is faster), and peak memory with its ratio (ours / peer: below 1 means ours
-uses less). ``--isolate`` runs each model with the peers in a fresh process (the peers are then timed once per
+uses less). ``--amp`` runs the forward and the loss under autocast (mixed precision, as on a GPU); ``--officials``
+adds the official twin of each model that has one (:func:`bench.official.twin`) and a "vs official" column.
+``--isolate`` runs each model with the peers in a fresh process (the peers are then timed once per
 model): with many models training in one process, the allocator state of that process slows the models with the
 largest activations (BENCHMARKS.md, session 7).
 
