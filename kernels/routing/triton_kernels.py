@@ -344,7 +344,6 @@ def bra_bwd_kernel_dkv(
         q_item = tl.load(order + p0 + q_slot, mask=slot_ok, other=0)
         b_start = tl.load(offsets + q_item, mask=slot_ok, other=0)
         b_end = tl.load(offsets + q_item + 1, mask=slot_ok, other=0)
-        start = 0
     else:
         # every column has the same work item: scalar loads broadcast to the columns (per-column loads of the same
         # values, used in two layouts below, fail Triton 3.6's layout-conversion pass in 16-bit)

@@ -14,7 +14,15 @@ import contextlib
 
 import pytest
 import torch
-from kernel_helpers import ROW_TOLERANCES, TF32_APIS, TOLERANCES, assert_close, assert_rows_close, tf32_allowed_through
+from kernel_helpers import (
+    ROW_TOLERANCES,
+    TF32_APIS,
+    TOLERANCES,
+    TRITON_DEVICE,
+    assert_close,
+    assert_rows_close,
+    tf32_allowed_through,
+)
 
 from zoo_kernels import na2d
 from zoo_kernels._utils.backend import triton_interpreting
@@ -22,7 +30,7 @@ from zoo_kernels.neighborhood import neighborhood_attention
 
 pytestmark = pytest.mark.triton
 
-DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+DEVICE = TRITON_DEVICE
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
 

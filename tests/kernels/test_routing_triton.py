@@ -13,7 +13,7 @@ import contextlib
 
 import pytest
 import torch
-from kernel_helpers import TF32_APIS, TOLERANCES, assert_close, tf32_allowed_through
+from kernel_helpers import TF32_APIS, TOLERANCES, TRITON_DEVICE, assert_close, tf32_allowed_through
 from test_routing import check_backend, make_inputs
 
 from zoo_kernels import routed_attention
@@ -22,7 +22,7 @@ from zoo_kernels.routing.triton_impl import bra_block_config, bra_triton, routin
 
 pytestmark = pytest.mark.triton
 
-DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+DEVICE = TRITON_DEVICE
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
 

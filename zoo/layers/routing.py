@@ -183,6 +183,13 @@ def lepe_conv(
     return (DwConvCl if channels_last else DwConv2d)(dim, side_dwconv, device=device, dtype=dtype)
 
 
+def _routed_attention_of_router(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor, scale: float,
+                                r_weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`routed_attention` of the router's indices: a topk over the regions' scores, in range by construction,
+    so without the index-range check (a read of the indices on the host: one device sync per block on CUDA)."""
+    return routed_attention(q, k, v, r_idx, scale=scale, r_weight=r_weight, check_indices=False)
+
+
 @register_notrace_module  # shape-dependent control flow (input checks, padding): an FX leaf
 class BiLevelRoutingAttention(nn.Module):
     """Legacy bi-level routing attention over a channels-last map (BiFormer-T/S/B, BiFormer-STL)."""
@@ -333,9 +340,8 @@ class BiLevelRoutingAttention(nn.Module):
     @torch.jit.unused
     def _routed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor,
                           r_weight: Optional[torch.Tensor]) -> torch.Tensor:
-        # eager: the functional API; scripted code calls the same API as the dispatcher op. r_idx is a topk over the
-        # regions' scores, in range by construction: no index check, which would wait for the device on every call
-        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight, check_indices=False)
+        # eager: the functional API; scripted code calls the same API as the dispatcher op
+        return _routed_attention_of_router(q, k, v, r_idx, self.scale, r_weight)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, n_win={self.n_win}, '
@@ -455,9 +461,8 @@ class BiLevelRoutingAttention2d(nn.Module):
     @torch.jit.unused
     def _routed_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_idx: torch.Tensor,
                           r_weight: Optional[torch.Tensor]) -> torch.Tensor:
-        # eager: the functional API; scripted code calls the same API as the dispatcher op. r_idx is a topk over the
-        # regions' scores, in range by construction: no index check, which would wait for the device on every call
-        return routed_attention(q, k, v, r_idx, scale=self.scale, r_weight=r_weight, check_indices=False)
+        # eager: the functional API; scripted code calls the same API as the dispatcher op
+        return _routed_attention_of_router(q, k, v, r_idx, self.scale, r_weight)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, n_win={self.n_win}, topk={self.topk}'
