@@ -58,7 +58,7 @@ def _check_map(x: torch.Tensor) -> None:
 def padded_size(size: Tuple[int, int], window_size: Size2) -> Tuple[int, int]:
     """``size`` rounded up to multiples of ``window_size`` (a window or a grid), per axis."""
     wh, ww = _size2(window_size, 'window_size')
-    return -(-size[0] // wh) * wh, -(-size[1] // ww) * ww
+    return padded_size_(size, (wh, ww))
 
 
 def is_exporting() -> bool:
@@ -108,8 +108,13 @@ def window_partition(x: torch.Tensor, window_size: Size2, shift_size: Size2 = 0)
 
 
 def padded_size_(size: Tuple[int, int], window_size: Tuple[int, int]) -> Tuple[int, int]:
-    """:func:`padded_size` of a validated ``(wh, ww)``; TorchScript compiles it."""
-    return -(-size[0] // window_size[0]) * window_size[0], -(-size[1] // window_size[1]) * window_size[1]
+    """:func:`padded_size` of a validated ``(wh, ww)``; TorchScript compiles it.
+
+    Ceil division as ``(size + w - 1) // w``, not ``-(-size // w)``: for a symbolic size the exported ONNX graph
+    divides by ``Div``, which truncates a negative quotient instead of flooring it.
+    """
+    wh, ww = window_size
+    return (size[0] + wh - 1) // wh * wh, (size[1] + ww - 1) // ww * ww
 
 
 def window_partition_(x: torch.Tensor, window_size: Tuple[int, int], shift: Tuple[int, int]) -> torch.Tensor:
@@ -164,7 +169,7 @@ def window_reverse_(
     x = windows.view(-1, Hp // wh, Wp // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, Hp, Wp, C)
     if shift[0] != 0 or shift[1] != 0:
         x = torch.roll(x, shifts=shift, dims=(1, 2))
-    if Hp != H or Wp != W:
+    if pad_needed(Hp - H, Wp - W):
         x = x[:, :H, :W]
     return x.contiguous()
 
@@ -269,6 +274,6 @@ def grid_reverse_(windows: torch.Tensor, grid_size: Tuple[int, int], size: Tuple
             f'windows must have shape [B * {n}, {gh}, {gw}, C] for a {H}x{W} map, got {shape_str(windows)}')
     C = windows.shape[-1]
     x = windows.view(-1, Hp // gh, Wp // gw, gh, gw, C).permute(0, 3, 1, 4, 2, 5).reshape(-1, Hp, Wp, C)
-    if Hp != H or Wp != W:
+    if pad_needed(Hp - H, Wp - W):
         x = x[:, :H, :W]
     return x.contiguous()

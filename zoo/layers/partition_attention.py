@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, use_fused_attn
 
 from ._checks import check_channels_last
-from .partition import grid_partition_, grid_reverse_, padded_size_, window_partition_, window_reverse_
+from .partition import grid_partition_, grid_reverse_, is_exporting, padded_size_, window_partition_, window_reverse_
 from .pos_embed_rel_tf import RelPosBiasTf
 
 __all__ = ['PartitionAttentionCl']
@@ -131,8 +131,17 @@ class PartitionAttentionCl(nn.Module):
             ValueError: ``x`` is not ``[B, H, W, dim]``.
         """
         check_channels_last(x, self.dim)
+        return self._forward(x, is_exporting())
+
+    def _forward(self, x: torch.Tensor, full_partition: bool) -> torch.Tensor:
+        """:meth:`forward`; ``full_partition`` (while ``torch.export`` traces, for a graph that holds at every image
+        size): never shrink the partition to the map but pad the map to it and mask the padded keys, which computes
+        the same values (the bias of the shrunk partition is the full one's entries at the real tokens' offsets)."""
         B, H, W, C = x.shape
-        size = (min(self.partition_size[0], H), min(self.partition_size[1], W))
+        if full_partition:
+            size = self.partition_size
+        else:
+            size = (min(self.partition_size[0], H), min(self.partition_size[1], W))
         n = size[0] * size[1]
         windows = self._partition(x, size)  # [B * windows, ph, pw, C]
         qkv = self.qkv(windows.reshape(-1, n, C))
@@ -143,7 +152,7 @@ class PartitionAttentionCl(nn.Module):
         # the explicit path builds the bias as the official code does, so fvcore counts it as the published GMACs;
         # 4-D, so that CPU SDPA takes its flash kernel (a 3-D mask sends it to the slow math path)
         bias = self.rel_pos.get_bias(size, one_hot=not self.fused_attn).to(q.dtype).unsqueeze(0)  # [1, heads, N, N]
-        if padded_size_((H, W), size) != (H, W):
+        if full_partition or padded_size_((H, W), size) != (H, W):
             mask = self._key_mask((H, W), size, q.dtype, q.device)  # [windows, 1, 1, N]
             bias = (bias + mask).repeat(B, 1, 1, 1)  # [B * windows, heads, N, N]
         if self.fused_attn:

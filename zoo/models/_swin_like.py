@@ -56,7 +56,7 @@ from timm.models import checkpoint_seq
 
 from zoo.layers import PatchEmbedCl, PatchMergingCl, PreNormBlockCl, RelPosBias
 from zoo.layers._checks import check_channels_last, check_num_heads
-from zoo.layers.partition import padded_size_, window_partition_, window_reverse_
+from zoo.layers.partition import is_exporting, padded_size_, window_partition_, window_reverse_
 
 from ._helpers import StagedModelMixin, init_weights
 
@@ -219,6 +219,43 @@ def _window_mask(H: int, W: int, win: Tuple[int, int], shift: Tuple[int, int], d
     return mask
 
 
+def _rolled_axis(size: int, padded: int, window: int, shift: int,
+                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One axis of a padded, cyclically shifted window partition, as index tensors (for a symbolic ``size``).
+
+    The shift applies only when the padded axis holds more than one window (eager: ``size > window``); here that
+    choice is tensor arithmetic, so an exported graph makes it per input size instead of once while tracing.
+
+    Returns:
+        ``src``: ``[padded]``, the padded position that rolled position ``i`` holds; ``back``: ``[padded]``, the rolled
+        position of padded position ``j`` (the inverse permutation); ``region``: ``[padded]``, Swin's shifted-window
+        region of each rolled position (0, 1, 2 as in ``_window_mask``); ``real``: ``[padded]``, whether rolled
+        position ``i`` holds a real (unpadded) token.
+    """
+    ramp = torch.arange(padded, device=device)
+    s = (ramp >= window).any().long() * shift  # 0-d: `shift` if padded > window (<=> size > window), else 0
+    src = ramp + s
+    src = torch.where(src >= padded, src - padded, src)  # (ramp + s) mod padded (ONNX has no Mod by a symbolic size)
+    back = ramp - s
+    back = torch.where(back < 0, back + padded, back)
+    region = (ramp >= padded - window).long() + (ramp >= padded - s).long()
+    return src, back, region, src < size
+
+
+def _rolled_window_mask(region_h: torch.Tensor, region_w: torch.Tensor, real_h: torch.Tensor, real_w: torch.Tensor,
+                        window: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """``[nW, 1, N, N]`` additive mask of ``_window_mask`` from per-axis regions and real-token flags (all zero
+    where eager has no mask: without a shift every window lies in one region, without padding every key is real)."""
+    region = (region_h[:, None] * 3 + region_w[None, :])[None, :, :, None]  # [1, Hp, Wp, 1]
+    real = (real_h[:, None] & real_w[None, :])[None, :, :, None]
+    region = window_partition_(region, window, (0, 0)).flatten(1)  # [nW, N]
+    real = window_partition_(real, window, (0, 0)).flatten(1)
+    zero = torch.zeros((), dtype=dtype, device=region.device)
+    across = torch.where(region[:, :, None] != region[:, None, :], zero - 100., zero)  # [nW, N, N]
+    padded_key = torch.where(real, zero, zero - float('inf'))[:, None, :]  # [nW, 1, N]
+    return (across + padded_key)[:, None]
+
+
 @register_notrace_module  # shape-dependent control flow (window geometry, masks): an FX leaf
 class SwinWindowAttentionCl(nn.Module):
     """Swin (shifted-)window multi-head self-attention with Swin's relative position bias, channels-last.
@@ -316,31 +353,70 @@ class SwinWindowAttentionCl(nn.Module):
         bias = bias.view(1, self.num_heads, wh, ww, wh, ww)[:, :, :win[0], :win[1], :win[0], :win[1]]
         return bias.reshape(1, self.num_heads, win[0] * win[1], win[0] * win[1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W, dim]`` -> ``[B, H, W, dim]``, any ``H, W >= 1``."""
-        check_channels_last(x, self.dim)
-        B, H, W, C = x.shape
-        win, shift = self._geometry(H, W)
-        n = win[0] * win[1]
-        windows = window_partition_(x, win, shift).reshape(-1, n, C)
+    def _attend(self, windows: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention inside ``[B * nW, N, C]`` windows with the ``[1, heads, N, N]`` bias and an optional
+        ``[nW, 1, N, N]`` mask; returns ``[B * nW, N, C]`` before ``proj``."""
+        BW, n, C = windows.shape
         qkv = self.qkv(windows).view(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = self._bias(win).to(q.dtype)
-        mask = self._mask(H, W, win, shift, q.device, q.dtype)
+        bias = bias.to(q.dtype)
         if mask is not None:
-            nw = mask.shape[0]
-            bias = (bias + mask).unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(B * nw, self.num_heads, n, n)
+            bias = (bias + mask.to(q.dtype)).unsqueeze(0).expand(BW // mask.shape[0], -1, -1, -1, -1).reshape(
+                BW, self.num_heads, n, n)
         if self.fused_attn:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0., scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1) + bias
             out = self.attn_drop(attn.softmax(dim=-1)) @ v
-        out = window_reverse_(out.transpose(1, 2).reshape(-1, win[0], win[1], C), win, (H, W), shift)
+        return out.transpose(1, 2).reshape(BW, n, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, dim]`` -> ``[B, H, W, dim]``, any ``H, W >= 1``."""
+        check_channels_last(x, self.dim)
+        if not torch.jit.is_scripting():  # a static branch: TorchScript does not compile the symbolic path
+            if is_exporting():
+                return self._forward_symbolic(x)
+        B, H, W, C = x.shape
+        win, shift = self._geometry(H, W)
+        windows = window_partition_(x, win, shift).reshape(-1, win[0] * win[1], C)
+        mask = self._mask(H, W, win, shift, x.device, x.dtype)
+        out = self._attend(windows, self._bias(win), mask)
+        out = window_reverse_(out.view(-1, win[0], win[1], C), win, (H, W), shift)
+        return self.proj_drop(self.proj(out))
+
+    def _forward_symbolic(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for ``torch.export`` with symbolic ``H, W`` (ONNX with a dynamic image size).
+
+        Every choice that :meth:`forward` makes from the map size in Python (window clamp, shift on or off, padding
+        and its mask) would be taken once while tracing; here they are tensor arithmetic, so the graph holds for any
+        size. The window is always the full ``window_size``: a map smaller than the window is padded to it and the
+        padded keys are masked, which equals eager's clamped window read from the bias table's corner. The shift is a
+        roll by index (:func:`_rolled_axis`), zero where the axis holds one window. Same values as :meth:`forward`.
+        """
+        B, H, W, C = x.shape
+        win = self.window_size
+        Hp, Wp = padded_size_((H, W), win)
+        src_h, back_h, region_h, real_h = _rolled_axis(H, Hp, win[0], self.shift_size, x.device)
+        src_w, back_w, region_w, real_w = _rolled_axis(W, Wp, win[1], self.shift_size, x.device)
+        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).index_select(1, src_h).index_select(2, src_w)
+        windows = window_partition_(x, win, (0, 0)).reshape(-1, win[0] * win[1], C)
+        mask = _rolled_window_mask(region_h, region_w, real_h, real_w, win, x.dtype)
+        out = self._attend(windows, self._bias(win), mask)
+        out = window_reverse_(out.view(-1, win[0], win[1], C), win, (Hp, Wp), (0, 0))
+        out = out.index_select(1, back_h).index_select(2, back_w)[:, :H, :W]
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, shift={self.shift_size}'
+
+
+def _is_symbolic(size: int) -> bool:
+    """Whether ``size`` is symbolic (``torch.export`` with a dynamic dim); False in TorchScript."""
+    if torch.jit.is_scripting():  # a static branch: TorchScript compiles only this one
+        return False
+    else:
+        return isinstance(size, torch.SymInt)
 
 
 @register_notrace_module  # shape-dependent control flow: an FX leaf
@@ -356,6 +432,11 @@ class WindowedCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
+        if _is_symbolic(H) or _is_symbolic(W):
+            # the family layer sees the clamped window, so the clamp cannot become padding plus a mask as in
+            # SwinWindowAttentionCl: a graph traced at one size would be wrong at sizes of the other regime
+            raise ValueError(f'a family block on {self.window} windows (a model built with img_size above its family '
+                             f'window) has no graph for a symbolic image size: export it with a static height and width')
         win = (min(self.window[0], H), min(self.window[1], W))
         shift = (self.shift if H > self.window[0] else 0, self.shift if W > self.window[1] else 0)
         windows = self.layer(window_partition_(x, win, shift))

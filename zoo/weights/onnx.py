@@ -3,8 +3,8 @@
 ``python -m zoo.weights onnx --model nat_tiny [--file weights.safetensors | --file hub/dir] --out nat_tiny.onnx
 [--static-hw] [--opset 18] [--atol 1e-4]``
 
-Two things stop a plain ``torch.onnx.export(model, x, dynamo=True)`` of our models, and :func:`onnx_export_mode`
-handles both while the export traces (and restores everything afterwards):
+These things stop a plain ``torch.onnx.export(model, x, dynamo=True)`` of our models, and :func:`onnx_export_mode`
+handles them while the export traces (and restores everything afterwards):
 
 * the ops of ``zoo_kernels`` (neighborhood and routing attention) dispatch to the ``torch.library`` custom ops of
   their Triton backend or to a fast torch path that the decomposition step cannot lower (its reshapes of
@@ -15,14 +15,19 @@ handles both while the export traces (and restores everything afterwards):
   strides break the same decomposition);
 * functions whose graph would bake a size into an ONNX attribute are replaced by an equal computation
   (:data:`_EXPORT_SUBSTITUTES`): InLine's per-sample depthwise conv (``groups = batch x channels``, and ONNX
-  ``Conv`` needs a constant group count) becomes nine shifted products, so InLine keeps a dynamic batch.
+  ``Conv`` needs a constant group count) becomes nine shifted products, so InLine keeps a dynamic batch; timm's
+  TensorFlow-'SAME' padding (MaxViT's stem and stride-2 convs) computes its padding through a float ceiling inside a
+  max, which the exporter's shape solver cannot simplify once sizes are symbolic (MaxViT's trace did not finish):
+  it takes an equal integer form (:func:`_same_padding_integer`).
 
 The graph has a dynamic batch axis and, where the model allows it, dynamic height and width: the export is first
-tried with all three dynamic and checked in onnxruntime at a second image size; a model whose graph specialises
-to the traced size (window counts or caches baked in: Agent-Swin's window caches) or that has a fixed input size is
-exported again with static height and width (``tests/zoo/weights/test_onnx.py`` lists the tiny variants that
-stay static and why). Every export is verified against PyTorch in float32 (max abs
-difference <= ``atol``, default 1e-4) at batch 1 and 3.
+tried with all three dynamic and checked in onnxruntime at a second image size. Layers whose eager forward makes
+size-dependent choices in Python (Swin windows that shrink to the map or lose their shift, MaxViT partitions, padding
+and its masks) take a path under ``torch.export`` where those choices are tensor arithmetic, so every zoo variant
+exports with a dynamic image size. A model whose graph still specialises to the traced size (a model outside the
+zoo, a stage map of 1 x 1 at the traced size, an Agent/InLine-Swin built with ``img_size`` above its family window)
+or that has a fixed input size (ViT-RPB) is exported again with static height and width. Every export is verified
+against PyTorch in float32 (max abs difference <= ``atol``, default 1e-4) at batch 1 and 3.
 
 Users calling ``torch.onnx.export`` themselves get the same graph inside ``with onnx_export_mode(model):``.
 """
@@ -64,10 +69,36 @@ def _dwconv3x3_per_sample_shifts(x: torch.Tensor, weight: torch.Tensor,
     return out
 
 
-# (module, function, export substitute): functions whose graph would bake a size into an ONNX attribute, replaced
-# while exporting by an equal computation that keeps the axes symbolic
+def _same_padding_integer(x, kernel_size: int, stride: int, dilation: int):
+    """timm's ``get_same_padding`` (TensorFlow 'SAME': the total padding of one axis) in integer arithmetic (export
+    only).
+
+    timm computes ``max((ceil(x / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - x, 0)`` through a float
+    division. On a symbolic size that is a float ceiling inside a max, which the exporter's shape solver cannot
+    simplify, and every later stage nests it again (MaxViT's stem and stride-2 MBConvs did not finish tracing).
+    Here the ceiling is ``(x + stride - 1) // stride`` (not ``-(-x // stride)``: ONNX ``Div`` truncates negative
+    quotients), and the max is dropped where the padding cannot be negative (``(kernel_size - 1) * dilation + 1 >=
+    stride``, every conv of our models). Equal to timm's for every ``x >= 1``.
+    """
+    if isinstance(x, torch.Tensor):
+        return _TIMM_SAME_PADDING(x, kernel_size, stride, dilation)
+    pad = ((x + stride - 1) // stride - 1) * stride + (kernel_size - 1) * dilation + 1 - x
+    return pad if (kernel_size - 1) * dilation + 1 >= stride else max(pad, 0)
+
+
+def _timm_same_padding():
+    from timm.layers import padding
+    return padding.get_same_padding
+
+
+_TIMM_SAME_PADDING = _timm_same_padding()
+
+# (module, function, export substitute): functions whose graph would bake a size into an ONNX attribute, or whose
+# size arithmetic the exporter cannot solve, replaced while exporting by an equal computation that keeps the axes
+# symbolic
 _EXPORT_SUBSTITUTES = (
     ('zoo.layers.inline_attention', 'dwconv3x3_per_sample', _dwconv3x3_per_sample_shifts),
+    ('timm.layers.padding', 'get_same_padding', _same_padding_integer),
 )
 
 
@@ -97,13 +128,6 @@ def onnx_export_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
                 os.environ[k] = v
         for m, v in saved_fused:
             m.fused_attn = v
-
-
-# model class name -> why its export keeps the traced height and width without a dynamic try: the exporter's
-# symbolic-shape reasoning does not finish on these graphs, so the dynamic attempt would hang the caller
-_STATIC_HW_CLASSES = {
-    'MaxVit': "torch.export's symbolic-shape solver does not finish (> 5 min) on the padded block/grid partitions",
-}
 
 
 def _probe_size(size: Tuple[int, int]) -> Tuple[int, int]:
@@ -199,15 +223,11 @@ def export_onnx(
     fixed = bool(cfg.get('fixed_input_size'))
     if dynamic_hw and fixed:
         raise ValueError(f'dynamic_hw=True: {type(model).__name__} has a fixed input size {(h, w)}')
-    static_reason = _STATIC_HW_CLASSES.get(type(model).__name__)
-    if dynamic_hw and static_reason:
-        raise ValueError(f'dynamic_hw=True: {type(model).__name__} exports with a static height and width only '
-                         f'({static_reason})')
     gen = torch.Generator().manual_seed(seed)
     batch_inputs = [torch.randn(1, c, h, w, generator=gen), torch.randn(3, c, h, w, generator=gen)]
     x = torch.randn(2, c, h, w, generator=gen)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if dynamic_hw is not False and not fixed and not static_reason:
+    if dynamic_hw is not False and not fixed:
         ph, pw = _probe_size((h, w))
         probe = [torch.randn(2, c, ph, pw, generator=gen)]
         try:

@@ -103,6 +103,20 @@ def test_any_map_size_masks_the_padding(partition_type, size):
     assert all(torch.isfinite(p.grad).all() for p in attn.parameters())
 
 
+@pytest.mark.parametrize('partition_type', ['block', 'grid'])
+@pytest.mark.parametrize('partition', [(7, 7), (4, 6)])
+@pytest.mark.parametrize('size', [(3, 5), (5, 9), (7, 7), (12, 6), (17, 10)])
+def test_full_partition_path_equals_eager(partition_type, partition, size):
+    """The path taken under torch.export (ONNX with a dynamic image size) never shrinks the partition: it pads the
+    map to it and masks the padded keys. Same values as the eager forward at maps smaller than, equal to and larger
+    than the partition."""
+    torch.manual_seed(0)
+    attn = _randomized(PartitionAttentionCl(32, partition, partition_type, dim_head=16)).eval()
+    x = torch.randn(2, *size, 32) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(attn._forward(x, True), attn(x), atol=1e-5, rtol=1e-5)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match='dim_head'):
         PartitionAttentionCl(48, 7, dim_head=32)

@@ -213,3 +213,29 @@ def test_swin_window_mask_is_swin_mask_plus_padding(size, win, shift):
         assert mask is None
     else:
         torch.testing.assert_close(mask, expected)
+
+
+@pytest.mark.parametrize('size', [(3, 5), (5, 9), (7, 7), (8, 8), (12, 6), (14, 14), (17, 10)])
+@pytest.mark.parametrize('window, shift', [((7, 7), 0), ((7, 7), 3), ((4, 6), 2)])
+def test_swin_window_attention_symbolic_path_equals_eager(size, window, shift):
+    """The path taken under torch.export (ONNX with a dynamic image size), which turns the window clamp, the shift
+    on/off choice and the padding mask into tensor arithmetic, computes what the eager forward does at every size:
+    maps smaller than, equal to and larger than the window, divisible or not, with and without a shift."""
+    torch.manual_seed(0)
+    attn = SwinWindowAttentionCl(16, 2, window, shift).eval()
+    with torch.no_grad():
+        attn.rel_pos.relative_position_bias_table.normal_(std=1.)  # a bias large enough to matter
+        x = torch.randn(2, *size, 16) * 3
+        torch.testing.assert_close(attn._forward_symbolic(x), attn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_family_block_refuses_a_symbolic_size():
+    """A family block on shifted windows sees the clamped window, which no single graph can express: torch.export
+    with a dynamic image size stops with a clear error (export_onnx then falls back to a static height and width)."""
+    model = timm.create_model('agent_swin_test', window_size=8, attn_type='AABB').eval()
+    windowed = model.stages[0].blocks[1].attn
+    x = torch.randn(1, 16, 16, windowed.layer.dim)
+    dims = ({1: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO},)
+    with pytest.raises(Exception, match='static height and width') as info:
+        torch.export.export(windowed, (x,), dynamic_shapes=dims)
+    assert 'ValueError' in repr(info.value) or isinstance(info.value, ValueError)

@@ -38,15 +38,9 @@ def _tiny_by_module():
 BY_MODULE = _tiny_by_module()
 TINY = sorted(n for names in BY_MODULE.values() for n in names)
 ATOL = 1e-4
-# Agent-Swin and InLine-Swin, both through the shared Swin window layer (zoo.models._swin_like.SwinWindowAttentionCl)
-_SWIN_WINDOW_REASON = ('the shift-mask cache is keyed by the map size, which cannot be hashed when symbolic; exporting '
-                       'without the cache finishes (5-10 min) but onnxruntime then fails even at the traced size')
-# name prefix -> why the exported graph keeps the traced height and width (Python branches on the input size, taken
-# once while tracing, or sizes computed in Python and cached)
+# name prefix -> why the exported graph keeps the traced height and width (none does for a model reason now: Swin
+# windows, MaxViT partitions and every other size-dependent choice have a symbolic path while exporting)
 STATIC_HW = {
-    'agent_swin': _SWIN_WINDOW_REASON,
-    'inline_swin': _SWIN_WINDOW_REASON,
-    'maxvit': 'zoo.weights.onnx._STATIC_HW_CLASSES: the exporter does not finish with symbolic sizes',
     # generalises (checked by hand: max |diff| 5e-7 at the probe size) but its dynamic export takes ~3 min on one
     # core; exported static here to keep the suite short
     'dinat_s_test': 'dynamic export verified by hand, too slow for the suite (~3 min)',
@@ -115,12 +109,6 @@ def test_dynamic_hw_refused_where_the_graph_specialises(tmp_path):
         export_onnx(ravlt, str(tmp_path / 'ravlt.onnx'), dynamic_hw=True, optimize=False)
 
 
-def test_dynamic_hw_refused_at_once_where_the_exporter_would_not_finish(tmp_path):
-    maxvit = timm.create_model('maxvit_zoo_test').eval()
-    with pytest.raises(ValueError, match='static height and width only'):
-        export_onnx(maxvit, str(tmp_path / 'mv.onnx'), dynamic_hw=True, optimize=False)
-
-
 def test_inline_per_sample_conv_substitute():
     """The export form of InLine's per-sample depthwise conv (no batch in a Conv attribute) equals the layer's."""
     from zoo.layers.inline_attention import dwconv3x3_per_sample
@@ -135,6 +123,19 @@ def test_inline_per_sample_conv_substitute():
     with onnx_export_mode(torch.nn.Identity()):
         assert inline.dwconv3x3_per_sample is _dwconv3x3_per_sample_shifts
     assert inline.dwconv3x3_per_sample is dwconv3x3_per_sample
+
+
+def test_same_padding_substitute_equals_timm():
+    """The integer form of timm's TensorFlow-'SAME' padding used while exporting equals timm's for every size."""
+    import timm.layers.padding as padding
+    from zoo.weights.onnx import _same_padding_integer, onnx_export_mode
+    timm_fn = padding.get_same_padding
+    for x in range(1, 70):
+        for k, s, d in [(1, 1, 1), (3, 1, 1), (3, 2, 1), (2, 2, 1), (1, 2, 1), (5, 2, 2), (7, 4, 1), (1, 4, 1)]:
+            assert _same_padding_integer(x, k, s, d) == timm_fn(x, k, s, d), (x, k, s, d)
+    with onnx_export_mode(torch.nn.Identity()):
+        assert padding.get_same_padding is _same_padding_integer
+    assert padding.get_same_padding is timm_fn
 
 
 def test_onnx_cli_with_weights(tmp_path, capsys):
