@@ -435,8 +435,9 @@ class WindowedCl(nn.Module):
         if _is_symbolic(H) or _is_symbolic(W):
             # the family layer sees the clamped window, so the clamp cannot become padding plus a mask as in
             # SwinWindowAttentionCl: a graph traced at one size would be wrong at sizes of the other regime
-            raise ValueError(f'a family block on {self.window} windows (a model built with img_size above its family '
-                             f'window) has no graph for a symbolic image size: export it with a static height and width')
+            raise ValueError(f'a family block on {self.window} windows (a model built with img_size above its '
+                             f'family window) has no graph for a symbolic image size: export it with a static height '
+                             f'and width')
         win = (min(self.window[0], H), min(self.window[1], W))
         shift = (self.shift if H > self.window[0] else 0, self.shift if W > self.window[1] else 0)
         windows = self.layer(window_partition_(x, win, shift))

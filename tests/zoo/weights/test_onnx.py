@@ -128,6 +128,7 @@ def test_inline_per_sample_conv_substitute():
 def test_same_padding_substitute_equals_timm():
     """The integer form of timm's TensorFlow-'SAME' padding used while exporting equals timm's for every size."""
     import timm.layers.padding as padding
+
     from zoo.weights.onnx import _same_padding_integer, onnx_export_mode
     timm_fn = padding.get_same_padding
     for x in range(1, 70):
