@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
 from ._checks import check_num_heads, shape_str
+from .pointwise import PointwiseConv2d
 from .pos_conv import DwConv2d
 
 __all__ = ['Rope2d', 'apply_rope_2d', 'elu_plus_one', 'rala_core', 'RalaAttention2d']
@@ -120,10 +121,36 @@ def _rope_to(rope: List[torch.Tensor], dtype: torch.dtype) -> List[torch.Tensor]
     return [rope[0].to(dtype), rope[1].to(dtype)]
 
 
+def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp_min(x, 0.) + torch.clamp_max(x, 0.).exp()
+
+
+class _EluPlusOne(torch.autograd.Function):
+    """``elu(x) + 1`` with its gradient from the output alone: ``y = x + 1 > 1`` where ``x > 0`` (slope 1) and
+    ``y = exp(x) <= 1`` elsewhere (slope ``y``), so ``dy/dx = min(y, 1)``. One pass, against the four that autograd
+    makes of the clamps and the exp (and their saved masks)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = _elu_plus_one(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        y, = ctx.saved_tensors
+        return grad * y.clamp_max(1.)
+
+
 def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
     """``elu(x) + 1`` as ``max(x, 0) + exp(min(x, 0))``: the same values (to rounding), several times faster on CPU,
-    where ``F.elu`` evaluates ``expm1`` per element without vectorisation."""
-    return torch.clamp_min(x, 0.) + torch.clamp_max(x, 0.).exp()
+    where ``F.elu`` evaluates ``expm1`` per element without vectorisation; with a one-pass backward
+    (:class:`_EluPlusOne`) where a gradient is needed."""
+    if torch.jit.is_scripting():
+        return _elu_plus_one(x)
+    if x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_exporting():
+        return _EluPlusOne.apply(x)
+    return _elu_plus_one(x)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -210,9 +237,9 @@ class RalaAttention2d(nn.Module):
         self.scale = head_dim ** -0.5
         # softmax mode: SDPA, or the explicit softmax(q k^T) v of the official code (what fvcore counts)
         self.fused_attn = use_fused_attn()
-        self.qkvo = nn.Conv2d(dim, dim * 4, 1, **dd)
+        self.qkvo = PointwiseConv2d(dim, dim * 4, **dd)
         self.lepe = DwConv2d(dim, lepe_kernel, **dd)
-        self.proj = nn.Conv2d(dim, dim, 1, **dd)
+        self.proj = PointwiseConv2d(dim, dim, **dd)
 
     def forward(self, x: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
         """Attend over the whole map.
@@ -231,19 +258,21 @@ class RalaAttention2d(nn.Module):
         if rope[0].dim() != 2 or rope[0].shape[0] != N or rope[0].shape[1] != self.head_dim:
             raise ValueError(f'rope tables must be [{N}, {self.head_dim}] for a {H}x{W} map, got '
                              f'{shape_str(rope[0])}')
-        qkvo = self.qkvo(x)
-        lepe = self.lepe(qkvo[:, 2 * C:3 * C])
-        # tokens-major view [B, N, 4C]: free for a channels-last map (as RAVLT runs), one copy else
-        tokens = qkvo.permute(0, 2, 3, 1).reshape(B, N, 4 * C)
+        # tokens-major view [B, N, 4C]: free for a channels-last map (as RAVLT runs), one copy else; one split (not
+        # slices: the backward of each slice would zero-fill a [B, N, 4C] gradient and add them)
+        tokens = self.qkvo(x).permute(0, 2, 3, 1).reshape(B, N, 4 * C)
+        qk, v, gate = tokens.split([2 * C, C, C], dim=-1)
+        lepe = self.lepe(v.reshape(B, H, W, C).permute(0, 3, 1, 2))
         heads, head_dim = self.num_heads, self.head_dim
         if self.mode == 'rala':
             if torch.jit.is_scripting():  # TorchScript ignores autocast(enabled=False)
-                out = self._rala(tokens, rope)
+                out = self._rala(qk, v, rope)
             else:
                 with _autocast_off(x.device):
-                    out = self._rala(tokens, rope)
+                    out = self._rala(qk, v, rope)
         else:
-            q, k, v = tokens[..., :3 * C].reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k = qk.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            v = v.reshape(B, N, heads, head_dim).transpose(1, 2)
             rope = _rope_to(rope, q.dtype)
             q = apply_rope_2d(q, rope)
             k = apply_rope_2d(k, rope)
@@ -253,20 +282,19 @@ class RalaAttention2d(nn.Module):
                 out = torch.softmax(self.scale * q @ k.transpose(-1, -2), dim=-1) @ v
         # back to a channels-last NCHW map (a view of the [B, N, C] tokens)
         out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        gate = tokens[..., 3 * C:].reshape(B, H, W, C).permute(0, 3, 1, 2)
+        gate = gate.reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.proj((out + lepe) * gate)
 
-    def _rala(self, tokens: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
-        """RALA of ``[B, N, 4C]`` qkvo tokens -> ``[B, heads, N, head_dim]`` in the tokens' dtype (16-bit: computed in
-        float32)."""
-        B, N, C = tokens.shape[0], tokens.shape[1], self.dim
+    def _rala(self, qk: torch.Tensor, v: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
+        """RALA of ``[B, N, 2C]`` q|k and ``[B, N, C]`` v tokens -> ``[B, heads, N, head_dim]`` in their dtype (16-bit:
+        computed in float32)."""
+        B, N, C = v.shape
         heads, head_dim = self.num_heads, self.head_dim
-        dtype = _compute_dtype(tokens.dtype)
-        qk = elu_plus_one(tokens[..., :2 * C].to(dtype))  # the feature map on q and k in one pass
-        q = qk[..., :C].reshape(B, N, heads, head_dim).transpose(1, 2)
-        k = qk[..., C:].reshape(B, N, heads, head_dim).transpose(1, 2)
-        v = tokens[..., 2 * C:3 * C].to(dtype).reshape(B, N, heads, head_dim).transpose(1, 2)
-        return _rala_features(q, k, v, _rope_to(rope, dtype), self.scale).to(tokens.dtype)
+        in_dtype, dtype = v.dtype, _compute_dtype(v.dtype)
+        qk = elu_plus_one(qk.to(dtype))  # the feature map on q and k in one pass
+        q, k = qk.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        v = v.to(dtype).reshape(B, N, heads, head_dim).transpose(1, 2)
+        return _rala_features(q, k, v, _rope_to(rope, dtype), self.scale).to(in_dtype)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, mode={self.mode!r}'

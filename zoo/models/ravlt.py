@@ -54,7 +54,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_
 from timm.models._manipulate import adapt_input_conv
 from torch.utils.checkpoint import checkpoint
 
-from zoo.layers import ConvDownsample2d, Cpe2d, PreNormBlock2d, RalaAttention2d, Rope2d
+from zoo.layers import ConvDownsample2d, Cpe2d, PointwiseConv2d, PreNormBlock2d, RalaAttention2d, Rope2d
 
 from ._helpers import (
     StagedModelMixin,
@@ -153,10 +153,10 @@ class RavltFfn(nn.Module):
         out_features = out_features or in_features
         if not 0. <= drop < 1.:
             raise ValueError(f'drop must be in [0, 1), got drop={drop}')
-        self.fc1 = nn.Conv2d(in_features, hidden_features, 1, **dd)
+        self.fc1 = PointwiseConv2d(in_features, hidden_features, **dd)
         self.act = act_layer()
         self.dwconv = _FoldedCpe(hidden_features, 3, **dd)  # x + DwConv(x), the official ``dwconv`` + residual
-        self.fc2 = nn.Conv2d(hidden_features, out_features, 1, **dd)
+        self.fc2 = PointwiseConv2d(hidden_features, out_features, **dd)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,7 +275,7 @@ class _HeadConv(nn.Sequential):
     def __init__(self, dim: int, hidden: int, device=None, dtype=None):
         dd = {'device': device, 'dtype': dtype}
         super().__init__(OrderedDict(
-            proj=nn.Conv2d(dim, hidden, 1, **dd), bn=nn.BatchNorm2d(hidden, **dd), act=nn.SiLU()))
+            proj=PointwiseConv2d(dim, hidden, **dd), bn=nn.BatchNorm2d(hidden, **dd), act=nn.SiLU()))
 
 
 class RAVLT(StagedModelMixin, nn.Module):

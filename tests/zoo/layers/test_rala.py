@@ -161,6 +161,38 @@ def test_core_16bit_inputs_without_autocast():
     assert not torch.isfinite(k16 * eff.half().transpose(-1, -2) * n).all()
 
 
+@pytest.mark.parametrize('mode', ['rala', 'softmax'])
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_gradients_match_official_math(mode, channels_last):
+    """Input and parameter gradients (float64) equal those of the official math through autograd: covers the one-pass
+    backward of ``elu + 1``, the single split of ``qkvo`` and the Linear form of the 1x1 convs on channels-last maps."""
+    mod = _layer(32, 2, mode)
+    x = torch.randn(2, 32, 6, 7, dtype=torch.float64)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+    g = torch.randn(2, 32, 6, 7, dtype=torch.float64)
+    params = [x, *mod.parameters()]
+    ours = torch.autograd.grad((mod(x, Rope2d(16).double()((6, 7))) * g).sum(), params)
+    ref = torch.autograd.grad((_reference(mod, x) * g).sum(), params)
+    for name, a, b in zip(['x'] + [n for n, _ in mod.named_parameters()], ours, ref):
+        assert _rel(a, b) < 1e-10, name
+
+
+def test_elu_plus_one_backward():
+    """The one-pass gradient ``min(y, 1)`` of ``elu(x) + 1``: gradcheck in float64, and equal to F.elu's autograd in
+    float32 on both sides of 0 (0 itself included)."""
+    from zoo.layers.rala import _EluPlusOne, elu_plus_one
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_EluPlusOne.apply, (x,))
+    x = torch.cat([torch.randn(1000) * 4, torch.tensor([0., 1e-30, -1e-30, 20., -20.])]).requires_grad_()
+    y = elu_plus_one(x)
+    assert y.grad_fn is not None and 'EluPlusOne' in type(y.grad_fn).__name__
+    g = torch.randn_like(x)
+    ours, = torch.autograd.grad(y, x, g)
+    ref, = torch.autograd.grad(F.elu(x) + 1, x, g)
+    torch.testing.assert_close(y, F.elu(x) + 1)
+    torch.testing.assert_close(ours, ref)
+
+
 def test_any_size_and_batch_independence():
     mod = _layer(32, 2, 'rala', dtype=torch.float32)
     rope = Rope2d(16)

@@ -1,0 +1,37 @@
+"""PointwiseConv2d: nn.Conv2d(in, out, 1) in parameters and values, forward and backward, on channels-last (the Linear
+path) and NCHW maps (the convolution)."""
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import _fx
+
+from zoo.layers import PointwiseConv2d
+
+
+@pytest.mark.parametrize('channels_last', [True, False])
+@pytest.mark.parametrize('bias', [True, False])
+def test_equals_conv1x1_forward_and_backward(channels_last, bias):
+    torch.manual_seed(0)
+    ours = PointwiseConv2d(12, 20, bias=bias).double()
+    ref = nn.Conv2d(12, 20, 1, bias=bias).double()
+    ref.load_state_dict(ours.state_dict())
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    x = torch.randn(3, 12, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn(3, 20, 5, 7, dtype=torch.float64)
+    out, out_ref = ours(x), ref(x)
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    grads = torch.autograd.grad(out, [x, *ours.parameters()], g)
+    grads_ref = torch.autograd.grad(out_ref, [x, *ref.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_scriptable_and_an_fx_leaf():
+    mod = PointwiseConv2d(4, 6)
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(torch.jit.script(mod)(x), mod(x))
+    assert PointwiseConv2d in _fx._leaf_modules
