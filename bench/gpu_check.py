@@ -380,12 +380,12 @@ def launched_kernels() -> list:
 
 
 def bench_tables(device: str, rehearsal: bool, use_natten: bool = True,
-                 official_root: str | None = None) -> Iterator[tuple[str, str]]:
+                 official_root: str | None = None, compile_mode: str = 'none') -> Iterator[tuple[str, str]]:
     """(title, output) of bench.na, bench.routing and bench.models on CUDA (tiny shapes on CPU in rehearsal).
 
     bench.models runs under bf16 autocast (mixed-precision training as on a GPU), with the official twin of each
-    model that has one when ``official_root`` holds the official checkouts. A table that fails yields its error,
-    and the next one still runs.
+    model that has one when ``official_root`` holds the official checkouts, and every model under ``torch.compile``
+    with ``compile_mode`` unless it is 'none'. A table that fails yields its error, and the next one still runs.
     """
     import torch
 
@@ -405,6 +405,8 @@ def bench_tables(device: str, rehearsal: bool, use_natten: bool = True,
         repeats, dtype = 10, torch.bfloat16
     if official_root:
         models_argv += ['--officials', '--official-root', official_root]
+    if compile_mode != 'none':
+        models_argv += ['--compile', compile_mode]
     natten = na.import_natten() if use_natten and not rehearsal else None
     peak_bw = 4.8e12 if 'H200' in _device_name(device) else 3.35e12
     tables = {
@@ -481,6 +483,8 @@ def main(argv=None) -> int:
                         help='leave out the correctness and kernel sections (only the benchmark tables)')
     parser.add_argument('--official-root', default=None,
                         help="official checkouts: bench.models adds each model's official twin (bench.official)")
+    parser.add_argument('--compile', default='none', choices=('none', 'default', 'reduce-overhead', 'max-autotune'),
+                        help='bench.models under torch.compile with this mode (reduce-overhead: CUDA graphs)')
     parser.add_argument('--jobs', type=int, default=None, help='compile workers (default: CPU count)')
     parser.add_argument('--out', default=None, help='also write the report to this file')
     args = parser.parse_args(argv)
@@ -510,7 +514,8 @@ def main(argv=None) -> int:
     print('\n'.join(report), flush=True)
     save()
     if not args.skip_bench:
-        for title, table in bench_tables(device, args.rehearsal, not args.no_natten, args.official_root):
+        for title, table in bench_tables(device, args.rehearsal, not args.no_natten, args.official_root,
+                                         args.compile):
             report.append(f'\n## {title}\n\n{table.strip()}')
             print(report[-1], flush=True)
             save()

@@ -13,7 +13,8 @@
 #               is left out: it compiles through a stand-in driver and needs no GPU) and the models' CUDA-vs-CPU
 #               contract test
 #   2. T_BENCH  bench.gpu_check --skip-correctness: bench.na, bench.routing, bench.models (bf16 autocast, with the
-#               official twins when .official/ is there)
+#               official twins when .official/ is there; COMPILE=reduce-overhead times every model under
+#               torch.compile with CUDA graphs, which takes the host-bound op dispatch out of the eager steps)
 #   3. T_CHECK  bench.gpu_check --skip-bench: the kernels against the fp64 reference in every dtype, and their
 #               registers, spills and shared memory
 set -u
@@ -54,7 +55,7 @@ tail -n 25 "$OUT/tests.log"
 official=()
 [ -d .official ] && official=(--official-root "$ROOT/.official")
 step bench "${T_BENCH:-200}" python3 -m bench.gpu_check --skip-correctness --no-natten "${official[@]}" \
-    --out "$OUT/bench.md"
+    --compile "${COMPILE:-none}" --out "$OUT/bench.md"
 step check "${T_CHECK:-150}" python3 -m bench.gpu_check --skip-bench --no-natten --jobs "${JOBS:-16}" \
     --out "$OUT/check.md"
 grep -E "^(All cases pass|[0-9]+ failed|Compiled ahead|Total)" "$OUT/check.md" "$OUT/bench.md" 2>/dev/null

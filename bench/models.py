@@ -2,7 +2,7 @@
 
     python -m bench.models [--device cpu|cuda] [--models nat_mini dinat_mini ...] [--batch 8] [--img-size 224]
                            [--modes inference training] [--isolate] [--amp none|bf16|fp16]
-                           [--officials --official-root DIR]
+                           [--compile none|default|reduce-overhead|max-autotune] [--officials --official-root DIR]
 
 Two modes, each at batch 1 and at the throughput batch: ``inference`` (eval, ``no_grad`` forward) and ``training``
 (one optimizer step: train-mode forward, cross-entropy, backward, ``torch.optim.AdamW`` step; every model built
@@ -12,6 +12,9 @@ affects all of them alike. Printed as one markdown table per mode: images/s, the
 img/s / peer img/s: above 1 means ours is faster), and peak memory with its ratio (ours / peer: below 1 means ours
 uses less). ``--amp`` runs the forward and the loss under autocast (mixed precision, as on a GPU); ``--officials``
 adds the official twin of each model that has one (:func:`bench.official.twin`) and a "vs official" column.
+``--compile`` wraps every model (ours, peers, officials alike) in ``torch.compile`` with that mode (``default``:
+inductor; ``reduce-overhead``: plus CUDA graphs, which take the host's per-op dispatch out of a GPU step, the bound of
+eager steps at batch 64 on an H200, BENCHMARKS.md); the compilation happens in the warm-up calls, outside the timing.
 ``--isolate`` runs each model with the peers in a fresh process (the peers are then timed once per
 model): with many models training in one process, the allocator state of that process slows the models with the
 largest activations (BENCHMARKS.md, session 7).
@@ -44,13 +47,20 @@ PEERS = ('swin_tiny_patch4_window7_224', 'convnext_tiny')
 PEER_SHORT = {'swin_tiny_patch4_window7_224': 'swin_t', 'convnext_tiny': 'convnext_t'}
 
 
-def _build(name: str, device: str, img_size: int, mode: str = 'inference', drop_path: float = 0.1) -> torch.nn.Module:
+COMPILE_MODES = ('none', 'default', 'reduce-overhead', 'max-autotune')
+
+
+def _build(name: str, device: str, img_size: int, mode: str = 'inference', drop_path: float = 0.1,
+           compile_mode: str = 'none') -> torch.nn.Module:
     kwargs = {'drop_path_rate': drop_path} if mode == 'training' else {}
     if official.is_official(name):
         model = official.build(name, **kwargs).to(device)
     else:
         model = create_model(name, input_size=img_size, **kwargs).to(device)
-    return model.train() if mode == 'training' else model.eval()
+    model = model.train() if mode == 'training' else model.eval()
+    if compile_mode != 'none':
+        model = torch.compile(model, mode=None if compile_mode == 'default' else compile_mode)
+    return model
 
 
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -96,12 +106,12 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: str, drop_path: float,
-                    amp: str = 'none') -> None:
+                    amp: str = 'none', compile_mode: str = 'none') -> None:
     torch.set_num_threads(threads)
-    model = _build(name, 'cpu', img_size, mode, drop_path)
+    model = _build(name, 'cpu', img_size, mode, drop_path, compile_mode)
     step = _step_fn(model, torch.randn(batch, 3, img_size, img_size), mode, amp)
-    if mode == 'training':
-        step()  # allocates the optimizer state: the measured step is a steady one
+    if mode == 'training' or compile_mode != 'none':
+        step()  # allocates the optimizer state (and compiles): the measured step is a steady one
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset the peak resident set (VmHWM) to the current one
     before = _proc_status_bytes('VmRSS')
@@ -110,11 +120,11 @@ def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: st
 
 
 def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference',
-                    drop_path: float = 0.1, amp: str = 'none') -> Optional[int]:
+                    drop_path: float = 0.1, amp: str = 'none', compile_mode: str = 'none') -> Optional[int]:
     """Peak resident-set growth in bytes of one step of ``name`` in a fresh process (None if it failed)."""
     cmd = [sys.executable, '-m', 'bench.models', '--_peak-child', name, '--batch', str(batch),
            '--img-size', str(img_size), '--threads', str(torch.get_num_threads()), '--modes', mode,
-           '--drop-path', str(drop_path), '--amp', amp]
+           '--drop-path', str(drop_path), '--amp', amp, '--compile', compile_mode]
     # a fixed mmap threshold: glibc's adaptive one would serve the second step from heap memory the first one freed,
     # which the resident-set high-water mark does not see again
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
@@ -128,9 +138,12 @@ def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference
 
 def measure(names: List[str], batch: int, img_size: int, device: str, repeats: int, budget_s: float,
             memory: bool, mode: str = 'inference', drop_path: float = 0.1,
-            stat: str = 'median', warmup: int = 2, amp: str = 'none') -> Dict[str, Dict[str, Optional[float]]]:
+            stat: str = 'median', warmup: int = 2, amp: str = 'none',
+            compile_mode: str = 'none') -> Dict[str, Dict[str, Optional[float]]]:
     """Images/s and peak memory (bytes) of one ``mode`` step of each model at ``batch``, timed round-robin."""
-    models = {n: _build(n, device, img_size, mode, drop_path) for n in names}
+    models = {n: _build(n, device, img_size, mode, drop_path, compile_mode) for n in names}
+    if compile_mode != 'none':
+        warmup = max(warmup, 3)  # the first call compiles; CUDA graphs are recorded after a warm-up run
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     steps = {n: _step_fn(m, x, mode, amp) for n, m in models.items()}
     times = time_fns(steps, device, warmup=warmup, repeats=repeats, budget_s=budget_s, stat=stat)
@@ -141,7 +154,7 @@ def measure(names: List[str], batch: int, img_size: int, device: str, repeats: i
         elif torch.device(device).type == 'cuda':
             peak = peak_memory(steps[name], device)
         else:
-            peak = cpu_peak_memory(name, batch, img_size, mode, drop_path, amp)
+            peak = cpu_peak_memory(name, batch, img_size, mode, drop_path, amp, compile_mode)
         out[name] = {'img_s': batch / times[name], 'peak': peak,
                      'params': sum(p.numel() for p in model.parameters())}
     del models, steps
@@ -162,7 +175,7 @@ def _child_args(args: argparse.Namespace, model: str) -> List[str]:
     """The command line of one ``--isolate`` group: ``model`` and the peers, every other option as given."""
     out = ['--device', args.device, '--models', model, '--peers', *args.peers, '--modes', *args.modes,
            '--img-size', str(args.img_size), '--drop-path', str(args.drop_path), '--repeats', str(args.repeats),
-           '--budget', str(args.budget), '--stat', args.stat, '--amp', args.amp]
+           '--budget', str(args.budget), '--stat', args.stat, '--amp', args.amp, '--compile', args.compile]
     out += ['--batch', str(args.batch)] if args.batch else []
     out += ['--threads', str(args.threads)] if args.threads else []
     out += ['--no-memory'] if args.no_memory else []
@@ -197,6 +210,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "process's allocator state")
     parser.add_argument('--amp', default='none', choices=tuple(AMP_DTYPES),
                         help='autocast dtype of the forward and the loss (mixed precision); none: fp32')
+    parser.add_argument('--compile', default='none', choices=COMPILE_MODES,
+                        help='torch.compile every model with this mode (default: eager)')
     parser.add_argument('--officials', action='store_true',
                         help='add the official twin of each model that has one (bench/official_<family>.py) and a '
                              '"vs official" column; needs --official-root')
@@ -212,13 +227,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     if args._peak_child:
         _cpu_peak_child(args._peak_child, args.batch, args.img_size, torch.get_num_threads(), args.modes[0],
-                        args.drop_path, args.amp)
+                        args.drop_path, args.amp, args.compile)
         return
     batches = [1, args.batch or (8 if args.device == 'cpu' else 64)]
     twins = {m: official.twin(m) for m in args.models} if args.officials else {}
     twins = {m: t for m, t in twins.items() if t}
     names = list(dict.fromkeys(args.models + list(twins.values()) + args.peers))
     precision = 'fp32' if args.amp == 'none' else f'{args.amp} autocast'
+    precision += '' if args.compile == 'none' else f'; torch.compile mode {args.compile}'
     print(f'# bench.models: {machine(args.device)}; {args.img_size}px {precision}; NA backend '
           f'{os.environ.get("ZOO_NA_BACKEND") or "auto"}; {args.stat} of up to {args.repeats} round-robin repeats')
     columns = list(args.peers) + (['official'] if args.officials else [])
@@ -230,7 +246,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows = []
         for batch in batches:
             results = measure(names, batch, args.img_size, args.device, args.repeats, args.budget,
-                              not args.no_memory, mode, args.drop_path, args.stat, amp=args.amp)
+                              not args.no_memory, mode, args.drop_path, args.stat, amp=args.amp,
+                              compile_mode=args.compile)
             for name in names:
                 r = results[name]
                 peers = [p if p != 'official' else twins.get(name) for p in columns]

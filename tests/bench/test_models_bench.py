@@ -36,7 +36,8 @@ def test_isolate_runs_each_model_in_a_fresh_process(monkeypatch):
         assert cmd[cmd.index('--models') + 1:cmd.index('--peers')] == [name]
         assert cmd[cmd.index('--peers') + 1] == 'nat_test'
         for option, value in (('--batch', '2'), ('--img-size', '64'), ('--repeats', '1'), ('--budget', '0.1'),
-                              ('--threads', '1'), ('--official-root', '/x'), ('--device', 'cpu')):
+                              ('--threads', '1'), ('--official-root', '/x'), ('--device', 'cpu'),
+                              ('--compile', 'none')):
             assert cmd[cmd.index(option) + 1] == value
         assert '--no-memory' in cmd
         assert cmd[cmd.index('--modes') + 1:cmd.index('--modes') + 3] == ['inference', 'training']
@@ -69,6 +70,20 @@ def test_amp_runs_the_step_under_autocast():
         for amp, dtype in (('none', torch.float32), ('bf16', torch.bfloat16)):
             models._step_fn(Probe(), x, mode, amp)()
             assert seen.pop() == dtype
+
+
+def test_compile_wraps_every_model_and_is_named(capsys, monkeypatch):
+    compiled = []
+
+    def fake_compile(model, mode=None):
+        compiled.append((type(model).__name__, mode))
+        return model
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    models.main(['--models', 'dinat_test', '--compile', 'reduce-overhead', *_tiny_run()])
+    assert 'torch.compile mode reduce-overhead' in capsys.readouterr().out
+    # two models (ours and the peer) x two modes x two batches, each compiled with the mode asked for
+    assert len(compiled) == 8 and {mode for _, mode in compiled} == {'reduce-overhead'}
 
 
 def test_amp_option_names_the_precision(capsys):
