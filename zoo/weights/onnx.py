@@ -39,6 +39,7 @@ import os
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
+from timm.layers import padding as timm_padding
 
 __all__ = ['onnx_export_mode', 'export_onnx', 'check_onnx', 'load_model', 'register']
 
@@ -86,12 +87,7 @@ def _same_padding_integer(x, kernel_size: int, stride: int, dilation: int):
     return pad if (kernel_size - 1) * dilation + 1 >= stride else max(pad, 0)
 
 
-def _timm_same_padding():
-    from timm.layers import padding
-    return padding.get_same_padding
-
-
-_TIMM_SAME_PADDING = _timm_same_padding()
+_TIMM_SAME_PADDING = timm_padding.get_same_padding
 
 # (module, function, export substitute): functions whose graph would bake a size into an ONNX attribute, or whose
 # size arithmetic the exporter cannot solve, replaced while exporting by an equal computation that keeps the axes
