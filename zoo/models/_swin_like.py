@@ -197,26 +197,16 @@ def _window_mask(H: int, W: int, win: Tuple[int, int], shift: Tuple[int, int], d
                  dtype: torch.dtype) -> Optional[torch.Tensor]:
     """``[nW, 1, N, N]`` additive mask of an ``H x W`` map in ``win`` windows shifted by ``shift``: Swin's shifted
     regions (0 within one, -100 across; :func:`zoo.layers.window_attn_mask`) plus -inf on padded keys; None when
-    neither applies. TorchScript compiles it."""
+    neither applies. ``shift`` is 0 on an axis that holds one window (``SwinWindowAttentionCl._geometry``), as
+    :func:`_rolled_axis` decides it. TorchScript compiles it."""
     Hp, Wp = padded_size_((H, W), win)
-    mask: Optional[torch.Tensor] = None
-    if shift[0] != 0 or shift[1] != 0:
-        img_mask = torch.zeros((1, Hp, Wp, 1), device=device, dtype=dtype)
-        hs = [(0, Hp - win[0]), (Hp - win[0], Hp - shift[0]), (Hp - shift[0], Hp)]
-        ws = [(0, Wp - win[1]), (Wp - win[1], Wp - shift[1]), (Wp - shift[1], Wp)]
-        cnt = 0
-        for h in hs:
-            for w in ws:
-                img_mask[:, h[0]:h[1], w[0]:w[1], :] = cnt
-                cnt += 1
-        regions = window_partition_(img_mask, win, (0, 0)).flatten(1)  # [nW, N]
-        diff = regions.unsqueeze(1) - regions.unsqueeze(2)
-        mask = torch.zeros_like(diff).masked_fill(diff != 0, -100.)[:, None]
-    if Hp != H or Wp != W:
-        real = window_partition_(torch.ones(1, H, W, 1, device=device, dtype=dtype), win, shift).flatten(1)
-        pad = torch.zeros_like(real).masked_fill(real == 0, float('-inf'))[:, None, None, :]
-        mask = pad if mask is None else mask + pad
-    return mask
+    if shift[0] == 0 and shift[1] == 0 and Hp == H and Wp == W:
+        return None
+    _, _, region_h, real_h = _rolled_axis(H, Hp, win[0], shift[0], device)
+    _, _, region_w, real_w = _rolled_axis(W, Wp, win[1], shift[1], device)
+    mask = _rolled_window_mask(region_h, region_w, real_h, real_w, win, dtype)
+    # without a shift every window lies in one region: only the padded keys are masked, alike for every query
+    return mask if shift[0] != 0 or shift[1] != 0 else mask[:, :, :1]
 
 
 def _rolled_axis(size: int, padded: int, window: int, shift: int,
