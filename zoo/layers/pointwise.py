@@ -9,6 +9,8 @@ convolution's. Other maps take the convolution.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,9 +34,23 @@ class PointwiseConv2d(nn.Conv2d):
         """
         super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_channels, H, W]`` -> ``[B, out_channels, H, W]`` (channels-last in, channels-last out)."""
+    def forward(self, x: torch.Tensor, out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[B, in_channels, H, W]`` -> ``[B, out_channels, H, W]`` (channels-last in, channels-last out).
+
+        ``out_scale [out_channels]`` multiplies each output channel (a layer scale). Where the map has more pixels than
+        the weight has input channels it is folded into the weight and bias (a product over the parameters, which are
+        then the smaller operand, instead of a pass over the output, in the forward and in the backward); else the
+        output is scaled.
+        """
+        weight, bias = self.weight, self.bias
+        fold = out_scale is not None and x.numel() > x.shape[1] * weight.shape[1]  # B * H * W > in_channels
+        if out_scale is not None and fold:
+            weight = weight * out_scale.reshape(-1, 1, 1, 1)
+            bias = bias * out_scale if bias is not None else None
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            out = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
-            return out.permute(0, 3, 1, 2)
-        return self._conv_forward(x, self.weight, self.bias)
+            out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+        else:
+            out = self._conv_forward(x, weight, bias)
+        if out_scale is not None and not fold:
+            out = out * out_scale.reshape(1, -1, 1, 1)
+        return out

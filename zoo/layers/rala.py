@@ -26,7 +26,7 @@ The key reweighting is done without the official ``N`` and ``N ** -0.5`` factors
 from __future__ import annotations
 
 import contextlib
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -241,12 +241,14 @@ class RalaAttention2d(nn.Module):
         self.lepe = DwConv2d(dim, lepe_kernel, **dd)
         self.proj = PointwiseConv2d(dim, dim, **dd)
 
-    def forward(self, x: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
+    def forward(
+            self, x: torch.Tensor, rope: List[torch.Tensor], out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attend over the whole map.
 
         Args:
             x: ``[B, dim, H, W]``.
             rope: the tables of :class:`Rope2d` for ``(H, W)`` (``cos`` and ``sin`` ``[H*W, head_dim]``).
+            out_scale: ``[dim]`` per-channel factor of the output (the block's layer scale, folded into ``proj``).
 
         Returns:
             ``[B, dim, H, W]``.
@@ -283,7 +285,7 @@ class RalaAttention2d(nn.Module):
         # back to a channels-last NCHW map (a view of the [B, N, C] tokens)
         out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
         gate = gate.reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return self.proj((out + lepe) * gate)
+        return self.proj((out + lepe) * gate, out_scale)
 
     def _rala(self, qk: torch.Tensor, v: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
         """RALA of ``[B, N, 2C]`` q|k and ``[B, N, C]`` v tokens -> ``[B, heads, N, head_dim]`` in their dtype (16-bit:

@@ -159,10 +159,11 @@ class RavltFfn(nn.Module):
         self.fc2 = PointwiseConv2d(hidden_features, out_features, **dd)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_features, H, W]`` -> ``[B, out_features, H, W]``."""
+    def forward(self, x: torch.Tensor, out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[B, in_features, H, W]`` -> ``[B, out_features, H, W]``; ``out_scale [out_features]`` multiplies the
+        output (folded into ``fc2``)."""
         x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(self.dwconv(x)))
+        return self.drop(self.fc2(self.dwconv(x), out_scale))
 
 
 class RavltBlock(PreNormBlock2d):
@@ -204,9 +205,17 @@ class RavltBlock(PreNormBlock2d):
 
     def forward(self, x: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
         """``[B, dim, H, W]`` and the stage's RoPE tables -> ``[B, dim, H, W]``."""
+        # the layer scales (LayerScale2d ``gamma``, or none: nn.Identity) go to the last 1x1 conv of their branch,
+        # which folds them into its weight and bias where the map is the larger operand (PointwiseConv2d)
+        gamma1: Optional[torch.Tensor] = None
+        gamma2: Optional[torch.Tensor] = None
+        if hasattr(self.ls1, 'gamma'):
+            gamma1 = self.ls1.gamma
+        if hasattr(self.ls2, 'gamma'):
+            gamma2 = self.ls2.gamma
         x = self.pos(x)
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), rope)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path1(self.attn(self.norm1(x), rope, gamma1))
+        return x + self.drop_path2(self.mlp(self.norm2(x), gamma2))
 
 
 class RavltStage(nn.Module):

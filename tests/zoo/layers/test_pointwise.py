@@ -35,3 +35,28 @@ def test_scriptable_and_an_fx_leaf():
     x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(torch.jit.script(mod)(x), mod(x))
     assert PointwiseConv2d in _fx._leaf_modules
+
+
+@pytest.mark.parametrize('channels_last', [True, False])
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('side', [5, 2])  # 2 x 5 x 5 pixels > 12 input channels: folded; 2 x 2 x 2 < 12: scaled after
+def test_out_scale_equals_scaling_the_output(channels_last, bias, side):
+    """``out_scale`` (a layer scale) folded into the weight where the map is larger than the input width, applied to
+    the output elsewhere: both equal ``conv(x) * scale`` with all gradients, the scale's included."""
+    torch.manual_seed(0)
+    ours = PointwiseConv2d(12, 20, bias=bias).double()
+    ref = nn.Conv2d(12, 20, 1, bias=bias).double()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 12, side, side, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    scale = torch.rand(20, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 20, side, side, dtype=torch.float64)
+    out, out_ref = ours(x, scale), ref(x) * scale.reshape(1, -1, 1, 1)
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    grads = torch.autograd.grad(out, [x, scale, *ours.parameters()], g)
+    grads_ref = torch.autograd.grad(out_ref, [x, scale, *ref.parameters()], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -157,3 +157,33 @@ def test_bad_arguments():
         RAVLT(model_cfgs['ravlt_test'], window_size=7)
     with pytest.raises(ValueError, match='drop_path_rate'):
         RAVLT(model_cfgs['ravlt_test'], drop_path_rate=1.5)
+
+
+@pytest.mark.parametrize('attn_type', ['rala', 'softmax'])
+@pytest.mark.parametrize('batch_side', [(2, 8), (1, 2)], ids=['folded', 'scaled'])
+def test_block_layer_scales_folded_into_the_last_convs(attn_type, batch_side):
+    """The block passes ``ls1`` / ``ls2`` to the last 1x1 conv of each branch; values and every gradient (the layer
+    scales' included) equal the block written as ``x + ls(branch(norm(x)))``, on maps where the scale is folded into
+    the weights (16 pixels and more per input channel) and where it scales the output."""
+    from zoo.layers import Rope2d
+    from zoo.models.ravlt import RavltBlock
+    torch.manual_seed(0)
+    block = RavltBlock(16, num_heads=2, attn_type=attn_type).double()
+    with torch.no_grad():
+        block.ls1.gamma.uniform_(0.5, 1.5)
+        block.ls2.gamma.uniform_(-1.5, -0.5)
+    batch, side = batch_side
+    x = torch.randn(batch, 16, side, side, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    rope = Rope2d(8).double()((side, side))
+
+    def unfolded(x):
+        x = block.pos(x)
+        x = x + block.ls1(block.attn(block.norm1(x), rope))
+        return x + block.ls2(block.mlp(block.norm2(x)))
+
+    g = torch.randn(batch, 16, side, side, dtype=torch.float64)
+    params = list(block.parameters())
+    out, ref = block(x, rope), unfolded(x)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for got, expected in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
