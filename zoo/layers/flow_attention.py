@@ -22,23 +22,14 @@ layout handling branch on shapes.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
 from ._checks import check_num_heads, shape_str
+from ._precision import autocast_off
 
 __all__ = ['flow_attention_core', 'FlowAttention']
-
-
-@torch.jit.unused
-def _autocast_off(device: torch.device):
-    """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
-    if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 _EPS = 1e-6
@@ -57,7 +48,7 @@ class _RowDot(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
         a, row = ctx.saved_tensors
-        with _autocast_off(g.device):
+        with autocast_off(g.device):
             grad_a = g * row if ctx.needs_input_grad[0] else None
             grad_row = g.transpose(-1, -2) @ a if ctx.needs_input_grad[1] else None
         return grad_a, grad_row
@@ -76,7 +67,7 @@ class _WeightedSum(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
         w, x = ctx.saved_tensors
-        with _autocast_off(g.device):
+        with autocast_off(g.device):
             grad_w = x @ g.transpose(-1, -2) if ctx.needs_input_grad[0] else None
             grad_x = w * g if ctx.needs_input_grad[1] else None
         return grad_w, grad_x
@@ -143,7 +134,7 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused
         dtype = torch.float64 if _is_16bit(q) else q.dtype
         return _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused).to(out_dtype)
     dtype = torch.float32 if _is_16bit(q) else q.dtype
-    with _autocast_off(q.device):
+    with autocast_off(q.device):
         out = _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused)
     return out.to(out_dtype)
 

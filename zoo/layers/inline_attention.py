@@ -46,7 +46,6 @@ scripted layer under autocast runs its core in the autocast dtype).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -55,26 +54,12 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ._checks import check_channels_last, check_num_heads, shape_str
+from ._precision import autocast_off, compute_dtype
 
 __all__ = ['InLineAttention', 'inline_attention_core', 'dwconv3x3_per_sample', 'INLINE_KERNELS']
 
 INLINE_KERNELS = ('identity', 'relu', 'leakyrelu', 'exp')
 _LAYOUTS = ('qkv', 'q_kv')
-
-
-@torch.jit.unused
-def _autocast_off(device: torch.device):
-    """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
-    if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _core_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for 16-bit inputs (the token sums), else the input dtype."""
-    if dtype == torch.float16 or dtype == torch.bfloat16:
-        return torch.float32
-    return dtype
 
 
 def _phi(x: torch.Tensor, kernel_func: str) -> torch.Tensor:
@@ -94,7 +79,7 @@ def _core_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: in
     """``Q M`` ``[B, h, N, d]`` and ``mean(V)`` ``[B, C]`` in the core dtype: the attention is their sum."""
     B, N, C = q.shape
     d = C // num_heads
-    dtype = _core_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype)
     q = _phi(q.to(dtype), kernel_func)
     k = _phi(k.to(dtype), kernel_func)
     v = v.to(dtype)
@@ -121,14 +106,14 @@ def _core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, s: 
 @torch.jit.unused
 def _core_autocast_off(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float,
                        kernel_func: str) -> torch.Tensor:
-    with _autocast_off(q.device):
+    with autocast_off(q.device):
         return _core(q, k, v, num_heads, s, kernel_func)
 
 
 @torch.jit.unused
 def _core_parts_autocast_off(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float,
                              kernel_func: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    with _autocast_off(q.device):
+    with autocast_off(q.device):
         return _core_parts(q, k, v, num_heads, s, kernel_func)
 
 

@@ -25,7 +25,6 @@ The key reweighting is done without the official ``N`` and ``N ** -0.5`` factors
 """
 from __future__ import annotations
 
-import contextlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -34,18 +33,12 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
 from ._checks import check_num_heads, shape_str
+from ._precision import autocast_off, compute_dtype
 from .pointwise import PointwiseConv2d
 from .pos_conv import DwConv2d
 
 __all__ = ['Rope2d', 'apply_rope_2d', 'elu_plus_one', 'rala_core', 'RalaAttention2d']
 
-
-@torch.jit.unused
-def _autocast_off(device: torch.device):
-    """Autocast switched off for ``device`` where it is on (meta tensors have no autocast state)."""
-    if device.type in ('cpu', 'cuda', 'xpu', 'mps') and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 _MODES = ('rala', 'softmax')
 
@@ -156,10 +149,6 @@ def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
     return _elu_plus_one(x)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _rala_features(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -188,12 +177,12 @@ def rala_core(
     Returns ``[B, heads, N, head_dim]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
     """
     out_dtype = q.dtype
-    dtype = _compute_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     rope = _rope_to(rope, dtype)
     if torch.jit.is_scripting():  # TorchScript ignores autocast(enabled=False)
         return _rala_features(elu_plus_one(q), elu_plus_one(k), v, rope, scale).to(out_dtype)
-    with _autocast_off(q.device):
+    with autocast_off(q.device):
         out = _rala_features(elu_plus_one(q), elu_plus_one(k), v, rope, scale)
     return out.to(out_dtype)
 
@@ -273,7 +262,7 @@ class RalaAttention2d(nn.Module):
             if torch.jit.is_scripting():  # TorchScript ignores autocast(enabled=False)
                 out = self._rala(qk, v, rope)
             else:
-                with _autocast_off(x.device):
+                with autocast_off(x.device):
                     out = self._rala(qk, v, rope)
         else:
             q, k = qk.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -295,7 +284,7 @@ class RalaAttention2d(nn.Module):
         computed in float32)."""
         B, N, C = v.shape
         heads, head_dim = self.num_heads, self.head_dim
-        in_dtype, dtype = v.dtype, _compute_dtype(v.dtype)
+        in_dtype, dtype = v.dtype, compute_dtype(v.dtype)
         qk = elu_plus_one(qk.to(dtype))  # the feature map on q and k in one pass
         q, k = qk.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         v = v.to(dtype).reshape(B, N, heads, head_dim).transpose(1, 2)
