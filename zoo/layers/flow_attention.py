@@ -39,10 +39,15 @@ class _RowDot(torch.autograd.Function):
     """``a @ row^T`` (``[B, h, L, d]``, ``[B, h, 1, d]`` -> ``[B, h, L, 1]``) whose backward gives ``a`` its gradient
     as a broadcast product: autograd's ``g @ row`` is an outer product through ``bmm``, several times slower on CPU."""
 
+    generate_vmap_rule = True  # torch.func transforms (per-sample gradients) see through it
+
     @staticmethod
-    def forward(ctx, a: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a, row)
+    def forward(a: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
         return a @ row.transpose(-1, -2)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -58,10 +63,15 @@ class _WeightedSum(torch.autograd.Function):
     """``w^T @ x`` (``[B, h, L, 1]``, ``[B, h, L, d]`` -> ``[B, h, 1, d]``) whose backward gives ``x`` its gradient as
     a broadcast product instead of autograd's outer-product ``bmm``."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(w, x)
+    def forward(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return w.transpose(-1, -2) @ x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -70,10 +70,16 @@ class _DepthwiseConv2dCpu(torch.autograd.Function):
     forward conv of the flipped kernel (a fast oneDNN path), the weight gradient by
     :func:`_depthwise_param_grads`. The backward is made of differentiable ops (double backward works)."""
 
+    generate_vmap_rule = True  # torch.func transforms (per-sample gradients) see through it
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _ = inputs
+        ctx.save_for_backward(x, weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

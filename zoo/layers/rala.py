@@ -125,11 +125,15 @@ class _EluPlusOne(torch.autograd.Function):
     ``y = exp(x) <= 1`` elsewhere (slope ``y``), so ``dy/dx = min(y, 1)``. One pass, against the four that autograd
     makes of the clamps and the exp (and their saved masks)."""
 
+    generate_vmap_rule = True  # torch.func transforms (per-sample gradients) see through it
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = _elu_plus_one(x)
-        ctx.save_for_backward(y)
-        return y
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _elu_plus_one(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

@@ -102,3 +102,24 @@ def test_modules_use_the_cpu_backward():
     assert type(lepe(x).grad_fn).__name__ == '_DepthwiseConv2dCpuBackward'
     lepe_cl = DwConvCl(4, 7)
     assert type(lepe_cl(x.permute(0, 2, 3, 1)).grad_fn.next_functions[0][0]).__name__ == '_DepthwiseConv2dCpuBackward'
+
+
+def test_per_sample_gradients_through_torch_func():
+    """``torch.func.vmap(grad(...))`` (per-sample gradients) runs through the custom backward and equals it on the
+    plain conv."""
+    from torch.func import functional_call, grad, vmap
+    torch.manual_seed(0)
+    lepe = DwConv2d(4, 5)
+    x = torch.randn(3, 1, 4, 6, 7)
+    params = {k: v.detach() for k, v in lepe.named_parameters()}
+
+    def loss(p, xi):
+        return functional_call(lepe, p, (xi,)).square().sum()
+
+    def loss_ref(p, xi):
+        return F.conv2d(xi, p['weight'], p['bias'], padding=2, groups=4).square().sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    expected = vmap(grad(loss_ref), in_dims=(None, 0))(params, x)
+    for name in params:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-4)

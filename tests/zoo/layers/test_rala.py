@@ -191,6 +191,11 @@ def test_elu_plus_one_backward():
     ref, = torch.autograd.grad(F.elu(x) + 1, x, g)
     torch.testing.assert_close(y, F.elu(x) + 1)
     torch.testing.assert_close(ours, ref)
+    # per-sample gradients (torch.func) run through the custom backward too
+    from torch.func import grad, vmap
+    xs = torch.randn(4, 10)
+    got = vmap(grad(lambda xi: elu_plus_one(xi).square().sum()))(xs)
+    torch.testing.assert_close(got, vmap(grad(lambda xi: (F.elu(xi) + 1).square().sum()))(xs))
 
 
 def test_any_size_and_batch_independence():
