@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from ._checks import shape_str
+
 __all__ = ['PointwiseConv2d']
 
 
@@ -41,8 +43,13 @@ class PointwiseConv2d(nn.Conv2d):
         the weight has input channels it is folded into the weight and bias (a product over the parameters, which are
         then the smaller operand, instead of a pass over the output, in the forward and in the backward); else the
         output is scaled.
+
+        Raises:
+            ValueError: ``out_scale`` not ``[out_channels]``.
         """
         weight, bias = self.weight, self.bias
+        if out_scale is not None and (out_scale.dim() != 1 or out_scale.shape[0] != self.out_channels):
+            raise ValueError(f'out_scale must have shape [{self.out_channels}], got {shape_str(out_scale)}')
         fold = out_scale is not None and x.numel() > x.shape[1] * weight.shape[1]  # B * H * W > in_channels
         if out_scale is not None and fold:
             weight = weight * out_scale.reshape(-1, 1, 1, 1)

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
+from ._checks import shape_str
+
 __all__ = ['DwConv2d', 'DwConvCl', 'Cpe2d', 'CpeCl', 'depthwise_conv2d']
 
 # oneDNN's depthwise weight gradient is fast up to this kernel width (any height) and about ten times slower above
@@ -107,7 +109,15 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     """Depthwise convolution of ``x [B, C, H, W]`` (any memory format) with ``weight [C, 1, k, k]`` (odd ``k``), stride
     1, zero padding ``k // 2``: ``F.conv2d(x, weight, bias, padding=k // 2, groups=C)``, the same values. On CPU, for
     ``k > 3`` where a gradient is recorded (float32 / float64, no autocast), its backward is
-    :class:`_DepthwiseConv2dCpu`'s."""
+    :class:`_DepthwiseConv2dCpu`'s.
+
+    Raises:
+        ValueError: ``weight`` not ``[C, 1, k, k]`` with an odd ``k``, or ``x`` not ``[B, C, H, W]`` for its ``C``.
+    """
+    if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[2] != weight.shape[3] or weight.shape[3] % 2 == 0:
+        raise ValueError(f'weight must have shape [C, 1, k, k] with an odd k, got {shape_str(weight)}')
+    if x.dim() != 4 or x.shape[1] != weight.shape[0]:
+        raise ValueError(f'x must have shape [B, {weight.shape[0]}, H, W], got {shape_str(x)}')
     padding, groups = weight.shape[-1] // 2, weight.shape[0]
     if torch.jit.is_scripting():
         return F.conv2d(x, weight, bias, padding=padding, groups=groups)

@@ -60,3 +60,10 @@ def test_out_scale_equals_scaling_the_output(channels_last, bias, side):
     grads_ref = torch.autograd.grad(out_ref, [x, scale, *ref.parameters()], g)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('shape', [(19,), (20, 1), ()])
+def test_out_scale_of_the_wrong_shape_is_refused(shape):
+    conv = PointwiseConv2d(12, 20)
+    with pytest.raises(ValueError, match=r'out_scale must have shape \[20\]'):
+        conv(torch.randn(1, 12, 3, 3), torch.ones(shape))

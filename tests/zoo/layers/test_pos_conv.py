@@ -123,3 +123,15 @@ def test_per_sample_gradients_through_torch_func():
     expected = vmap(grad(loss_ref), in_dims=(None, 0))(params, x)
     for name in params:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(('x_shape', 'w_shape', 'match'), [
+    ((1, 4, 6, 6), (4, 1, 4, 4), 'odd k'),  # even kernel: the padding would shift the map
+    ((1, 4, 6, 6), (4, 1, 5, 3), 'odd k'),  # not square
+    ((1, 4, 6, 6), (4, 2, 5, 5), r'\[C, 1, k, k\]'),  # not depthwise
+    ((1, 3, 6, 6), (4, 1, 5, 5), r'x must have shape \[B, 4, H, W\]'),
+    ((4, 6, 6), (4, 1, 5, 5), r'x must have shape \[B, 4, H, W\]'),
+])
+def test_depthwise_conv2d_bad_shapes_name_the_argument(x_shape, w_shape, match):
+    with pytest.raises(ValueError, match=match):
+        depthwise_conv2d(torch.randn(x_shape), torch.randn(w_shape, requires_grad=True))
