@@ -25,7 +25,7 @@ from ._checks import shape_str
 
 __all__ = ['DwConv2d', 'DwConvCl', 'Cpe2d', 'CpeCl', 'depthwise_conv2d']
 
-# oneDNN's depthwise weight gradient is fast up to this kernel width (any height) and about ten times slower above
+# oneDNN's depthwise weight gradient is fast up to this kernel width (any height) and 7-12x its forward above
 _FAST_WEIGHT_GRAD_WIDTH = 3
 
 
