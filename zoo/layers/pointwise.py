@@ -48,16 +48,19 @@ class PointwiseConv2d(nn.Conv2d):
             ValueError: ``out_scale`` not ``[out_channels]``.
         """
         weight, bias = self.weight, self.bias
-        if out_scale is not None and (out_scale.dim() != 1 or out_scale.shape[0] != self.out_channels):
-            raise ValueError(f'out_scale must have shape [{self.out_channels}], got {shape_str(out_scale)}')
-        fold = out_scale is not None and x.numel() > x.shape[1] * weight.shape[1]  # B * H * W > in_channels
-        if out_scale is not None and fold:
-            weight = weight * out_scale.reshape(-1, 1, 1, 1)
-            bias = bias * out_scale if bias is not None else None
+        output_scale: Optional[torch.Tensor] = None
+        if out_scale is not None:
+            if out_scale.dim() != 1 or out_scale.shape[0] != self.out_channels:
+                raise ValueError(f'out_scale must have shape [{self.out_channels}], got {shape_str(out_scale)}')
+            if x.numel() > x.shape[1] * weight.shape[1]:  # B * H * W > in_channels: fold into the parameters
+                weight = weight * out_scale.reshape(-1, 1, 1, 1)
+                bias = bias * out_scale if bias is not None else None
+            else:
+                output_scale = out_scale
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
         else:
             out = self._conv_forward(x, weight, bias)
-        if out_scale is not None and not fold:
-            out = out * out_scale.reshape(1, -1, 1, 1)
+        if output_scale is not None:
+            out = out * output_scale.reshape(1, -1, 1, 1)
         return out

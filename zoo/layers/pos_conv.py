@@ -32,19 +32,15 @@ _FAST_WEIGHT_GRAD_WIDTH = 3
 def _depthwise_param_grads(
         grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias_grad: bool) -> List[Optional[torch.Tensor]]:
     """``[d loss / d weight [C, 1, k, k], d loss / d bias [C] or None]`` of a stride-1, ``k // 2``-padded depthwise conv
-    of ``x [B, C, H, W]`` with output gradient ``grad [B, C, H, W]``.
+    of ``x [B, C, H, W]`` with output gradient ``grad [B, C, H, W]``, for a kernel wider than 3.
 
-    Up to width 3 it is PyTorch's. A wider kernel's columns are cut into slices of three (the last may overlap the one
-    before); a slice's gradient is that of a ``k x 3`` conv whose column offsets are those of the slice, which oneDNN
-    computes fast. For the slice with offsets ``a .. a + 2`` (``-k//2 <= a <= k//2 - 2``): on ``x`` padded by
-    ``k//2 - 1`` columns a side and padded by one more in the conv, output column ``u`` reads columns ``u - k//2 .. u -
-    k//2 + 2`` of ``x``, so the output gradient is ``grad`` moved right by ``a + k//2`` (zeros elsewhere).
+    The kernel's columns are cut into slices of three (the last may overlap the one before); a slice's gradient is
+    that of a ``k x 3`` conv whose column offsets are those of the slice, which oneDNN computes fast. For the slice
+    with offsets ``a .. a + 2`` (``-k//2 <= a <= k//2 - 2``): on ``x`` padded by ``k//2 - 1`` columns a side and
+    padded by one more in the conv, output column ``u`` reads columns ``u - k//2 .. u - k//2 + 2`` of ``x``, so the
+    output gradient is ``grad`` moved right by ``a + k//2`` (zeros elsewhere).
     """
     C, _, kh, kw = weight.shape
-    if kw <= _FAST_WEIGHT_GRAD_WIDTH:
-        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [kh // 2, kw // 2], [1, 1], False, [0, 0], C, [False, True, bias_grad])
-        return [grad_weight, grad_bias if bias_grad else None]
     half = kw // 2
     x = F.pad(x, [half - 1, half - 1])
     slice_weight = weight.new_empty(C, 1, kh, 3)  # only its shape is read

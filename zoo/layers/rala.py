@@ -261,7 +261,6 @@ class RalaAttention2d(nn.Module):
         tokens = self.qkvo(x).permute(0, 2, 3, 1).reshape(B, N, 4 * C)
         qk, v, gate = tokens.split([2 * C, C, C], dim=-1)
         lepe = self.lepe(v.reshape(B, H, W, C).permute(0, 3, 1, 2))
-        heads, head_dim = self.num_heads, self.head_dim
         if self.mode == 'rala':
             if torch.jit.is_scripting():  # TorchScript ignores autocast(enabled=False)
                 out = self._rala(qk, v, rope)
@@ -269,8 +268,7 @@ class RalaAttention2d(nn.Module):
                 with autocast_off(x.device):
                     out = self._rala(qk, v, rope)
         else:
-            q, k = qk.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            v = v.reshape(B, N, heads, head_dim).transpose(1, 2)
+            q, k, v = self._heads(qk, v)
             rope = _rope_to(rope, q.dtype)
             q = apply_rope_2d(q, rope)
             k = apply_rope_2d(k, rope)
@@ -286,13 +284,15 @@ class RalaAttention2d(nn.Module):
     def _rala(self, qk: torch.Tensor, v: torch.Tensor, rope: List[torch.Tensor]) -> torch.Tensor:
         """RALA of ``[B, N, 2C]`` q|k and ``[B, N, C]`` v tokens -> ``[B, heads, N, head_dim]`` in their dtype (16-bit:
         computed in float32)."""
-        B, N, C = v.shape
-        heads, head_dim = self.num_heads, self.head_dim
         in_dtype, dtype = v.dtype, compute_dtype(v.dtype)
-        qk = elu_plus_one(qk.to(dtype))  # the feature map on q and k in one pass
-        q, k = qk.reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        v = v.to(dtype).reshape(B, N, heads, head_dim).transpose(1, 2)
+        q, k, v = self._heads(elu_plus_one(qk.to(dtype)), v.to(dtype))  # the feature map on q and k in one pass
         return _rala_features(q, k, v, _rope_to(rope, dtype), self.scale).to(in_dtype)
+
+    def _heads(self, qk: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, N, 2C]`` q|k and ``[B, N, C]`` v tokens -> q, k, v ``[B, heads, N, head_dim]`` (views)."""
+        B, N, C = v.shape
+        q, k = qk.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, mode={self.mode!r}'
