@@ -1,5 +1,6 @@
 """Precision helpers of the linear-attention layers (InLine, RALA, flow attention): their token sums span the whole map,
-so their cores run in float32 for 16-bit inputs, with autocast switched off around them."""
+so their cores run in float32 for float16 inputs (and, but for InLine's, bfloat16 ones), with autocast switched off
+around them."""
 from __future__ import annotations
 
 import contextlib
@@ -15,8 +16,9 @@ def autocast_off(device: torch.device):
     return contextlib.nullcontext()
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for 16-bit inputs (the token sums), else the input dtype."""
-    if dtype == torch.float16 or dtype == torch.bfloat16:
+def compute_dtype(dtype: torch.dtype, keep_bfloat16: bool = False) -> torch.dtype:
+    """float32 for 16-bit inputs (the token sums), else the input dtype; with ``keep_bfloat16`` bfloat16 stays (it
+    has float32's range, so its sums cannot overflow: only float16 is widened)."""
+    if dtype == torch.float16 or (dtype == torch.bfloat16 and not keep_bfloat16):
         return torch.float32
     return dtype

@@ -28,9 +28,11 @@ Host variants (parameter names are the official ones):
 * ``kernel_func`` (InLine-Swin's constructor option; 'identity' in all configs): 'identity', 'relu', 'leakyrelu',
   'exp' (``exp(0.2 x)``), applied to q and k.
 
-Numerics: for float16 / bfloat16 inputs (autocast or not) the attention core runs in float32: its token sums span
-up to 65536 tokens at a 1024 x 1024 stage-1 map, where a 16-bit ``K^T V`` or mean loses most of its bits. The
-projections and the local residual stay in the input dtype. There is no attention matrix, so ``attn_drop`` is
+Numerics: for float16 inputs (autocast or not) the attention core runs in float32: its token sums span up to 65536
+tokens at a 1024 x 1024 stage-1 map, where a float16 ``K^T V`` overflows. bfloat16 inputs are computed in bfloat16,
+as the official code does under autocast: bfloat16 has float32's range and its matmuls and means accumulate in
+float32; only the centring of K is arranged so that it loses no digits (``_centred_kv_bf16``). The projections and
+the local residual stay in the input dtype. There is no attention matrix, so ``attn_drop`` is
 accepted for the shared factory interface and has nothing to drop (the official layer builds a Dropout it never
 calls).
 
@@ -76,22 +78,50 @@ def _phi(x: torch.Tensor, kernel_func: str) -> torch.Tensor:
 
 def _core_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float,
                 kernel_func: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``Q M`` ``[B, h, N, d]`` and ``mean(V)`` ``[B, C]`` in the core dtype: the attention is their sum."""
+    """``Q M`` ``[B, h, N, d]`` and ``mean(V)`` ``[B, C]`` in the core dtype: the attention is their sum.
+
+    The core dtype: float32 for float16 inputs (a float16 ``K^T V`` overflows at large token counts), else the input
+    dtype (module notes).
+    """
     B, N, C = q.shape
     d = C // num_heads
-    dtype = compute_dtype(q.dtype)
+    dtype = compute_dtype(q.dtype, keep_bfloat16=True)
     q = _phi(q.to(dtype), kernel_func)
     k = _phi(k.to(dtype), kernel_func)
     v = v.to(dtype)
+    q = q.reshape(B, N, num_heads, d).transpose(1, 2)  # [B, h, N, d]
+    if dtype == torch.bfloat16:
+        return q @ _centred_kv_bf16(k, v, num_heads, s), v.mean(dim=1)
     # token means on the [B, N, C] layout (a contiguous reduction), then per head [B, h, 1, d]
     k_mean = k.mean(dim=1)
     v_mean = v.mean(dim=1)
-    q = q.reshape(B, N, num_heads, d).transpose(1, 2)  # [B, h, N, d]
     k = k.reshape(B, N, num_heads, d).transpose(1, 2)
     v = v.reshape(B, N, num_heads, d).transpose(1, 2)
     # M = s / N (K - mean K)^T V = s (K^T V / N - mean(K)^T mean(V)): the centring on the [d, d] product
     m = (k.transpose(-2, -1) @ v) * (s / N) - (k_mean.view(B, num_heads, d, 1) * s) @ v_mean.view(B, num_heads, 1, d)
     return q @ m, v_mean
+
+
+def _centred_kv_bf16(k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float) -> torch.Tensor:
+    """``M = s / N (K - mean K)^T V`` ``[B, h, d, d]`` of bfloat16 ``[B, N, C]`` k and v, with bfloat16 matmuls.
+
+    Centring on the ``[d, d]`` product (the float32 path) would subtract two nearly equal bfloat16 terms where keys and
+    values have large means, and centring K by its bfloat16-rounded mean (the official code under autocast) shifts
+    every key by that rounding, an error of ``mean(V)`` times it in M. So the keys are centred by the bfloat16 part
+    ``hi`` of their float32 mean, and the rest ``lo = mean - hi`` is taken off the ``[d, d]`` product in float32:
+    ``M = s / N (K - hi)^T V - s lo^T mean(V)``.
+    """
+    B, N, C = k.shape
+    d = C // num_heads
+    k_mean = k.mean(dim=1, dtype=torch.float32)
+    hi = k_mean.to(k.dtype)
+    lo = k_mean - hi.float()
+    k = (k - hi.unsqueeze(1)).reshape(B, N, num_heads, d).transpose(1, 2)
+    v_mean = v.mean(dim=1, dtype=torch.float32)
+    v = v.reshape(B, N, num_heads, d).transpose(1, 2)
+    m = (k.transpose(-2, -1) @ v).float() * (s / N) - (lo.view(B, num_heads, d, 1) * s) @ v_mean.view(
+        B, num_heads, 1, d)
+    return m.to(v.dtype)
 
 
 def _core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float,
@@ -137,7 +167,7 @@ def inline_attention_core(
         kernel_func: one of :data:`INLINE_KERNELS`, applied to q and k.
 
     Returns:
-        ``[B, N, C]`` in the dtype of ``q``; float16 / bfloat16 inputs are computed in float32.
+        ``[B, N, C]`` in the dtype of ``q``; float16 inputs are computed in float32, bfloat16 ones in bfloat16.
 
     Raises:
         ValueError: mismatched shapes, ``num_heads`` not dividing ``C`` or an unknown ``kernel_func``.
