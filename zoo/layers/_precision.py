@@ -1,6 +1,6 @@
 """Precision helpers of the linear-attention layers (InLine, RALA, flow attention): their token sums span the whole map,
-so their cores run in float32 for float16 inputs (and, but for InLine's, bfloat16 ones), with autocast switched off
-around them."""
+so their cores run in float32 for float16 inputs (and RALA's for bfloat16 ones too), with autocast switched off around
+them."""
 from __future__ import annotations
 
 import contextlib

@@ -12,10 +12,12 @@ Per head, with ``phi = sigmoid`` on q (``N`` sinks) and k (``M`` sources) and ``
 * ``out_i = (phi(q_i) (sum_j phi(k_j)^T competition_j v_j)) I_i allocation_i``, then ``proj``.
 
 The sums over tokens are computed with matrix products (``q @ s`` instead of ``sum(q * s[:, None])``), the same
-values up to rounding. For 16-bit inputs (autocast or not) everything between ``qkv`` and ``proj`` runs in float32:
+values up to rounding. For float16 inputs (autocast or not) everything between ``qkv`` and ``proj`` runs in float32:
 the token sums reach ``N / 2`` per channel (32 768 at 1024 x 1024 px, stride 4), and the incoming flow ``1 / (N d)``
-is below float16's normal range. Scripted, the core runs in float64 instead for 16-bit inputs: TorchScript ignores
-``autocast(enabled=False)``, and autocast never downcasts float64.
+is below float16's normal range. Scripted, the core runs in float64 instead for float16 inputs: TorchScript ignores
+``autocast(enabled=False)``, and autocast never downcasts float64. bfloat16 inputs are computed in bfloat16, as the
+official code does under autocast: bfloat16 has float32's range, its matmuls and sums accumulate in float32, and the
+flows are ratios of such sums (the ``eps = 1e-6`` added to sigmoids in (0, 1) vanishes in bfloat16, officially too).
 
 Under ``torch.fx``, :class:`FlowAttention` is a leaf (timm's ``register_notrace_module``): its input check and
 layout handling branch on shapes.
@@ -27,7 +29,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 
 from ._checks import check_num_heads, shape_str
-from ._precision import autocast_off
+from ._precision import autocast_off, compute_dtype
 
 __all__ = ['flow_attention_core', 'FlowAttention']
 
@@ -120,10 +122,6 @@ def _flow(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool, eps: f
     return (q @ kv) * (sink_incoming * sink_allocation)
 
 
-def _is_16bit(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float16 or x.dtype == torch.bfloat16
-
-
 def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool = True) -> torch.Tensor:
     """Flow attention of ``[B, heads, N, d]`` q and ``[B, heads, M, d]`` k, v (before the sigmoid feature map).
 
@@ -135,15 +133,15 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused
             products and sums (what fvcore counts: it does not count those).
 
     Returns:
-        ``[B, heads, N, d]`` in the dtype of ``q``; 16-bit inputs are computed in float32 (with autocast switched
-        off). Scripted (TorchScript ignores ``autocast(enabled=False)``), 16-bit inputs are computed in float64,
-        which autocast never downcasts.
+        ``[B, heads, N, d]`` in the dtype of ``q``; float16 inputs are computed in float32 (with autocast switched
+        off), bfloat16 ones in bfloat16. Scripted (TorchScript ignores ``autocast(enabled=False)``), float16 inputs
+        are computed in float64, which autocast never downcasts.
     """
     out_dtype = q.dtype
     if torch.jit.is_scripting():
-        dtype = torch.float64 if _is_16bit(q) else q.dtype
+        dtype = torch.float64 if q.dtype == torch.float16 else q.dtype
         return _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused).to(out_dtype)
-    dtype = torch.float32 if _is_16bit(q) else q.dtype
+    dtype = compute_dtype(q.dtype, keep_bfloat16=True)
     with autocast_off(q.device):
         out = _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused)
     return out.to(out_dtype)

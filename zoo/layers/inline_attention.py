@@ -91,7 +91,8 @@ def _core_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: in
     v = v.to(dtype)
     q = q.reshape(B, N, num_heads, d).transpose(1, 2)  # [B, h, N, d]
     if dtype == torch.bfloat16:
-        return q @ _centred_kv_bf16(k, v, num_heads, s), v.mean(dim=1)
+        m, v_mean = _centred_kv_bf16(k, v, num_heads, s)
+        return q @ m, v_mean.to(dtype)
     # token means on the [B, N, C] layout (a contiguous reduction), then per head [B, h, 1, d]
     k_mean = k.mean(dim=1)
     v_mean = v.mean(dim=1)
@@ -102,8 +103,10 @@ def _core_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: in
     return q @ m, v_mean
 
 
-def _centred_kv_bf16(k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float) -> torch.Tensor:
-    """``M = s / N (K - mean K)^T V`` ``[B, h, d, d]`` of bfloat16 ``[B, N, C]`` k and v, with bfloat16 matmuls.
+def _centred_kv_bf16(k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                     s: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``M = s / N (K - mean K)^T V`` ``[B, h, d, d]`` (bfloat16) and ``mean(V)`` ``[B, C]`` (float32) of bfloat16
+    ``[B, N, C]`` k and v, with bfloat16 matmuls.
 
     Centring on the ``[d, d]`` product (the float32 path) would subtract two nearly equal bfloat16 terms where keys and
     values have large means, and centring K by its bfloat16-rounded mean (the official code under autocast) shifts
@@ -121,7 +124,7 @@ def _centred_kv_bf16(k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float)
     v = v.reshape(B, N, num_heads, d).transpose(1, 2)
     m = (k.transpose(-2, -1) @ v).float() * (s / N) - (lo.view(B, num_heads, d, 1) * s) @ v_mean.view(
         B, num_heads, 1, d)
-    return m.to(v.dtype)
+    return m.to(v.dtype), v_mean
 
 
 def _core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, s: float,

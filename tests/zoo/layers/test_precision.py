@@ -1,6 +1,7 @@
 """The linear-attention cores (InLine, RALA, flow attention) compute float16 inputs in float32, with and without
 autocast (``zoo.layers._precision``): bit for bit the float32 core of the same inputs, cast back. bfloat16 inputs:
-RALA and flow attention likewise; InLine in bfloat16 (its matmuls), with its key centring kept exact."""
+RALA likewise; InLine and flow attention in bfloat16 (their token-sized products), InLine with its key centring kept
+exact."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -32,8 +33,7 @@ def test_compute_dtype():
 
 @pytest.mark.parametrize('autocast', [False, True])
 @pytest.mark.parametrize(('core', 'dtype'), [
-    ('rala', torch.bfloat16), ('rala', torch.float16), ('flow', torch.bfloat16), ('flow', torch.float16),
-    ('inline', torch.float16)])
+    ('rala', torch.bfloat16), ('rala', torch.float16), ('flow', torch.float16), ('inline', torch.float16)])
 def test_16bit_inputs_are_computed_in_float32(core, dtype, autocast):
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, HEADS, N, HEAD_DIM).to(dtype) for _ in range(3))
@@ -60,14 +60,18 @@ class _TokenMatmulDtypes(TorchDispatchMode):
 
 
 @pytest.mark.parametrize('autocast', [False, True])
-@pytest.mark.parametrize(('dtype', 'matmul_dtype'), [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)])
-def test_inline_core_matmul_dtype(dtype, matmul_dtype, autocast):
-    """InLine's token-sized products run in bfloat16 for bfloat16 inputs (as the official code under autocast;
-    float16 is widened to float32, where a float16 K^T V would overflow)."""
+@pytest.mark.parametrize(('core', 'dtype', 'matmul_dtype'), [
+    ('inline', torch.bfloat16, torch.bfloat16), ('inline', torch.float16, torch.float32),
+    ('flow', torch.bfloat16, torch.bfloat16), ('flow', torch.float16, torch.float32),
+    ('rala', torch.bfloat16, torch.float32), ('rala', torch.float16, torch.float32)])
+def test_core_token_matmul_dtype(core, dtype, matmul_dtype, autocast):
+    """InLine's and flow attention's token-sized products run in bfloat16 for bfloat16 inputs (as the official code
+    under autocast); float16 is widened to float32 (a float16 K^T V overflows at large token counts), and RALA
+    widens both."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, HEADS, N, HEAD_DIM).to(dtype) for _ in range(3))
     with torch.autocast('cpu', dtype=dtype, enabled=autocast), _TokenMatmulDtypes() as seen:
-        out = _cores()['inline'](q, k, v)
+        out = _cores()[core](q, k, v)
     assert out.dtype == dtype
     assert seen.dtypes == {matmul_dtype}
 
@@ -114,3 +118,4 @@ def test_inline_bfloat16_core_gradients():
         grads.append([t.grad.double() for t in inputs])
     for ours, ref in zip(*grads):
         assert ((ours - ref).norm() / ref.norm()).item() < 2e-2
+
