@@ -140,11 +140,18 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused
     out_dtype = q.dtype
     if torch.jit.is_scripting():
         dtype = torch.float64 if q.dtype == torch.float16 else q.dtype
-        return _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused).to(out_dtype)
+        return _flow(_dense(q, dtype), _dense(k, dtype), _dense(v, dtype), fused).to(out_dtype)
     dtype = compute_dtype(q.dtype, keep_bfloat16=True)
     with autocast_off(q.device):
-        out = _flow(q.to(dtype), k.to(dtype), v.to(dtype), fused)
+        out = _flow(_dense(q, dtype), _dense(k, dtype), _dense(v, dtype), fused)
     return out.to(out_dtype)
+
+
+def _dense(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, contiguous: one copy up front. q, k, v are usually head views of a token-major ``qkv``
+    output, and the core's elementwise ops keep that layout, so each of its matmuls would copy its operand again to
+    merge the batch and head dims."""
+    return x.to(dtype).contiguous()
 
 
 @register_notrace_module  # shape-dependent control flow (input checks, layouts): an FX leaf
