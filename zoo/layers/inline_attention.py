@@ -92,7 +92,7 @@ def _core_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: in
     q = q.reshape(B, N, num_heads, d).transpose(1, 2)  # [B, h, N, d]
     if dtype == torch.bfloat16:
         m, v_mean = _centred_kv_bf16(k, v, num_heads, s)
-        return q @ m, v_mean.to(dtype)
+        return q @ m, v_mean
     # token means on the [B, N, C] layout (a contiguous reduction), then per head [B, h, 1, d]
     k_mean = k.mean(dim=1)
     v_mean = v.mean(dim=1)
@@ -105,24 +105,24 @@ def _core_parts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: in
 
 def _centred_kv_bf16(k: torch.Tensor, v: torch.Tensor, num_heads: int,
                      s: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``M = s / N (K - mean K)^T V`` ``[B, h, d, d]`` (bfloat16) and ``mean(V)`` ``[B, C]`` (float32) of bfloat16
-    ``[B, N, C]`` k and v, with bfloat16 matmuls.
+    """``M = s / N (K - mean K)^T V`` ``[B, h, d, d]`` and ``mean(V)`` ``[B, C]`` of bfloat16 ``[B, N, C]`` k and v,
+    all in bfloat16, with bfloat16 matmuls.
 
     Centring on the ``[d, d]`` product (the float32 path) would subtract two nearly equal bfloat16 terms where keys and
-    values have large means, and centring K by its bfloat16-rounded mean (the official code under autocast) shifts
-    every key by that rounding, an error of ``mean(V)`` times it in M. So the keys are centred by the bfloat16 part
-    ``hi`` of their float32 mean, and the rest ``lo = mean - hi`` is taken off the ``[d, d]`` product in float32:
-    ``M = s / N (K - hi)^T V - s lo^T mean(V)``.
+    values have large means, and centring K by its bfloat16-rounded mean ``hi`` alone (the official code under
+    autocast) shifts every key by that rounding, an error of ``mean(V)`` times it in M. So the keys are centred by
+    ``hi``, and what ``hi`` missed, ``lo = mean(K - hi)`` (the mean of the centred keys, small), comes off the
+    ``[d, d]`` product in float32: ``M = s / N (K - hi)^T V - s lo^T mean(V)``. The means are token sums over ``N``
+    (they accumulate in float32 and round once; a bfloat16 ``mean`` on the CPU first copies its input to float32).
     """
     B, N, C = k.shape
     d = C // num_heads
-    k_mean = k.mean(dim=1, dtype=torch.float32)
-    hi = k_mean.to(k.dtype)
-    lo = k_mean - hi.float()
-    k = (k - hi.unsqueeze(1)).reshape(B, N, num_heads, d).transpose(1, 2)
-    v_mean = v.mean(dim=1, dtype=torch.float32)
+    k = k - k.sum(dim=1, keepdim=True) / N  # centred by hi
+    lo = k.sum(dim=1).float() / N
+    v_mean = v.sum(dim=1) / N
+    k = k.reshape(B, N, num_heads, d).transpose(1, 2)
     v = v.reshape(B, N, num_heads, d).transpose(1, 2)
-    m = (k.transpose(-2, -1) @ v).float() * (s / N) - (lo.view(B, num_heads, d, 1) * s) @ v_mean.view(
+    m = (k.transpose(-2, -1) @ v).float() * (s / N) - (lo.view(B, num_heads, d, 1) * s) @ v_mean.float().view(
         B, num_heads, 1, d)
     return m.to(v.dtype), v_mean
 
@@ -297,7 +297,8 @@ class InLineAttention(nn.Module):
         B, N, C = tokens.shape
         P = self.num_prefix_tokens
         q, k, v = self._qkv(tokens)
-        kernel = self.residual(tokens.mean(dim=1).unsqueeze(-1)).view(B, C, 3, 3)
+        # the token mean as sum / N: the same values in float32, and no float32 copy of bfloat16 tokens (as a CPU mean)
+        kernel = self.residual((tokens.sum(dim=1) / N).unsqueeze(-1)).view(B, C, 3, 3)
         if torch.jit.is_scripting():
             qm, v_mean = _core_parts(q, k, v, self.num_heads, self.scale, self.kernel_func)
         else:
