@@ -54,6 +54,13 @@ def _rel(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+def _core_grads(fn, q, k, v, grad_out, dtype=torch.float64):
+    """float64 gradients of ``sum(fn(q, k, v) * grad_out)`` with respect to q, k, v, given to ``fn`` in ``dtype``."""
+    inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+    (fn(*inputs).double() * grad_out).sum().backward()
+    return [t.grad.double() for t in inputs]
+
+
 @pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('dim, heads, n', [(96, 12, 49), (48, 4, 1), (36, 12, 200)])
 def test_matches_official_math(fused, dim, heads, n):
@@ -94,7 +101,6 @@ def test_planted_deviations_are_detected(mutation):
     assert max(errors) > 1e-3
 
 
-
 @pytest.mark.parametrize('n_q, n_k', [(49, 49), (30, 70)])
 def test_gradients_match_official_math(n_q, n_k):
     """The core's custom backwards (the row products of ``_RowDot`` / ``_WeightedSum``) against autograd through the
@@ -104,16 +110,12 @@ def test_gradients_match_official_math(n_q, n_k):
     k = 2 * torch.randn(2, 3, n_k, 8, generator=g, dtype=torch.float64)
     v = torch.randn(2, 3, n_k, 8, generator=g, dtype=torch.float64)
     grad_out = torch.randn(2, 3, n_q, 8, generator=g, dtype=torch.float64)
-
-    def grads(fn):
-        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
-        (fn(*inputs) * grad_out).sum().backward()
-        return [t.grad for t in inputs]
-
-    for ours, ref in zip(grads(flow_attention_core), grads(_official_core)):
-        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    ours = _core_grads(flow_attention_core, q, k, v, grad_out)
+    for a, ref in zip(ours, _core_grads(_official_core, q, k, v, grad_out)):
+        torch.testing.assert_close(a, ref, rtol=1e-10, atol=1e-12)
     small = [t[:1, :1, :6].detach().requires_grad_() for t in (q, k, v)]
     assert torch.autograd.gradcheck(flow_attention_core, small)
+
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
 @pytest.mark.parametrize('scripted', [False, True])
@@ -134,7 +136,6 @@ def test_16bit_autocast_at_1024px_stage1_tokens(dtype, scripted):
         assert _rel(out, ref) < (2e-2 if dtype == torch.bfloat16 else 5e-3)
 
 
-
 def test_bfloat16_core_gradients_as_official():
     """The bfloat16 core (its custom row-product backwards included) against float64: gradients within 1.5x of the
     official math's error on the same bfloat16 inputs (measured 1.3e-2 / 2.5e-2 / 6.1e-3 for q / k / v, the
@@ -142,17 +143,12 @@ def test_bfloat16_core_gradients_as_official():
     g = torch.Generator().manual_seed(2)
     q, k, v = (2 * torch.randn(2, 2, 1024, 8, generator=g, dtype=torch.float64) for _ in range(3))
     grad_out = torch.randn(2, 2, 1024, 8, generator=g, dtype=torch.float64)
-
-    def grads(fn, dtype):
-        inputs = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-        (fn(*inputs).double() * grad_out).sum().backward()
-        return [t.grad.double() for t in inputs]
-
-    ref = grads(flow_attention_core, torch.float64)
-    ours = grads(flow_attention_core, torch.bfloat16)
-    official = grads(_official_core, torch.bfloat16)
+    ref = _core_grads(flow_attention_core, q, k, v, grad_out)
+    ours = _core_grads(flow_attention_core, q, k, v, grad_out, torch.bfloat16)
+    official = _core_grads(_official_core, q, k, v, grad_out, torch.bfloat16)
     for a, b, r in zip(ours, official, ref):
         assert _rel(a, r) <= 1.5 * _rel(b, r)
+
 
 def test_half_core_is_safe_where_the_official_order_overflows():
     """Half q, k, v straight into the core: computed in float32; the official order in float16 overflows (``q @ kv``
