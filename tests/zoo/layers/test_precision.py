@@ -118,4 +118,3 @@ def test_inline_bfloat16_core_gradients():
         grads.append([t.grad.double() for t in inputs])
     for ours, ref in zip(*grads):
         assert ((ours - ref).norm() / ref.norm()).item() < 2e-2
-
