@@ -12,7 +12,7 @@ from .mlp import ConvFfnCl
 from .neighborhood import NeighborhoodAttention2d, na_pad_size
 from .partition import grid_partition, grid_reverse, padded_size, window_attn_mask, window_partition, window_reverse
 from .partition_attention import PartitionAttentionCl
-from .pointwise import PointwiseConv2d
+from .pointwise import PointwiseConv2d, is_channels_last, to_channels_last
 from .pos_conv import Cpe2d, CpeCl, DwConv2d, DwConvCl, depthwise_conv2d
 from .pos_embed_rel import RelPosBias, rel_pos_table_from_nat
 from .pos_embed_rel_tf import RelPosBiasTf

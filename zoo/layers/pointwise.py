@@ -6,6 +6,11 @@ the tokens ``[B, H, W, C]`` are a free view, and ``F.linear`` on them (one GEMM 
 backward) is faster on CPU than the convolution, which takes PyTorch's generic ``slow_conv2d`` path for a 1x1 kernel
 when its weight needs a gradient (see BENCHMARKS.md, RAVLT). The output is NCHW with channels-last strides, as the
 convolution's. Other maps take the convolution.
+
+:func:`is_channels_last` and :func:`to_channels_last` query and request that format safely inside ``torch.func``
+transforms (``vmap(grad(...))`` per-sample gradients), where PyTorch cannot query or produce memory formats other
+than the contiguous one: there a map counts as not channels-last and is left as it is (same values, the convolution
+path).
 """
 from __future__ import annotations
 
@@ -14,11 +19,33 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_function, register_notrace_module
 
 from ._checks import shape_str
 
-__all__ = ['PointwiseConv2d']
+__all__ = ['PointwiseConv2d', 'is_channels_last', 'to_channels_last']
+
+
+def _in_functorch_transform(x: torch.Tensor) -> bool:
+    """``x`` is wrapped by a ``torch.func`` transform (vmap, grad, jvp ...)."""
+    if torch.jit.is_scripting() or torch.compiler.is_compiling():  # neither can call into torch._C here
+        return False
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+@register_notrace_function  # branches on the tensor: an FX leaf
+def is_channels_last(x: torch.Tensor) -> bool:
+    """``x`` is a 4-D map with channels-last strides (False inside a ``torch.func`` transform)."""
+    return x.dim() == 4 and not _in_functorch_transform(x) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+@register_notrace_function
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x.contiguous(memory_format=torch.channels_last)`` for a 4-D map; inside a ``torch.func`` transform (or for
+    another rank) ``x`` unchanged."""
+    if x.dim() != 4 or _in_functorch_transform(x):
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 @register_notrace_module  # a memory-format branch: an FX leaf, like nn.Conv2d
@@ -57,7 +84,7 @@ class PointwiseConv2d(nn.Conv2d):
                 bias = bias * out_scale if bias is not None else None
             else:
                 output_scale = out_scale
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        if is_channels_last(x):
             out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
         else:
             out = self._conv_forward(x, weight, bias)

@@ -54,7 +54,15 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_
 from timm.models._manipulate import adapt_input_conv
 from torch.utils.checkpoint import checkpoint
 
-from zoo.layers import ConvDownsample2d, Cpe2d, PointwiseConv2d, PreNormBlock2d, RalaAttention2d, Rope2d
+from zoo.layers import (
+    ConvDownsample2d,
+    Cpe2d,
+    PointwiseConv2d,
+    PreNormBlock2d,
+    RalaAttention2d,
+    Rope2d,
+    to_channels_last,
+)
 
 from ._helpers import (
     StagedModelMixin,
@@ -257,7 +265,7 @@ class RavltStage(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x.contiguous(memory_format=torch.channels_last))  # no-op after the stem (see _Stem)
+        x = self.downsample(to_channels_last(x))  # no-op after the stem (see _Stem)
         rope = self.rope((x.shape[-2], x.shape[-1]))
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -272,7 +280,7 @@ class _Stem(nn.Sequential):
     maps on CPU (oneDNN), and every later layer keeps the format (values are the same as NCHW)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_channels_last(x)
         for module in self:
             x = module(x)
         return x

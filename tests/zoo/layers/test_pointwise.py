@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from timm.layers import _fx
 
-from zoo.layers import PointwiseConv2d
+from zoo.layers import PointwiseConv2d, is_channels_last, to_channels_last
 
 
 @pytest.mark.parametrize('channels_last', [True, False])
@@ -67,3 +67,23 @@ def test_out_scale_of_the_wrong_shape_is_refused(shape):
     conv = PointwiseConv2d(12, 20)
     with pytest.raises(ValueError, match=r'out_scale must have shape \[20\]'):
         conv(torch.randn(1, 12, 3, 3), torch.ones(shape))
+
+
+def test_channels_last_helpers():
+    """``to_channels_last`` / ``is_channels_last``: the memory format outside transforms (4-D maps only); inside
+    ``torch.func.vmap`` (where PyTorch cannot query or produce it) the map is passed through and counts as not
+    channels-last; ``torch.compile(fullgraph=True)`` traces through them."""
+    from torch.func import vmap
+    x = torch.randn(2, 3, 4, 5)
+    y = to_channels_last(x)
+    assert is_channels_last(y) and not is_channels_last(x) and torch.equal(x, y)
+    tokens = torch.randn(2, 3, 4)
+    assert to_channels_last(tokens) is tokens and not is_channels_last(tokens)
+    batched = torch.randn(3, *x.shape)
+    out = vmap(lambda m: to_channels_last(m) * float(is_channels_last(m)) + 1)(batched)
+    torch.testing.assert_close(out, torch.ones_like(batched))
+    compiled = torch.compile(lambda m: to_channels_last(m) + 1, fullgraph=True, backend='eager')
+    assert is_channels_last(compiled(x))
+    layer = PointwiseConv2d(3, 6)
+    per_sample = vmap(lambda m: layer(m.unsqueeze(0)).squeeze(0))(to_channels_last(x))
+    torch.testing.assert_close(per_sample, layer(x))

@@ -432,6 +432,35 @@ def test_tiny_grad_checkpointing_same_gradients(name):
     assert not model.grad_checkpointing
 
 
+# BiFormer's routed attention (zoo_kernels.routing) is an autograd.Function without functorch support and checks its
+# indices on the host: not usable under torch.func transforms yet
+PER_SAMPLE_TINY = _gap(TINY, ('biformer',), 'routed attention does not support torch.func transforms yet')
+
+
+@pytest.mark.parametrize('name', PER_SAMPLE_TINY)
+def test_tiny_per_sample_gradients(name):
+    """``torch.func.vmap(grad(...))`` over the samples of a batch (per-sample gradients: DP-SGD, influence functions)
+    runs and equals autograd on each sample alone."""
+    from torch.func import functional_call, grad, vmap
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()  # eval: normalisation statistics are per sample only without batch norm
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    x = _image(name)
+
+    def loss(p, sample):
+        return functional_call(model, p, (sample.unsqueeze(0),)).logsumexp(-1).sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        model.zero_grad()
+        model(x[i:i + 1]).logsumexp(-1).sum().backward()
+        # one tolerance from the largest gradient: some are exactly zero in exact arithmetic (attention over one key)
+        atol = 1e-5 * max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
+        for n, p in model.named_parameters():
+            expected = p.grad if p.grad is not None else torch.zeros_like(p)
+            torch.testing.assert_close(per_sample[n][i], expected, atol=atol, rtol=1e-4, msg=n)
+
+
 @pytest.mark.parametrize('which', list(DENSE_SIZES))
 @pytest.mark.parametrize('name', TINY)
 def test_tiny_features_only(name, which):
