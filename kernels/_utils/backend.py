@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from .checks import in_functorch_transform
+
 logger = logging.getLogger('zoo_kernels')
 
 BACKENDS = ('reference', 'torch', 'triton')
@@ -46,6 +48,8 @@ def triton_kernel_unsupported_reason(query: torch.Tensor, value: torch.Tensor) -
     reason = triton_unsupported_reason(query)
     if reason is not None:
         return reason
+    if in_functorch_transform(query):
+        return 'torch.func transforms (vmap, grad, ...) run the torch backend'
     if query.dtype not in TRITON_DTYPES:
         return f'triton supports float16, bfloat16 and float32, got {query.dtype}'
     if max(query.shape[-1], value.shape[-1]) > TRITON_MAX_HEAD_DIM:

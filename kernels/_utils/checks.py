@@ -8,6 +8,14 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def in_functorch_transform(tensor: torch.Tensor) -> bool:
+    """``tensor`` is wrapped by a ``torch.func`` transform (vmap, grad, jvp ...): its values cannot be read on the host
+    (``bool``, ``int``) and custom ops need a rule of their own."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 def check_tensor(name: str, value, ndim: int | None = None, dtypes: tuple = FLOAT_DTYPES) -> None:
     """``value`` must be a tensor of one of ``dtypes`` with ``ndim`` dimensions."""
     if not isinstance(value, torch.Tensor):

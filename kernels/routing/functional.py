@@ -18,7 +18,7 @@ import os
 import torch
 
 from .._utils.backend import resolve_backend, triton_kernel_unsupported_reason
-from .._utils.checks import check_same, check_scale, check_tensor
+from .._utils.checks import check_same, check_scale, check_tensor, in_functorch_transform
 from .._utils.shape_only import is_shape_only, shape_only_attention
 
 __all__ = ['routed_attention', 'SCRIPT_OP']
@@ -66,7 +66,8 @@ def routed_attention(
         check_indices: check that every ``r_idx`` value lies in ``[0, nRk)``. The check reads the values on the host:
             on CUDA one device synchronisation per call. Pass False only for indices in range by construction (a
             ``topk`` over ``nRk`` region scores, as BiFormer's router computes them): an out-of-range index is then
-            read out of bounds.
+            read out of bounds. Inside ``torch.func`` transforms the values cannot be read on the host and
+            are not checked (the torch backend's ``index_select`` still refuses an out-of-range index).
 
     The Triton backward is deterministic (bitwise reproducible dK/dV). Setting the environment variable
     ``ZOO_BRA_ATOMIC_BWD=1`` opts in to a faster variant that adds dK/dV with fp32 atomics; it is ignored while
@@ -147,7 +148,8 @@ def check_bra_inputs(query, key, value, r_idx, r_weight, check_indices: bool = T
         if tuple(r_weight.shape) != tuple(r_idx.shape):
             raise ValueError(f'r_weight must have the shape of r_idx {tuple(r_idx.shape)}, '
                              f'got {tuple(r_weight.shape)}')
-    if check_indices and not torch.compiler.is_compiling() and not is_shape_only(r_idx):
+    if check_indices and not torch.compiler.is_compiling() and not is_shape_only(r_idx) \
+            and not in_functorch_transform(r_idx):  # values unreadable there (index_select still bounds-checks)
         low, high = torch.aminmax(r_idx)
         if bool((low < 0) | (high >= n_k)):  # the one read of the device
             raise ValueError(f'r_idx values must be in [0, nRk) = [0, {n_k}), '

@@ -154,6 +154,49 @@ def test_torch_chunks_match_one_chunk(monkeypatch, nan_poisoning):
         assert_close(name, a, b, 1e-6)
 
 
+@pytest.mark.parametrize(('per_head', 'soft', 'dim_v', 'lse_grad', 'shared_idx'), [
+    (False, False, None, False, False), (True, True, None, False, True), (False, True, 8, True, False)])
+def test_torch_gradients_under_vmap(per_head, soft, dim_v, lse_grad, shared_idx):
+    """``torch.func.vmap(grad(...))`` over groups of two batch elements (per-group gradients) equals autograd on each
+    group alone: the flash path, soft routing with per-head indices shared by the groups (not vmapped), and the
+    matmul path (``D != Dv``) with a gradient through the log-sum-exp."""
+    from torch.func import grad, vmap
+    groups, per_group = 3, 2
+    q, k, v, r_idx, r_weight = make_inputs(batch=groups * per_group, per_head=per_head, soft=soft, dim_v=dim_v,
+                                           dtype=torch.float64)
+    if shared_idx:
+        r_idx = r_idx[:per_group]
+    grad_out = torch.randn(q.shape[:-1] + v.shape[-1:], dtype=torch.float64)
+    grad_lse = torch.randn(q.shape[:-1], dtype=torch.float64)
+    leaves = (q, k, v) + ((r_weight,) if soft else ())
+
+    def loss(q, k, v, *w, r_idx, g_out, g_lse):
+        out, lse = routed_attention(q, k, v, r_idx, r_weight=w[0] if w else None, backend='torch', return_lse=True)
+        return (out * g_out).sum() + ((lse.double() * g_lse).sum() if lse_grad else 0)
+
+    def per_group_grads(r, *tensors):
+        *xs, g_out, g_lse = tensors
+        return grad(loss, argnums=tuple(range(len(xs))))(*xs, r_idx=r, g_out=g_out, g_lse=g_lse)
+
+    grouped = [t.detach().unflatten(0, (groups, per_group)) for t in (*leaves, grad_out, grad_lse)]
+    got = vmap(per_group_grads, in_dims=(None if shared_idx else 0, *[0] * len(grouped)))(
+        r_idx if shared_idx else r_idx.unflatten(0, (groups, per_group)), *grouped)
+    for g in range(groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        one = [t[rows].detach().requires_grad_() for t in leaves]
+        expected = torch.autograd.grad(loss(*one, r_idx=r_idx if shared_idx else r_idx[rows], g_out=grad_out[rows],
+                                            g_lse=grad_lse[rows]), one)
+        for name, got_g, e in zip(('dq', 'dk', 'dv', 'dr_weight'), got, expected):
+            assert_close(name, e, got_g[g], 1e-10)
+
+
+def test_torch_double_backward_is_refused():
+    q, k, v, r_idx, _ = make_inputs(dtype=torch.float64)
+    dq, = torch.autograd.grad(routed_attention(q, k, v, r_idx, backend='torch').sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiable once'):
+        torch.autograd.grad(dq.sum(), k)
+
+
 def test_default_scale_is_head_dim():
     q, k, v, r_idx, _ = make_inputs(requires_grad=False)
     assert torch.equal(routed_attention(q, k, v, r_idx, backend='reference'),

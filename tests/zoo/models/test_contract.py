@@ -432,12 +432,7 @@ def test_tiny_grad_checkpointing_same_gradients(name):
     assert not model.grad_checkpointing
 
 
-# BiFormer's routed attention (zoo_kernels.routing) is an autograd.Function without functorch support and checks its
-# indices on the host: not usable under torch.func transforms yet
-PER_SAMPLE_TINY = _gap(TINY, ('biformer',), 'routed attention does not support torch.func transforms yet')
-
-
-@pytest.mark.parametrize('name', PER_SAMPLE_TINY)
+@pytest.mark.parametrize('name', TINY)
 def test_tiny_per_sample_gradients(name):
     """``torch.func.vmap(grad(...))`` over the samples of a batch (per-sample gradients: DP-SGD, influence functions)
     runs and equals autograd on each sample alone."""
