@@ -101,7 +101,10 @@ def _adaptive_pool_matrix(size: Tuple[int, int], p: int, device, dtype) -> torch
 
 
 def _cacheable(t: torch.Tensor) -> bool:
-    """A real tensor (not meta / fake): derived tensors of it may be cached."""
+    """A real tensor (not meta / fake) outside a ``torch.compile`` trace: derived tensors of it may be cached (a
+    compiled graph computes them in the graph instead)."""
+    if torch.compiler.is_compiling():
+        return False
     return t.device.type != 'meta' and not is_fake(t)
 
 
