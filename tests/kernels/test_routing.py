@@ -6,6 +6,7 @@ selection.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -306,3 +307,27 @@ def test_backend_selection(monkeypatch):
     assert calls[-1] == 'torch'
     with pytest.raises(ValueError, match="backend='triton' cannot run this call: triton supports float16"):
         routed_attention(*(t.double().to(TRITON_DEVICE) for t in (q, k, v)), r_idx.to(TRITON_DEVICE), backend='triton')
+
+
+def test_transforms_take_the_torch_backend(monkeypatch):
+    """Under ``torch.func`` transforms Triton is no candidate (its ops have no vmap rule), even where it could run:
+    the automatic choice is the torch backend and an explicit 'triton' is refused by name."""
+    from torch.func import vmap
+
+    from zoo_kernels._utils import backend
+    from zoo_kernels.routing import torch_impl
+
+    monkeypatch.setattr(backend, 'triton_unsupported_reason', lambda t: None)  # as if on a GPU
+    monkeypatch.setattr(backend, 'triton_interpreting', lambda: False)
+    q, k, v, r_idx, _ = make_inputs(requires_grad=False)
+    assert backend.triton_kernel_unsupported_reason(q, v) is None
+    calls = []
+    bra_torch = torch_impl.bra_torch
+    monkeypatch.setattr(torch_impl, 'bra_torch', lambda *a: calls.append('torch') or bra_torch(*a))
+    def one(*tensors, **kwargs):  # one batch element, as a batch of one
+        return routed_attention(*(t.unsqueeze(0) for t in tensors), **kwargs)
+
+    vmap(one)(q, k, v, r_idx)
+    assert calls == ['torch']
+    with pytest.raises(ValueError, match="backend='triton' cannot run this call: torch.func transforms"):
+        vmap(functools.partial(one, backend='triton'))(q, k, v, r_idx)

@@ -432,28 +432,41 @@ def test_tiny_grad_checkpointing_same_gradients(name):
     assert not model.grad_checkpointing
 
 
-@pytest.mark.parametrize('name', TINY)
-def test_tiny_per_sample_gradients(name):
+def _check_per_sample_gradients(name: str, device: str) -> None:
     """``torch.func.vmap(grad(...))`` over the samples of a batch (per-sample gradients: DP-SGD, influence functions)
     runs and equals autograd on each sample alone."""
     from torch.func import functional_call, grad, vmap
     torch.manual_seed(0)
-    model = timm.create_model(name).eval()  # eval: normalisation statistics are per sample only without batch norm
+    model = timm.create_model(name).to(device).eval()  # eval: normalisation statistics are per sample only then
     params = {n: p.detach() for n, p in model.named_parameters()}
-    x = _image(name)
+    x = _image(name, device=device)
 
     def loss(p, sample):
         return functional_call(model, p, (sample.unsqueeze(0),)).logsumexp(-1).sum()
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
-    for i in range(x.shape[0]):
-        model.zero_grad()
-        model(x[i:i + 1]).logsumexp(-1).sum().backward()
-        # one tolerance from the largest gradient: some are exactly zero in exact arithmetic (attention over one key)
-        atol = 1e-5 * max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
-        for n, p in model.named_parameters():
-            expected = p.grad if p.grad is not None else torch.zeros_like(p)
-            torch.testing.assert_close(per_sample[n][i], expected, atol=atol, rtol=1e-4, msg=n)
+    with _no_tf32():
+        per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+        for i in range(x.shape[0]):
+            model.zero_grad()
+            model(x[i:i + 1]).logsumexp(-1).sum().backward()
+            # one tolerance from the largest gradient: some are exactly zero in exact arithmetic (attention over one
+            # key)
+            atol = 1e-5 * max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
+            for n, p in model.named_parameters():
+                expected = p.grad if p.grad is not None else torch.zeros_like(p)
+                torch.testing.assert_close(per_sample[n][i], expected, atol=atol, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_per_sample_gradients(name):
+    _check_per_sample_gradients(name, 'cpu')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_per_sample_gradients_on_cuda(name):
+    """As on the CPU; the kernels take their torch backend under the transforms (Triton's ops have no vmap rule)."""
+    _check_per_sample_gradients(name, 'cuda')
 
 
 @pytest.mark.parametrize('which', list(DENSE_SIZES))
