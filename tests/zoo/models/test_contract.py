@@ -437,7 +437,7 @@ def _check_per_sample_gradients(name: str, device: str) -> None:
     runs and equals autograd on each sample alone."""
     from torch.func import functional_call, grad, vmap
     torch.manual_seed(0)
-    model = timm.create_model(name).to(device).eval()  # eval: normalisation statistics are per sample only then
+    model = timm.create_model(name).to(device).eval()  # eval: batch norm on running statistics, samples independent
     params = {n: p.detach() for n, p in model.named_parameters()}
     x = _image(name, device=device)
 
