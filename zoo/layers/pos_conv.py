@@ -55,7 +55,7 @@ def _depthwise_param_grads(
         g = F.pad(grad, [shift, 2 * half - 2 - shift])
         want_bias = bias_grad and grad_bias is None  # the padding adds zeros: any slice's bias gradient is the one
         _, part, part_bias = torch.ops.aten.convolution_backward(
-            g, x, slice_weight, None, [1, 1], [kh // 2, 1], [1, 1], False, [0, 0], C, [False, True, want_bias])
+            g, x, slice_weight, [C], [1, 1], [kh // 2, 1], [1, 1], False, [0, 0], C, [False, True, want_bias])
         if want_bias:
             grad_bias = part_bias
         pieces.append(part[..., covered - shift:])
@@ -93,7 +93,7 @@ class _DepthwiseConv2dCpu(torch.autograd.Function):
 
 
 def _use_cpu_backward(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or not torch.is_grad_enabled():
+    if torch.compiler.is_exporting() or not torch.is_grad_enabled():
         return False
     if weight.shape[-1] <= _FAST_WEIGHT_GRAD_WIDTH or x.device.type != 'cpu' or torch.is_autocast_enabled('cpu'):
         return False
@@ -104,8 +104,8 @@ def _use_cpu_backward(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Depthwise convolution of ``x [B, C, H, W]`` (any memory format) with ``weight [C, 1, k, k]`` (odd ``k``), stride
     1, zero padding ``k // 2``: ``F.conv2d(x, weight, bias, padding=k // 2, groups=C)``, the same values. On CPU, for
-    ``k > 3`` where a gradient is recorded (float32 / float64, no autocast), its backward is
-    :class:`_DepthwiseConv2dCpu`'s.
+    ``k > 3`` where a gradient is recorded (float32 / float64, no autocast; eager or under ``torch.compile``, which
+    traces it, not while exporting), its backward is :class:`_DepthwiseConv2dCpu`'s.
 
     Raises:
         ValueError: ``weight`` not ``[C, 1, k, k]`` with an odd ``k``, or ``x`` not ``[B, C, H, W]`` for its ``C``.

@@ -96,6 +96,34 @@ def test_depthwise_conv2d_takes_the_plain_conv_elsewhere():
     torch.testing.assert_close(out, expected)
 
 
+def test_cpu_backward_under_torch_compile():
+    """``torch.compile`` (AOT autograd, one graph) traces the wide-kernel CPU backward too (its weight gradient from
+    k x 3 column slices), with autograd's gradients of ``F.conv2d``."""
+    import torch._dynamo
+    from torch._dynamo.backends.common import aot_autograd
+
+    backward_graphs = []
+
+    def keep_backward(gm, _):
+        backward_graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    lepe = DwConv2d(6, 5).double()
+    x = torch.randn(2, 6, 9, 13, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 6, 9, 13, dtype=torch.float64)
+    backend = aot_autograd(fw_compiler=lambda gm, _: gm, bw_compiler=keep_backward)
+    compiled = torch.compile(lepe, fullgraph=True, backend=backend)
+    out, grads = _grads(lambda x, w, b: compiled(x), x.requires_grad_(), lepe.weight, lepe.bias, grad_out)
+    widths = {node.args[2].meta['val'].shape[-1] for node in backward_graphs[0].graph.nodes
+              if node.target == torch.ops.aten.convolution_backward.default}
+    assert widths == {3}  # the column slices, not oneDNN's 5x5 weight gradient
+    _, expected = _grads(lambda *a: F.conv2d(*a, padding=2, groups=6), x, lepe.weight, lepe.bias, grad_out)
+    for name, got, want in zip(('x', 'weight', 'bias'), grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_modules_use_the_cpu_backward():
     lepe = DwConv2d(4, 5)
     x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
