@@ -41,13 +41,11 @@ from timm.layers import (
     trunc_normal_,
 )
 from timm.models import checkpoint
-from timm.models._features import feature_take_indices
 
 from zoo.layers import PatchEmbedCl, PreNormBlockCl
-from zoo.layers._checks import check_nchw
 from zoo.layers.partition import is_exporting
 
-from ._helpers import check_model_args, init_weights
+from ._helpers import check_images, check_model_args, feature_take_indices, init_weights
 
 __all__ = ['DeitLikeCfg', 'DeitLike', 'DeitLikeBlock', 'DeitLikeFamilyBlock', 'embed_tokens', 'grid_of']
 
@@ -286,7 +284,13 @@ class DeitLike(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New classifier (``num_classes=0``: pooled features; ``global_pool=''``: all tokens)."""
+        """New classifier (``num_classes=0``: pooled features; ``global_pool=''``: all tokens).
+
+        Raises:
+            ValueError: ``num_classes < 0`` or ``global_pool`` not one of 'token', 'avg', ''.
+        """
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
         if global_pool is not None:
             if global_pool not in _POOLS:
                 raise ValueError(f'global_pool must be one of {_POOLS}, got global_pool={global_pool!r}')
@@ -299,7 +303,7 @@ class DeitLike(nn.Module):
     # ------------------------------------------------------------------------------------------------- forward
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Images -> ``[B, 1 + H * W, C]`` tokens with position embedding, and the grid ``(H, W)``."""
-        check_nchw(x, self.in_chans)
+        check_images(x, self.in_chans, None if torch.jit.is_scripting() else self.cls_token)
         x = self.patch_embed(x)  # [B, H, W, C]
         size = grid_of(x)
         x = embed_tokens(x, self.cls_token, self.pos_embed, self.grid_size, self.dynamic_img_size)

@@ -7,13 +7,16 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, get_device_dtype, trunc_normal_
+from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function, trunc_normal_
 from timm.models import checkpoint, checkpoint_seq
-from timm.models._features import feature_take_indices
+from timm.models._features import feature_take_indices as _timm_feature_take_indices
+
+from zoo.layers._checks import shape_str
 
 __all__ = [
     'feature_take_indices', 'overlay_cfg', 'overlay_cfg_strict',
-    'init_weights', 'check_model_args', 'check_output_fmt', 'ClassifierMixin',
+    'init_weights', 'check_model_args', 'check_output_fmt', 'check_global_pool', 'check_classifier_args',
+    'check_images', 'ClassifierMixin',
     'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
     'loader_adapted_keys',
 ]
@@ -82,6 +85,80 @@ def check_output_fmt(output_fmt: str) -> None:
         raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got output_fmt={output_fmt!r}")
 
 
+# the pool types of timm's SelectAdaptivePool2d ('' = no pooling); each also with a 'fast' prefix, and 'fast' = 'avg'
+_POOL_TYPES = ('', 'avg', 'max', 'avgmax', 'catavgmax')
+
+
+def check_global_pool(global_pool: str) -> None:
+    """Raise ``ValueError`` unless timm's classifier heads take ``global_pool`` (they would fail an ``assert``)."""
+    base = global_pool[len('fast'):] if isinstance(global_pool, str) and global_pool.startswith('fast') else global_pool
+    if base not in _POOL_TYPES:
+        raise ValueError(f'global_pool must be one of {_POOL_TYPES} (or one of them prefixed by \'fast\'), got '
+                         f'global_pool={global_pool!r}')
+
+
+def feature_take_indices(num_features: int, indices: Optional[Union[int, List[int]]] = None) -> Tuple[List[int], int]:
+    """timm's ``feature_take_indices`` (``indices``: the last n if an int, all if None, else these, negative from the
+    end) -> the absolute indices and the largest, with a ``ValueError`` naming ``indices`` instead of its ``assert``.
+
+    Raises:
+        ValueError: an int outside ``[1, num_features]``, an empty sequence, or an index outside
+            ``[-num_features, num_features)``.
+    """
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f'indices as an int takes the last n of the {num_features} features: it must be in '
+                             f'[1, {num_features}], got indices={indices}')
+    elif indices is not None:
+        if len(indices) == 0 or any(not -num_features <= i < num_features for i in indices):
+            raise ValueError(f'indices must be a non-empty sequence of feature indices in [{-num_features}, '
+                             f'{num_features}) (there are {num_features} features), got indices={indices}')
+    return _timm_feature_take_indices(num_features, indices)
+
+
+def check_classifier_args(num_classes: int, global_pool: Optional[str] = None) -> None:
+    """The arguments of ``reset_classifier``: raise ``ValueError`` for ``num_classes < 0`` or an unknown
+    ``global_pool`` (None: keep the current one)."""
+    if num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
+    if global_pool is not None:
+        check_global_pool(global_pool)
+
+
+# the input dtypes that autocast casts to its own (float64 it leaves as it is)
+_AUTOCAST_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@register_notrace_function  # branches on the input: one opaque node under FX
+def check_images(x: torch.Tensor, in_chans: int, like: Optional[torch.Tensor] = None) -> None:
+    """Raise unless ``x`` is a batch of images a model can take: ``[B, in_chans, H, W]`` with ``B, H, W >= 1``,
+    floating point, and, given one of the model's parameters as ``like``, on its device and of its dtype (under
+    autocast for that device: float32, float16 or bfloat16, which autocast casts). A ``like`` on the meta device
+    (weights not materialized here) is not compared; under TorchScript only shape and floating point are checked.
+
+    Raises:
+        TypeError: ``x`` not a tensor, not floating point, or of another dtype than the parameters.
+        ValueError: ``x`` of another shape, empty, or on another device than the parameters.
+    """
+    if not torch.jit.is_scripting() and not isinstance(x, torch.Tensor):
+        raise TypeError(f'x must be a torch.Tensor of images [B, {in_chans}, H, W], got {type(x).__name__}')
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f'x must have shape [B, {in_chans}, H, W] (in_chans={in_chans}), got {shape_str(x)}')
+    if x.numel() == 0:
+        raise ValueError(f'x must hold at least one image of at least 1 x 1 pixels, got shape {shape_str(x)}')
+    if not x.is_floating_point():
+        raise TypeError(f'x must be floating-point images (for example x.float() / 255, normalized), got dtype '
+                        f'{x.dtype}')
+    if like is None or torch.jit.is_scripting() or like.device.type == 'meta':
+        return
+    if x.device != like.device:
+        raise ValueError(f"x must be on the device of the model's parameters ({like.device}), got x on {x.device}")
+    if x.dtype != like.dtype and not (
+            torch.is_autocast_enabled(x.device.type) and x.dtype in _AUTOCAST_INPUT_DTYPES):
+        raise TypeError(f"x must have the dtype of the model's parameters ({like.dtype}; under autocast also "
+                        f'float32, float16 or bfloat16), got dtype {x.dtype}')
+
+
 class ClassifierMixin:
     """timm's classifier interface for a model whose ``forward_features`` feeds a ``ClassifierHead`` ``self.head``.
 
@@ -98,12 +175,20 @@ class ClassifierMixin:
         self.in_chans = in_chans
 
     def _init_head(self, num_classes: int, global_pool: str, drop_rate: float, dd: Dict) -> None:
+        check_global_pool(global_pool)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.head_hidden_size = self.num_features
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.stage_fmt,
             **dd)
+
+    def _check_images(self, x: torch.Tensor) -> None:
+        """Raise unless ``x`` is a batch of images for this model (:func:`check_images`)."""
+        if torch.jit.is_scripting():
+            check_images(x, self.in_chans)
+        else:
+            check_images(x, self.in_chans, next(self.parameters(), None))
 
     def _to_output_fmt(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
         """``x`` (laid out as ``stage_fmt``) in ``output_fmt``."""
@@ -122,7 +207,11 @@ class ClassifierMixin:
         Args:
             num_classes: new number of outputs.
             global_pool: new pooling type; None keeps the current one.
+
+        Raises:
+            ValueError: ``num_classes < 0`` or an unknown ``global_pool``.
         """
+        check_classifier_args(num_classes, global_pool)
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
@@ -203,8 +292,10 @@ class _FeatureSequenceMixin(ClassifierMixin):
             The intermediates, or ``(final features laid out as stage_fmt, intermediates)``.
 
         Raises:
-            ValueError: ``output_fmt`` is neither 'NCHW' nor 'NHWC'.
+            ValueError: ``output_fmt`` is neither 'NCHW' nor 'NHWC', or ``indices`` out of range.
+            TypeError, ValueError: ``x`` not images this model takes (:func:`check_images`).
         """
+        self._check_images(x)
         check_output_fmt(output_fmt)
         seq = self._feature_seq()
         offset = int(self.stem_feature)
@@ -259,7 +350,12 @@ class _FeatureSequenceMixin(ClassifierMixin):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` images -> normed last features, laid out as ``stage_fmt``."""
+        """``[B, in_chans, H, W]`` images -> normed last features, laid out as ``stage_fmt``.
+
+        Raises:
+            TypeError, ValueError: ``x`` not images this model takes (:func:`check_images`).
+        """
+        self._check_images(x)
         if torch.jit.is_scripting():
             x = self._forward_scripted(x)
         elif self._checkpointing():

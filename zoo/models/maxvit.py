@@ -78,6 +78,8 @@ from zoo.layers.partition_attention import PartitionAttentionCl
 
 from ._helpers import (
     StagedModelMixin,
+    check_classifier_args,
+    check_global_pool,
     check_state_dict,
     loader_adapted_keys,
     overlay_cfg_strict,
@@ -381,6 +383,7 @@ class MaxVit(StagedModelMixin, nn.Module):
         named_apply(_init_weights, self)
 
     def _init_head(self, num_classes: int, global_pool: str, drop_rate: float, dd: Dict) -> None:
+        check_global_pool(global_pool)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.head = NormMlpClassifierHead(
@@ -409,7 +412,11 @@ class MaxVit(StagedModelMixin, nn.Module):
             global_pool: new pooling type; None keeps the current one.
             reset_other: also drop the head's norm and pre-logits layer (pooled stage features come out). Done
                 whenever the features feeding the head changed width (:meth:`prune_intermediate_layers`).
+
+        Raises:
+            ValueError: ``num_classes < 0`` or an unknown ``global_pool``.
         """
+        check_classifier_args(num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = global_pool
         reset_other = (reset_other or self.num_features != self.head.in_features

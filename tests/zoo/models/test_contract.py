@@ -412,6 +412,57 @@ def test_tiny_forward_intermediates(name):
             model.forward_intermediates(x, output_fmt=bad)
 
 
+def _bad_images(name: str):
+    """``(description, input, error type, message pattern)`` for inputs a model must refuse by name."""
+    x = _image(name, batch=1)
+    size = tuple(x.shape[2:])
+    return [
+        ('an array', x.numpy(), TypeError, r'x must be a torch\.Tensor'),
+        ('one image without a batch dim', x[0], ValueError, r'x must have shape \[B, 3, H, W\].*\(3, '),
+        ('4 channels for in_chans=3', torch.randn(1, 4, *size), ValueError, r'\[B, 3, H, W\].*\(1, 4, '),
+        ('an empty batch', x[:0], ValueError, 'at least one image'),
+        ('no rows', x[:, :, :0], ValueError, 'at least one image'),
+        ('uint8 pixels', x.to(torch.uint8), TypeError, 'floating-point.*torch.uint8'),
+        ('float64 for float32 parameters', x.double(), TypeError, r"dtype of the model's parameters \(torch\.float32"),
+        ('float16 without autocast', x.half(), TypeError, 'got dtype torch.float16'),
+        ('another device', x.to('meta'), ValueError, r"device of the model's parameters \(cpu\).*meta"),
+    ]
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_rejects_bad_images_by_name(name):
+    """Images of the wrong type, shape, size, dtype or device get a TypeError / ValueError naming ``x`` and what was
+    expected, from every entry point (not an error from deep in a layer); bad arguments of the feature and classifier
+    interface get a ValueError naming the argument (not timm's ``assert``)."""
+    model = timm.create_model(name).eval()
+    entry_points = {
+        'forward': model,
+        'forward_features': model.forward_features,
+        'forward_intermediates': model.forward_intermediates,
+    }
+    with torch.no_grad():
+        for what, x, error, pattern in _bad_images(name):
+            for entry, fn in entry_points.items():
+                with pytest.raises(error, match=pattern):
+                    fn(x)
+                    pytest.fail(f'{entry} took {what}')
+        # autocast casts float16 / float32 images for a float32 model
+        with torch.autocast('cpu', torch.bfloat16):
+            assert torch.isfinite(model(_image(name, dtype=torch.float16))).all()
+        n = len(model.feature_info)
+        for indices in (0, n + 1, [n], [-n - 1], []):
+            with pytest.raises(ValueError, match='indices'):
+                model.forward_intermediates(_image(name), indices=indices)
+    with pytest.raises(ValueError, match='indices'):
+        timm.create_model(name, features_only=True, out_indices=(n,))
+    with pytest.raises(ValueError, match='num_classes'):
+        model.reset_classifier(-1)
+    with pytest.raises(ValueError, match='global_pool'):
+        model.reset_classifier(3, 'bogus')
+    with pytest.raises(ValueError, match='global_pool'):
+        timm.create_model(name, global_pool='bogus')
+
+
 @pytest.mark.parametrize('name', TINY)
 def test_tiny_grad_checkpointing_same_gradients(name):
     model = timm.create_model(name).train()
