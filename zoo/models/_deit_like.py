@@ -45,7 +45,7 @@ from timm.models import checkpoint
 from zoo.layers import PatchEmbedCl, PreNormBlockCl
 from zoo.layers.partition import is_exporting
 
-from ._helpers import check_images, check_model_args, feature_take_indices, init_weights
+from ._helpers import PretrainedFileMixin, check_images, check_model_args, feature_take_indices, init_weights
 
 __all__ = ['DeitLikeCfg', 'DeitLike', 'DeitLikeBlock', 'DeitLikeFamilyBlock', 'embed_tokens', 'grid_of']
 
@@ -170,7 +170,7 @@ def grid_of(x: torch.Tensor) -> Tuple[int, int]:
     return x.shape[1], x.shape[2]
 
 
-class DeitLike(nn.Module):
+class DeitLike(PretrainedFileMixin, nn.Module):
     """DeiT-layout model with a family attention (see the module docstring); timm ViT's classifier and
     ``forward_intermediates`` interface (class-token pooling by default)."""
 

@@ -3,20 +3,24 @@ of staged models, intermediate-feature indices and checkpoint filters."""
 
 import dataclasses
 import re
+import sys
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function, trunc_normal_
-from timm.models import checkpoint, checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices as _timm_feature_take_indices
+from timm.models._manipulate import adapt_input_conv
 
 from zoo.layers._checks import shape_str
+
+from ._safe_load import read_weights
 
 __all__ = [
     'feature_take_indices', 'overlay_cfg', 'overlay_cfg_strict',
     'init_weights', 'check_model_args', 'check_output_fmt', 'check_global_pool', 'check_classifier_args',
-    'check_images', 'ClassifierMixin',
+    'check_images', 'build_model', 'PretrainedFileMixin', 'ClassifierMixin',
     'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
     'loader_adapted_keys',
 ]
@@ -159,7 +163,73 @@ def check_images(x: torch.Tensor, in_chans: int, like: Optional[torch.Tensor] = 
                         f'float32, float16 or bfloat16), got dtype {x.dtype}')
 
 
-class ClassifierMixin:
+def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg``, where a weight file or URL named by ``pretrained_cfg_overlay`` is loaded by the
+    family's loader (:class:`PretrainedFileMixin`) as the cfgs' own weights are: timm resets ``custom_load`` for an
+    overlay that names a source, so it is set here unless the overlay sets it."""
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay and (overlay.get('file') or overlay.get('url')) and 'custom_load' not in overlay:
+        kwargs['pretrained_cfg_overlay'] = {**overlay, 'custom_load': True}
+    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+
+
+def _cfg_names(value: Any) -> List[str]:
+    """A pretrained cfg's ``first_conv`` / ``classifier`` entry (a name, a sequence of names or None) as a list."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class PretrainedFileMixin:
+    """timm's ``custom_load`` hook, shared by every family (their cfgs set ``custom_load=True``, so that
+    ``create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=path))`` and URL weights come here).
+
+    The file is read without running code from it (:func:`zoo.weights.safe_load.read_weights`: safetensors, or
+    ``torch.load(weights_only=True)`` with an allow-list of the training extras official files carry), its ``model``
+    weights are taken (the official loaders' choice, not an EMA), converted by the ``checkpoint_filter_fn`` of the
+    model's family module (the first class in the MRO whose module defines one), adapted as timm's generic loader
+    does (the cfg's ``first_conv`` to ``in_chans``; the ``classifier`` left at its initialisation when
+    ``num_classes`` differs from the cfg's) and loaded strictly.
+    """
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
+        """Load an official or native checkpoint file (``prefix``: unused, timm's hook signature).
+
+        Raises:
+            ValueError: the file is missing, corrupt or unsafe (:class:`~zoo.weights.safe_load.CheckpointReadError`),
+                holds no model weights, or its weights do not fit this model (every missing, unexpected or wrongly
+                shaped key named, with the file).
+        """
+        state_dict = read_weights(checkpoint_path)
+        try:
+            state_dict = dict(self._checkpoint_filter()(state_dict, self))
+            cfg = getattr(self, 'pretrained_cfg', None) or {}
+            for name in _cfg_names(cfg.get('first_conv')):
+                weight = state_dict.get(name + '.weight')
+                if isinstance(weight, torch.Tensor) and weight.dim() == 4 and weight.shape[1] != self.in_chans:
+                    state_dict[name + '.weight'] = adapt_input_conv(self.in_chans, weight)
+            exempt = []
+            if self.num_classes != cfg.get('num_classes', 1000):
+                for name in _cfg_names(cfg.get('classifier')):
+                    exempt.append('^' + re.escape(name) + r'\.')
+                    state_dict = {k: v for k, v in state_dict.items() if not re.match(exempt[-1], k)}
+            check_state_dict(state_dict, self, exempt=exempt)
+        except ValueError as e:
+            raise ValueError(f'{checkpoint_path!r}: {e}') from None
+        self.load_state_dict(state_dict, strict=not exempt)
+
+    @classmethod
+    def _checkpoint_filter(cls) -> Callable[[Dict[str, torch.Tensor], nn.Module], Dict[str, torch.Tensor]]:
+        """The ``checkpoint_filter_fn`` of the family module: the first class in the MRO whose module has one."""
+        for klass in cls.__mro__:
+            fn = getattr(sys.modules.get(klass.__module__), 'checkpoint_filter_fn', None)
+            if callable(fn):
+                return fn
+        raise TypeError(f'{cls.__name__} has no family module with a checkpoint_filter_fn')
+
+
+class ClassifierMixin(PretrainedFileMixin):
     """timm's classifier interface for a model whose ``forward_features`` feeds a ``ClassifierHead`` ``self.head``.
 
     The features are laid out as ``stage_fmt`` ('NCHW' or 'NHWC'); the host sets ``num_features`` before

@@ -36,12 +36,10 @@ Notes:
       -> ``ls1|2.gamma``, ``head`` -> ``head.fc``); :func:`checkpoint_filter_fn` converts official checkpoints by
       key renames only.
     * The released checkpoints hold ``model`` and possibly ``model_ema``; the official loader takes ``model``, and
-      so does :meth:`BiFormer.load_pretrained` (``custom_load``: timm's generic loader would prefer the EMA). Their
-      download URLs all end in ``/root/content``, so the cfgs give timm a file name per checkpoint (the official
-      code's ``biformer_*_in1k.pth``); otherwise every download would share one cache file. timm resets
-      ``custom_load`` when ``pretrained_cfg_overlay`` names a ``file``: pass
-      ``pretrained_cfg_overlay=dict(file=path, custom_load=True)`` for a downloaded official file that may hold an
-      EMA, plain ``dict(file=path)`` for a native export.
+      so does the zoo's loader (:class:`~zoo.models._helpers.PretrainedFileMixin`, also for
+      ``pretrained_cfg_overlay=dict(file=path)``; timm's generic loader would prefer the EMA). Their download URLs
+      all end in ``/root/content``, so the cfgs give timm a file name per checkpoint (the official code's
+      ``biformer_*_in1k.pth``); otherwise every download would share one cache file.
     * ``drop_path_rate`` defaults to 0; the official trainings used 0.1 (T, STL, STL-nchw) and 0.15 (S).
 """
 from __future__ import annotations
@@ -55,8 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ConvMlp, LayerNorm2d, Mlp, calculate_drop_path_rates, use_fused_attn
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
-from timm.models._manipulate import adapt_input_conv
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import (
     BiLevelRoutingAttention,
@@ -73,6 +70,7 @@ from zoo.layers.routing import check_routing_args, lepe_conv
 
 from ._helpers import (
     StagedModelMixin,
+    build_model,
     check_state_dict,
     init_weights,
     loader_adapted_keys,
@@ -596,34 +594,6 @@ class BiFormer(StagedModelMixin, nn.Module):
         """No parameter is exempt by name (timm still exempts biases and norm weights by shape)."""
         return set()
 
-    @torch.jit.ignore
-    def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
-        """Load an official or native checkpoint file, as timm's ``custom_load`` hook.
-
-        The ``model`` entry of an official checkpoint is taken, not ``model_ema`` (the official loader's choice).
-        The classifier is left at its initialisation when ``num_classes`` differs from the pretrained cfg's, and the
-        first conv is adapted when ``in_chans`` differs from 3, as timm's generic loader does.
-
-        Args:
-            checkpoint_path: a ``.pth`` / ``.safetensors`` file.
-            prefix: unused (timm's hook signature).
-
-        Raises:
-            ValueError: the checkpoint does not match this architecture (see :func:`checkpoint_filter_fn`).
-        """
-        state_dict = checkpoint_filter_fn(load_state_dict(checkpoint_path, use_ema=False), self)
-        cfg = getattr(self, 'pretrained_cfg', None) or {}
-        strict = True
-        if self.num_classes != cfg.get('num_classes', 1000):
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.fc.')}
-            strict = False
-        stem_conv = self.stem.conv1 if isinstance(self.stem, ConvStem2d) else self.stem.proj
-        stem_key = 'stem.conv1.weight' if isinstance(self.stem, ConvStem2d) else 'stem.proj.weight'
-        in_chans = stem_conv.in_channels
-        if stem_key in state_dict and state_dict[stem_key].shape[1] != in_chans:
-            state_dict[stem_key] = adapt_input_conv(in_chans, state_dict[stem_key])
-        self.load_state_dict(state_dict, strict=strict)
-
 
 # official Sequential index -> our module name, per layout: stem (``downsample_layers.0``) and stage downsamplers
 _SEQ_NAMES = {
@@ -680,7 +650,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
     cfg = model_cfgs[variant]
     out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
-    return build_model_with_cfg(
+    return build_model(
         BiFormer, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -727,6 +697,7 @@ def _cfg(url: Any = '', **kwargs) -> Dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stem.conv1',
         'classifier': 'head.fc',
+        'custom_load': True,  # files and URLs go through PretrainedFileMixin.load_pretrained
         'license': 'mit',
         'origin_url': 'https://github.com/rayleizhu/BiFormer',
         'paper_ids': 'arXiv:2303.08810',
@@ -736,8 +707,8 @@ def _cfg(url: Any = '', **kwargs) -> Dict:
 
 
 def _released(share_id: str, file_name: str, **kwargs) -> Dict:
-    # (url, file name) with custom_load: a cache name per checkpoint and the official 'model' weights
-    return _cfg((_URL.format(share_id), file_name), custom_load=True, **kwargs)
+    # (url, file name): a cache name per checkpoint
+    return _cfg((_URL.format(share_id), file_name), **kwargs)
 
 
 _TEST_CFG = dict(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0)

@@ -48,13 +48,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import FlowAttention, PatchEmbedCl, PreNormBlockCl
 from zoo.layers.partition import is_exporting, pad_needed
 
 from ._helpers import (
     StagedModelMixin,
+    build_model,
     check_state_dict,
     init_weights,
     loader_adapted_keys,
@@ -328,7 +329,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 def _create_flowformer(variant: str, pretrained: bool = False, **kwargs) -> Flowformer:
     cfg = model_cfgs[variant]
     out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
-    return build_model_with_cfg(
+    return build_model(
         Flowformer, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -356,6 +357,7 @@ def _cfg(url: Any = '', **kwargs) -> Dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stem.proj',
         'classifier': 'head.fc',
+        'custom_load': True,  # files and URLs go through PretrainedFileMixin.load_pretrained
         'license': 'mit',
         'origin_url': 'https://github.com/thuml/Flowformer',
         'paper_ids': 'arXiv:2202.06258',

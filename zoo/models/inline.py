@@ -50,13 +50,13 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from zoo.layers import InLineAttention
 from zoo.layers.inline_attention import INLINE_KERNELS
 
 from ._deit_like import DeitLike, DeitLikeCfg
-from ._helpers import check_state_dict, loader_adapted_keys, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import build_model, check_state_dict, loader_adapted_keys, overlay_cfg, rename_keys, unwrap_state_dict
 from ._pvt_like import PvtLike, PvtLikeCfg, pvt_like_rename_rules
 from ._swin_like import SwinLike, SwinLikeCfg, swin_like_rename_rules
 
@@ -236,7 +236,7 @@ def _create(cls, variant: str, pretrained: bool = False, feature_cls: str = 'get
     cfg = model_cfgs[variant]
     n = cfg.depth if isinstance(cfg, DeitLikeCfg) else len(cfg.depths)
     out_indices = kwargs.pop('out_indices', tuple(range(n)))
-    return build_model_with_cfg(
+    return build_model(
         cls, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -260,6 +260,7 @@ def _cfg(url_id: str = '', **kwargs) -> Dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj',
         'classifier': 'head.fc',
+        'custom_load': True,  # files and URLs go through PretrainedFileMixin.load_pretrained
         'license': 'mit',
         'origin_url': 'https://github.com/LeapLabTHU/InLine',
         'paper_ids': 'arXiv:2412.06590',

@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import calculate_drop_path_rates
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers.block import PreNormBlockCl
 from zoo.layers.deform_merge import IMPLS, DeformTokenMergeCl
@@ -61,6 +61,7 @@ from zoo.layers.stems import PatchEmbedCl
 
 from ._helpers import (
     StagedModelMixin,
+    build_model,
     check_state_dict,
     init_weights,
     loader_adapted_keys,
@@ -299,7 +300,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 def _create_litv2(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
     cfg = model_cfgs[variant]
     out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
-    return build_model_with_cfg(
+    return build_model(
         LITv2, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -335,6 +336,7 @@ def _cfg(url: str = '', **kwargs) -> Dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stem.proj',
         'classifier': 'head.fc',
+        'custom_load': True,  # files and URLs go through PretrainedFileMixin.load_pretrained
         'license': 'apache-2.0',
         'origin_url': 'https://github.com/ziplab/LITv2',
         'paper_ids': 'arXiv:2205.13213',

@@ -69,7 +69,7 @@ from timm.layers import (
     resize_rel_pos_bias_table,
     to_2tuple,
 )
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._manipulate import named_apply
 
 from zoo.layers.block import PreNormBlockCl
@@ -78,6 +78,7 @@ from zoo.layers.partition_attention import PartitionAttentionCl
 
 from ._helpers import (
     StagedModelMixin,
+    build_model,
     check_classifier_args,
     check_global_pool,
     check_state_dict,
@@ -460,7 +461,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 def _create_maxvit(variant: str, pretrained: bool = False, **kwargs) -> MaxVit:
     cfg = model_cfgs[variant]
     out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths) + 1)))
-    return build_model_with_cfg(
+    return build_model(
         MaxVit, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -500,6 +501,7 @@ def _cfg(hf_hub_id: str = '', res: int = 224, **kwargs) -> Dict:
         'std': (0.5, 0.5, 0.5),
         'first_conv': 'stem.conv1',
         'classifier': 'head.fc',
+        'custom_load': True,  # files and URLs go through PretrainedFileMixin.load_pretrained
         'license': 'apache-2.0',
         'origin_url': 'https://github.com/google-research/maxvit',
         'paper_ids': 'arXiv:2204.01697',

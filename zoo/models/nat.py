@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import calculate_drop_path_rates
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import (
     ConvDownsampleCl,
@@ -67,6 +67,7 @@ from zoo.layers import (
 from ._helpers import (
     ClassifierMixin,
     StagedModelMixin,
+    build_model,
     check_state_dict,
     init_weights,
     loader_adapted_keys,
@@ -417,7 +418,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> Nat:
     cfg = model_cfgs[variant]
     out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
-    return build_model_with_cfg(
+    return build_model(
         Nat, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -494,6 +495,7 @@ def _cfg(url: str = '', **kwargs) -> Dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj.0',
         'classifier': 'head.fc',
+        'custom_load': True,  # files and URLs go through PretrainedFileMixin.load_pretrained
         'license': 'mit',
         'origin_url': 'https://github.com/SHI-Labs/Neighborhood-Attention-Transformer',
         'paper_ids': 'arXiv:2204.07143',

@@ -37,11 +37,11 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 from timm.layers import calculate_drop_path_rates, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from zoo.layers import NeighborhoodAttention2d, PreNormBlockCl, RpbAttention2d
 
-from ._helpers import IsotropicModelMixin, init_weights, unwrap_state_dict
+from ._helpers import IsotropicModelMixin, build_model, init_weights, unwrap_state_dict
 from .nat import _DINAT_URL, _TEST, NatCfg, _alternating, _convert_checkpoint, _dinat_cfg, _NatBase, _norm_layer
 
 __all__ = ['NatIsotropic']
@@ -163,7 +163,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 def _create_nat_isotropic(variant: str, pretrained: bool = False, **kwargs) -> NatIsotropic:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_model(
         NatIsotropic, variant, pretrained,
         model_cfg=model_cfgs[variant],
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -34,8 +34,9 @@ Notes:
       ``layers.i.blocks`` -> ``stages.i.blocks``, ``layers.i.downsample`` -> ``stages.{i+1}.downsample``,
       ``layers.i.RoPE`` -> ``stages.i.rope``, ``norm1.norm`` -> ``norm1``, ``ffn`` -> ``mlp``, ``gamma_1/2
       [1, C, 1, 1]`` -> ``ls1/2.gamma [C]``, ``proj`` / ``norm`` -> ``norm.proj`` / ``norm.bn``, the 1x1-conv
-      ``head`` -> ``head.fc``). The released files also hold ``model_ema``: :meth:`RAVLT.load_pretrained` takes
-      ``model`` as the official evaluation does (timm's generic loader would prefer the EMA).
+      ``head`` -> ``head.fc``). The released files also hold ``model_ema``: the zoo's loader
+      (:class:`~zoo.models._helpers.PretrainedFileMixin`) takes ``model`` as the official evaluation does (timm's
+      generic loader would prefer the EMA).
     * ``drop_path_rate`` defaults to 0; the official trainings used 0.1 / 0.15 / 0.4 / 0.55 (T/S/B/L).
 """
 from __future__ import annotations
@@ -50,8 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d, calculate_drop_path_rates, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model
-from timm.models._manipulate import adapt_input_conv
+from timm.models import generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 
 from zoo.layers import (
@@ -66,6 +66,7 @@ from zoo.layers import (
 
 from ._helpers import (
     StagedModelMixin,
+    build_model,
     check_state_dict,
     loader_adapted_keys,
     overlay_cfg_strict,
@@ -398,28 +399,6 @@ class RAVLT(StagedModelMixin, nn.Module):
             self.reset_classifier(self.num_classes)  # a classifier that fits the stage's features
         return take
 
-    @torch.jit.ignore
-    def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
-        """Load an official or native checkpoint file, as timm's ``custom_load`` hook.
-
-        The ``model`` entry of an official checkpoint is taken, not ``model_ema``. The classifier is left at its
-        initialisation when ``num_classes`` differs from the pretrained cfg's, and the first conv is adapted when
-        ``in_chans`` differs from 3.
-
-        Raises:
-            ValueError: the checkpoint does not match this architecture (see :func:`checkpoint_filter_fn`).
-        """
-        state_dict = checkpoint_filter_fn(load_state_dict(checkpoint_path, use_ema=False), self)
-        cfg = getattr(self, 'pretrained_cfg', None) or {}
-        strict = True
-        if self.num_classes != cfg.get('num_classes', 1000):
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.fc.')}
-            strict = False
-        key = 'stem.0.weight'
-        if key in state_dict and state_dict[key].shape[1] != self.in_chans:
-            state_dict[key] = adapt_input_conv(self.in_chans, state_dict[key])
-        self.load_state_dict(state_dict, strict=strict)
-
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Convert an official RAVLT checkpoint (``classfication/RALA.py`` keys) to this module's layout.
@@ -460,7 +439,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 def _create_ravlt(variant: str, pretrained: bool = False, **kwargs) -> RAVLT:
     cfg = model_cfgs[variant]
     out_indices = kwargs.pop('out_indices', tuple(range(len(cfg.depths))))
-    return build_model_with_cfg(
+    return build_model(
         RAVLT, variant, pretrained,
         model_cfg=cfg,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -495,6 +474,7 @@ def _cfg(url: Any = '', **kwargs) -> Dict:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stem.0',
         'classifier': 'head.fc',
+        'custom_load': True,  # files and URLs go through PretrainedFileMixin.load_pretrained
         'license': 'unknown',
         'origin_url': 'https://github.com/qhfan/RALA',
         'paper_ids': 'arXiv:2411.07635',
@@ -506,10 +486,10 @@ def _cfg(url: Any = '', **kwargs) -> Dict:
 _HF = 'https://huggingface.co/aldjalkdf/RAVLT/resolve/main/{}.pth'
 
 default_cfgs = generate_default_cfgs({
-    'ravlt_tiny.in1k': _cfg(_HF.format('RAVLT_T'), custom_load=True),
-    'ravlt_small.in1k': _cfg(_HF.format('RAVLT_S'), custom_load=True),
-    'ravlt_base.in1k': _cfg(_HF.format('RAVLT_B'), custom_load=True),
-    'ravlt_large.in1k': _cfg(_HF.format('RAVLT_L'), custom_load=True),
+    'ravlt_tiny.in1k': _cfg(_HF.format('RAVLT_T')),
+    'ravlt_small.in1k': _cfg(_HF.format('RAVLT_S')),
+    'ravlt_base.in1k': _cfg(_HF.format('RAVLT_B')),
+    'ravlt_large.in1k': _cfg(_HF.format('RAVLT_L')),
     'ravlt_test': _cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0),
 })
 

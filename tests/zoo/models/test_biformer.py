@@ -293,17 +293,18 @@ def test_pretrained_file_loads_official_layout(tmp_path):
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in official.items()}
     path = tmp_path / 'official.pth'
     torch.save({'model': official, 'model_ema': ema, 'epoch': 299}, path)
-    # custom_load (the registry default for the released files): the official loader's choice, 'model'
-    model = timm.create_model('biformer_stl_nchw_test', pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(path), custom_load=True))
-    assert torch.equal(model.norm.weight, official['norm.weight'])
+    # the zoo's loader (also for a plain file overlay): the official loader's choice, 'model'
+    for overlay in (dict(file=str(path)), dict(file=str(path), custom_load=True)):
+        model = timm.create_model('biformer_stl_nchw_test', pretrained=True, pretrained_cfg_overlay=overlay)
+        assert torch.equal(model.norm.weight, official['norm.weight'])
     # a new head for fine-tuning, and a one-channel stem: head re-initialised, stem adapted, the rest loaded
     model = timm.create_model('biformer_stl_nchw_test', pretrained=True, num_classes=10, in_chans=1,
                               pretrained_cfg_overlay=dict(file=str(path), custom_load=True))
     assert model.head.fc.out_features == 10 and model.stem.proj.weight.shape[1] == 1
     assert torch.equal(model.stages[1].downsample.proj.weight, official['downsample_layers.1.1.weight'])
-    # timm's generic file loader (custom_load reset by the file overlay) prefers model_ema, as for every timm model
-    model = timm.create_model('biformer_stl_nchw_test', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    # timm's generic file loader, asked for by custom_load=False, prefers model_ema, as for every timm model
+    model = timm.create_model('biformer_stl_nchw_test', pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path), custom_load=False))
     assert torch.equal(model.norm.weight, ema['norm.weight'])
 
 

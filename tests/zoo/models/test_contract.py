@@ -13,6 +13,7 @@ gradient, identical gradients with checkpointing, a new head fitting pruned feat
 warning-free in a fresh interpreter. timm's FX, FX + TorchScript and TorchScript tests run on the tiny variants
 (values against eager, at an odd size too, and a saved and loaded scripted model).
 """
+import argparse
 import contextlib
 import copy
 import functools
@@ -22,6 +23,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -461,6 +463,52 @@ def test_tiny_rejects_bad_images_by_name(name):
         model.reset_classifier(3, 'bogus')
     with pytest.raises(ValueError, match='global_pool'):
         timm.create_model(name, global_pool='bogus')
+
+
+def _training_checkpoint(path, weights: dict, name: str) -> None:
+    """Save ``weights`` as the official training scripts do: under ``model``, beside an EMA, optimizer state,
+    ``argparse`` args and numpy scalars (what ``torch.load(weights_only=True)`` alone refuses)."""
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    torch.save({'model': weights, 'model_ema': ema, 'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-3}]},
+                'args': argparse.Namespace(model=name, lr=1e-3), 'epoch': 299, 'max_accuracy': np.float64(83.2)},
+               path)
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_pretrained_file_loads_model_weights_and_refuses_bad_files(name, tmp_path):
+    """``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=...)`` goes through the zoo's loader: a training
+    checkpoint loads its ``model`` weights (not the EMA), a new ``num_classes`` re-initialises the classifier and a
+    new ``in_chans`` adapts the first conv (timm's rules), and a truncated file or weights that do not fit (the first
+    conv and the classifier included) raise a ``ValueError`` naming the file and the keys."""
+    torch.manual_seed(0)
+    weights = timm.create_model(name).state_dict()
+    cfg = timm.create_model(name, device='meta').pretrained_cfg
+    first, classifier = cfg['first_conv'] + '.weight', cfg['classifier'] + '.weight'
+    path = tmp_path / 'official.pth'
+
+    def load(**kwargs):
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+
+    _training_checkpoint(path, weights, name)
+    loaded = load().state_dict()
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+    loaded = load(num_classes=5, in_chans=1).state_dict()
+    assert loaded[classifier].shape[0] == 5
+    torch.testing.assert_close(loaded[first], weights[first].sum(dim=1, keepdim=True))
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items() if not k.startswith((first, cfg['classifier'])))
+
+    for key, bad in ((first, weights[first][:-1]), (classifier, weights[classifier][:, :-1]),
+                     (sorted(weights)[len(weights) // 2], torch.zeros(1))):
+        _training_checkpoint(path, {**weights, key: bad}, name)
+        with pytest.raises(ValueError, match=rf"official\.pth.*shape mismatches \[{key.replace('.', r'[.]')}: "):
+            load()
+    _training_checkpoint(path, {k: v for k, v in weights.items() if k != classifier}, name)
+    with pytest.raises(ValueError, match=rf"missing keys \[{classifier.replace('.', r'[.]')}\]"):
+        load()
+    _training_checkpoint(path, weights, name)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"official\.pth.*not a readable checkpoint"):
+        load()
 
 
 @pytest.mark.parametrize('name', TINY)
