@@ -2,6 +2,7 @@
 of staged models, intermediate-feature indices and checkpoint filters."""
 
 import dataclasses
+import math
 import re
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
@@ -22,7 +23,7 @@ __all__ = [
     'init_weights', 'check_model_args', 'check_output_fmt', 'check_global_pool', 'check_classifier_args',
     'check_images', 'build_model', 'PretrainedFileMixin', 'ClassifierMixin',
     'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
-    'loader_adapted_keys',
+    'loader_adapted_keys', 'checkpoint_pos_grid',
 ]
 
 CfgT = TypeVar('CfgT')
@@ -532,6 +533,18 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[Rule]) -
         out[new] = value
         source[new] = key
     return out
+
+
+def checkpoint_pos_grid(pos: torch.Tensor, target: torch.Tensor, num_prefix_tokens: int = 0) -> Optional[int]:
+    """The side of the square token grid of a checkpoint's absolute position embedding ``pos``
+    ``[1, num_prefix_tokens + side ** 2, C]`` when it is to be resampled to the model's ``target`` (the same layout
+    and width, another grid); None otherwise (the same shape, or one that does not fit: the strict key check then
+    names it)."""
+    if pos.dim() != 3 or target.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != target.shape[2]:
+        return None
+    n = pos.shape[1] - num_prefix_tokens
+    side = math.isqrt(max(n, 0))
+    return side if n > 0 and side * side == n and pos.shape != target.shape else None
 
 
 def loader_adapted_keys(model: nn.Module, classifier: str = 'head.fc') -> List[str]:

@@ -48,7 +48,15 @@ from zoo.layers import AgentAttention, AgentSpatialReductionAttentionCl, agent_p
 from zoo.layers.agent_attention import resize_bias_axis
 
 from ._deit_like import DeitLike, DeitLikeCfg
-from ._helpers import build_model, check_state_dict, loader_adapted_keys, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import (
+    build_model,
+    check_state_dict,
+    checkpoint_pos_grid,
+    loader_adapted_keys,
+    overlay_cfg,
+    rename_keys,
+    unwrap_state_dict,
+)
 from ._pvt_like import PvtLike, PvtLikeCfg, pvt_like_rename_rules
 from ._swin_like import SwinLike, SwinLikeCfg, swin_like_rename_rules
 
@@ -189,22 +197,24 @@ def _resize_row_col_biases(state_dict: Dict[str, torch.Tensor], model: nn.Module
 
 def _filter_swin(state_dict: Dict[str, torch.Tensor], model: AgentSwin) -> Dict[str, torch.Tensor]:
     if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
-        return dict(state_dict)
-    state_dict = {k: v for k, v in state_dict.items() if not _BUFFERS.search(k)}
-    out = _resize_row_col_biases(rename_keys(state_dict, swin_like_rename_rules()), model)
+        out = dict(state_dict)
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if not _BUFFERS.search(k)}
+        out = _resize_row_col_biases(rename_keys(state_dict, swin_like_rename_rules()), model)
     check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head.fc'))
     return out
 
 
 def _filter_deit(state_dict: Dict[str, torch.Tensor], model: AgentDeit) -> Dict[str, torch.Tensor]:
     out = _resize_row_col_biases(state_dict, model)
-    pos = out.get('pos_embed')
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        old = int(round((pos.shape[1] - 1) ** 0.5))
+    old = checkpoint_pos_grid(out['pos_embed'], model.pos_embed, 1) if 'pos_embed' in out else None
+    if old:
         out['pos_embed'] = resample_abs_pos_embed(
-            pos, list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation='bilinear', antialias=False)
+            out['pos_embed'], list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation='bilinear',
+            antialias=False)
     weight = out.get('patch_embed.proj.weight')
-    if weight is not None and weight.dim() < 4:  # timm's conversion of linear patch embeddings
+    if weight is not None and weight.dim() < 4 and weight.numel() == model.patch_embed.proj.weight.numel():
+        # timm's conversion of linear patch embeddings
         out['patch_embed.proj.weight'] = weight.reshape(model.patch_embed.proj.weight.shape)
     check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head'))
     return out
@@ -212,8 +222,9 @@ def _filter_deit(state_dict: Dict[str, torch.Tensor], model: AgentDeit) -> Dict[
 
 def _filter_pvt(state_dict: Dict[str, torch.Tensor], model: AgentPvt) -> Dict[str, torch.Tensor]:
     if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
-        return dict(state_dict)
-    out = _resize_row_col_biases(rename_keys(state_dict, pvt_like_rename_rules()), model)
+        out = dict(state_dict)
+    else:
+        out = _resize_row_col_biases(rename_keys(state_dict, pvt_like_rename_rules()), model)
     check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head.fc'))
     return out
 

@@ -632,16 +632,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     state_dict = unwrap_state_dict(state_dict)
     layout = model.cfg.layout if isinstance(model, BiFormer) else 'conv'
     if any(k.startswith(('stem.', 'head.fc.')) for k in state_dict):
-        return rename_keys(state_dict, _native_rules(layout))
-    rules = [
-        (r'^downsample_layers\.0\.', 'stem.'),
-        (r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.'),
-        (r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),
-        (r'\.mlp\.0\.', '.mlp.fc1.'),
-        (r'\.mlp\.[23]\.', '.mlp.fc2.'),
-        (r'^head\.(weight|bias)$', r'head.fc.\1'),
-        *_native_rules(layout),
-    ]
+        rules = _native_rules(layout)
+    else:
+        rules = [
+            (r'^downsample_layers\.0\.', 'stem.'),
+            (r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.'),
+            (r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),
+            (r'\.mlp\.0\.', '.mlp.fc1.'),
+            (r'\.mlp\.[23]\.', '.mlp.fc2.'),
+            (r'^head\.(weight|bias)$', r'head.fc.\1'),
+            *_native_rules(layout),
+        ]
     out = rename_keys(state_dict, rules)
     check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out

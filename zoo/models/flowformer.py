@@ -57,6 +57,7 @@ from ._helpers import (
     StagedModelMixin,
     build_model,
     check_state_dict,
+    checkpoint_pos_grid,
     init_weights,
     loader_adapted_keys,
     overlay_cfg_strict,
@@ -317,11 +318,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         state_dict = rename_keys(state_dict, rules)
     out = dict(state_dict)
     if isinstance(model, Flowformer) and 'stem.pos_embed' in out:
-        pos = out['stem.pos_embed']
-        n = pos.shape[1]
-        side = math.isqrt(n)
-        if side * side == n and tuple(model.stem.pos_embed.shape) != tuple(pos.shape):
-            out['stem.pos_embed'] = resize_pos_embed(pos, (side, side), model.stem.grid_size)
+        side = checkpoint_pos_grid(out['stem.pos_embed'], model.stem.pos_embed)
+        if side:
+            out['stem.pos_embed'] = resize_pos_embed(out['stem.pos_embed'], (side, side), model.stem.grid_size)
     check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 

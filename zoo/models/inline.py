@@ -56,7 +56,15 @@ from zoo.layers import InLineAttention
 from zoo.layers.inline_attention import INLINE_KERNELS
 
 from ._deit_like import DeitLike, DeitLikeCfg
-from ._helpers import build_model, check_state_dict, loader_adapted_keys, overlay_cfg, rename_keys, unwrap_state_dict
+from ._helpers import (
+    build_model,
+    check_state_dict,
+    checkpoint_pos_grid,
+    loader_adapted_keys,
+    overlay_cfg,
+    rename_keys,
+    unwrap_state_dict,
+)
 from ._pvt_like import PvtLike, PvtLikeCfg, pvt_like_rename_rules
 from ._swin_like import SwinLike, SwinLikeCfg, swin_like_rename_rules
 
@@ -143,20 +151,21 @@ _BUFFERS = re.compile(r'(relative_position_index|attn_mask)$')
 
 def _filter_staged(state_dict: Dict[str, torch.Tensor], model: nn.Module, rules) -> Dict[str, torch.Tensor]:
     if any(k.startswith(('stages.', 'head.fc.')) for k in state_dict):
-        return dict(state_dict)
-    state_dict = {k: v for k, v in state_dict.items() if not _BUFFERS.search(k)}
-    out = rename_keys(state_dict, rules)
+        out = dict(state_dict)
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if not _BUFFERS.search(k)}
+        out = rename_keys(state_dict, rules)
     check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head.fc'))
     return out
 
 
 def _filter_deit(state_dict: Dict[str, torch.Tensor], model: InLineDeit) -> Dict[str, torch.Tensor]:
     out = dict(state_dict)
-    pos = out.get('pos_embed')
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        old = int(round((pos.shape[1] - 1) ** 0.5))
+    old = checkpoint_pos_grid(out['pos_embed'], model.pos_embed, 1) if 'pos_embed' in out else None
+    if old:
         out['pos_embed'] = resample_abs_pos_embed(
-            pos, list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation='bicubic', antialias=False)
+            out['pos_embed'], list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation='bicubic',
+            antialias=False)
     check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head'))
     return out
 

@@ -282,9 +282,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
             first conv excepted: the loaders adapt them to ``num_classes`` / ``in_chans``).
     """
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('stem.') for k in state_dict):
-        return dict(state_dict)
-    rules = [
+    native = any(k.startswith('stem.') for k in state_dict)
+    rules = [] if native else [
         (r'^patch_embed\.', 'stem.'),
         (r'^layers\.(\d+)\.downsample\.norm_layer\.', r'layers.\1.downsample.norm.'),
         (r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),

@@ -384,8 +384,9 @@ def _convert_checkpoint(
     ``model``; a dict already in this layout gets the layer-scale renames only."""
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(('stages.', 'blocks.', 'head.fc.')) for k in state_dict):
-        return rename_keys(state_dict, _LAYER_SCALE_RULES)
-    out = rename_keys(state_dict, [*rules, (r'^head\.(weight|bias)$', r'head.fc.\1'), *_LAYER_SCALE_RULES])
+        out = rename_keys(state_dict, _LAYER_SCALE_RULES)
+    else:
+        out = rename_keys(state_dict, [*rules, (r'^head\.(weight|bias)$', r'head.fc.\1'), *_LAYER_SCALE_RULES])
     check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 

@@ -404,7 +404,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     """Convert an official RAVLT checkpoint (``classfication/RALA.py`` keys) to this module's layout.
 
     Accepts a plain state dict or one wrapped as ``{'model': ...}`` / ``{'state_dict': ...}``; a dict already in this
-    layout (``stem.*`` keys) is returned unchanged. Official keys are renamed (see the module notes); the layer-scale
+    layout (``stem.*`` keys) is only checked. Official keys are renamed (see the module notes); the layer-scale
     vectors ``[1, C, 1, 1]`` and the 1x1-conv classifier ``[K, C, 1, 1]`` are flattened.
 
     Raises:
@@ -413,7 +413,15 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     """
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith('stem.') for k in state_dict):
-        return dict(state_dict)
+        out = dict(state_dict)
+    else:
+        out = _from_official(state_dict)
+    check_state_dict(out, model, exempt=loader_adapted_keys(model))
+    return out
+
+
+def _from_official(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official keys renamed; the layer scales and the 1x1-conv classifier flattened (:func:`checkpoint_filter_fn`)."""
     rules = [
         (r'^patch_embed\.proj\.', 'stem.'),
         (r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) + 1}.downsample.'),
@@ -432,7 +440,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         if re.search(r'\.ls[12]\.gamma$', k) or k == 'head.fc.weight':
             v = v.flatten(1) if k == 'head.fc.weight' else v.flatten()
         out[k] = v
-    check_state_dict(out, model, exempt=loader_adapted_keys(model))
     return out
 
 

@@ -465,6 +465,26 @@ def test_tiny_rejects_bad_images_by_name(name):
         timm.create_model(name, global_pool='bogus')
 
 
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_checkpoint_filter_names_every_ill_shaped_key(name):
+    """The family's ``checkpoint_filter_fn`` (also what timm's generic loader and ``zoo.weights convert`` call) refuses
+    a checkpoint with any one key of another shape (native layout; a rank or a size off) by a ``ValueError`` naming
+    the key, and does not crash first (its position-embedding resampling included); only the first conv and the
+    classifier are left to the loaders, which adapt them."""
+    model = timm.create_model(name)
+    filter_fn = type(model)._checkpoint_filter()
+    weights = model.state_dict()
+    cfg = model.pretrained_cfg
+    adapted = (cfg['first_conv'] + '.weight', cfg['classifier'] + '.')
+    assert filter_fn(weights, model).keys() == weights.keys()
+    for key, value in weights.items():
+        if key.startswith(adapted):
+            continue
+        for bad in (value.flatten()[:1], value.new_zeros(*value.shape, 2)):
+            with pytest.raises(ValueError, match=rf"shape mismatches \[{key.replace('.', r'[.]')}: "):
+                filter_fn({**weights, key: bad}, model)
+
+
 def _training_checkpoint(path, weights: dict, name: str) -> None:
     """Save ``weights`` as the official training scripts do: under ``model``, beside an EMA, optimizer state,
     ``argparse`` args and numpy scalars (what ``torch.load(weights_only=True)`` alone refuses)."""
