@@ -37,3 +37,28 @@ def check_nchw(x: torch.Tensor, dim: int) -> None:
     """Raise ``ValueError`` unless ``x`` is ``[B, dim, H, W]``."""
     if x.dim() != 4 or x.shape[1] != dim:
         raise ValueError(f'x must have shape [B, {dim}, H, W], got {shape_str(x)}')
+
+
+# the input dtypes that autocast casts to its own (float64 it leaves as it is)
+AUTOCAST_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@register_notrace_function
+def check_input_dtype(x: torch.Tensor, like: torch.Tensor, name: str = 'x') -> None:
+    """Raise ``TypeError`` unless ``x`` is floating point and of the dtype of the parameter ``like`` (under autocast
+    for ``x``'s device also float32, float16 or bfloat16, which autocast casts). Under TorchScript only floating point
+    is checked."""
+    if not x.is_floating_point():
+        raise TypeError(f'{name} must be a floating-point tensor, got dtype {x.dtype}')
+    if torch.jit.is_scripting():
+        return
+    if x.dtype != like.dtype and not (torch.is_autocast_enabled(x.device.type) and x.dtype in AUTOCAST_INPUT_DTYPES):
+        raise TypeError(f"{name} must have the dtype of the parameters ({like.dtype}; under autocast also float32, "
+                        f'float16 or bfloat16), got dtype {x.dtype}')
+
+
+@register_notrace_function
+def check_nonempty(x: torch.Tensor, name: str = 'x') -> None:
+    """Raise ``ValueError`` when ``x`` has a dimension of size 0 (no batch, or no tokens to attend over)."""
+    if x.numel() == 0:
+        raise ValueError(f'{name} must be non-empty (every dimension >= 1), got {shape_str(x)}')

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ._checks import check_num_heads, shape_str
+from ._checks import check_input_dtype, check_nonempty, check_num_heads, shape_str
 from ._precision import autocast_off, compute_dtype
 
 __all__ = ['flow_attention_core', 'FlowAttention']
@@ -136,7 +136,15 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused
         ``[B, heads, N, d]`` in the dtype of ``q``; float16 inputs are computed in float32 (with autocast switched
         off), bfloat16 ones in bfloat16. Scripted (TorchScript ignores ``autocast(enabled=False)``), float16 inputs
         are computed in float64, which autocast never downcasts.
+
+    Raises:
+        ValueError: shapes other than the above, or no tokens (``N`` or ``M`` 0) or batch.
     """
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f'q must be [B, heads, N, d] and k, v [B, heads, M, d], got q={shape_str(q)}, '
+                         f'k={shape_str(k)}, v={shape_str(v)}')
+    check_nonempty(q, 'q')
+    check_nonempty(k, 'k')
     out_dtype = q.dtype
     if torch.jit.is_scripting():
         dtype = torch.float64 if q.dtype == torch.float16 else q.dtype
@@ -197,6 +205,8 @@ class FlowAttention(nn.Module):
         """``[B, N, dim]`` or ``[B, H, W, dim]`` tokens -> the same shape (all tokens attend to all)."""
         if (x.dim() != 3 and x.dim() != 4) or x.shape[-1] != self.dim:
             raise ValueError(f'x must have shape [B, N, {self.dim}] or [B, H, W, {self.dim}], got {shape_str(x)}')
+        check_nonempty(x)
+        check_input_dtype(x, self.proj.weight)
         shape = x.shape
         B, C = shape[0], shape[-1]
         x = x.reshape(B, -1, C)

@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ._checks import check_channels_last, check_num_heads, shape_str
+from ._checks import check_channels_last, check_input_dtype, check_nonempty, check_num_heads, shape_str
 from ._precision import autocast_off, compute_dtype
 
 __all__ = ['InLineAttention', 'inline_attention_core', 'dwconv3x3_per_sample', 'INLINE_KERNELS']
@@ -173,7 +173,7 @@ def inline_attention_core(
         ``[B, N, C]`` in the dtype of ``q``; float16 inputs are computed in float32, bfloat16 ones in bfloat16.
 
     Raises:
-        ValueError: mismatched shapes, ``num_heads`` not dividing ``C`` or an unknown ``kernel_func``.
+        ValueError: mismatched or empty shapes, ``num_heads`` not dividing ``C`` or an unknown ``kernel_func``.
     """
     if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f'q, k and v must all be [B, N, C], got q={shape_str(q)}, k={shape_str(k)}, '
@@ -181,6 +181,7 @@ def inline_attention_core(
     if kernel_func not in ['identity', 'relu', 'leakyrelu', 'exp']:
         raise ValueError(f"kernel_func must be one of ('identity', 'relu', 'leakyrelu', 'exp'), "
                          f"got kernel_func='{kernel_func}'")
+    check_nonempty(q, 'q')
     C = q.shape[2]
     check_num_heads(C, num_heads)
     d = C // num_heads
@@ -337,6 +338,8 @@ class InLineAttention(nn.Module):
             check_channels_last(x, self.dim)
             H, W = x.shape[1], x.shape[2]
             tokens = x.reshape(x.shape[0], H * W, self.dim)
+        check_nonempty(x)
+        check_input_dtype(x, self.proj.weight)
         out = self._attend(tokens, H, W)
         return out if P > 0 else out.reshape(x.shape)
 

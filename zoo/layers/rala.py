@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_num_heads, shape_str
+from ._checks import check_input_dtype, check_nonempty, check_num_heads, shape_str
 from ._precision import autocast_off, compute_dtype
 from .pointwise import PointwiseConv2d
 from .pos_conv import DwConv2d
@@ -79,8 +79,13 @@ class Rope2d(nn.Module):
 
         ``sin`` carries the rotation's signs (``-sin`` on even channels), so :func:`apply_rope_2d` is
         ``x * cos + swap_pairs(x) * sin``; the official ``theta_shift`` gives the same values.
+
+        Raises:
+            ValueError: ``H`` or ``W`` below 1.
         """
         H, W = size
+        if H < 1 or W < 1:
+            raise ValueError(f'size must be (H, W) with H, W >= 1, got size=({H}, {W})')
         index_h = torch.arange(H, device=self.angle.device).to(self.angle)
         index_w = torch.arange(W, device=self.angle.device).to(self.angle)
         ang_h = (index_h[:, None] * self.angle[None, :]).unsqueeze(1).expand(H, W, -1)
@@ -179,7 +184,17 @@ def rala_core(
     """Rank-augmented linear attention of ``[B, heads, N, head_dim]`` q, k, v (before the ELU feature map).
 
     Returns ``[B, heads, N, head_dim]`` in the dtype of ``q``; 16-bit inputs are computed in float32.
+
+    Raises:
+        ValueError: q, k, v not all ``[B, heads, N, head_dim]`` (non-empty), or the tables not ``[N, head_dim]``.
     """
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f'q, k and v must all be [B, heads, N, head_dim], got q={shape_str(q)}, k={shape_str(k)}, '
+                         f'v={shape_str(v)}')
+    check_nonempty(q, 'q')
+    if rope[0].dim() != 2 or rope[0].shape[0] != q.shape[2] or rope[0].shape[1] != q.shape[3]:
+        raise ValueError(f'rope tables must be [{q.shape[2]}, {q.shape[3]}] (tokens, head_dim), got '
+                         f'{shape_str(rope[0])}')
     out_dtype = q.dtype
     dtype = compute_dtype(q.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
@@ -251,6 +266,8 @@ class RalaAttention2d(nn.Module):
         """
         if x.dim() != 4 or x.shape[1] != self.dim:
             raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {shape_str(x)}')
+        check_nonempty(x)
+        check_input_dtype(x, self.proj.weight)
         B, C, H, W = x.shape
         N = H * W
         if rope[0].dim() != 2 or rope[0].shape[0] != N or rope[0].shape[1] != self.head_dim:

@@ -14,7 +14,7 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices as _timm_feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 
-from zoo.layers._checks import shape_str
+from zoo.layers._checks import check_input_dtype, shape_str
 
 from ._safe_load import read_weights
 
@@ -130,10 +130,6 @@ def check_classifier_args(num_classes: int, global_pool: Optional[str] = None) -
         check_global_pool(global_pool)
 
 
-# the input dtypes that autocast casts to its own (float64 it leaves as it is)
-_AUTOCAST_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 @register_notrace_function  # branches on the input: one opaque node under FX
 def check_images(x: torch.Tensor, in_chans: int, like: Optional[torch.Tensor] = None) -> None:
     """Raise unless ``x`` is a batch of images a model can take: ``[B, in_chans, H, W]`` with ``B, H, W >= 1``,
@@ -158,10 +154,7 @@ def check_images(x: torch.Tensor, in_chans: int, like: Optional[torch.Tensor] = 
         return
     if x.device != like.device:
         raise ValueError(f"x must be on the device of the model's parameters ({like.device}), got x on {x.device}")
-    if x.dtype != like.dtype and not (
-            torch.is_autocast_enabled(x.device.type) and x.dtype in _AUTOCAST_INPUT_DTYPES):
-        raise TypeError(f"x must have the dtype of the model's parameters ({like.dtype}; under autocast also "
-                        f'float32, float16 or bfloat16), got dtype {x.dtype}')
+    check_input_dtype(x, like)
 
 
 def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:

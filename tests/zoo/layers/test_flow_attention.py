@@ -172,6 +172,20 @@ def test_bad_arguments():
         mod(torch.randn(2, 10, 32))
     with pytest.raises(ValueError, match='x must have shape'):
         mod(torch.randn(48))
+    for x in (torch.randn(0, 10, 48), torch.randn(2, 0, 48), torch.randn(2, 3, 0, 48)):
+        with pytest.raises(ValueError, match='x must be non-empty'):
+            mod(x)
+    with pytest.raises(TypeError, match='floating-point.*int64'):
+        mod(torch.ones(2, 10, 48, dtype=torch.long))
+    with pytest.raises(TypeError, match=r'dtype of the parameters \(torch.float32.*float64'):
+        mod(torch.randn(2, 10, 48, dtype=torch.float64))
+    q = torch.randn(2, 4, 10, 8)
+    with pytest.raises(ValueError, match=r'k, v \[B, heads, M, d\]'):
+        flow_attention_core(q, torch.randn(2, 4, 6, 8), torch.randn(2, 4, 7, 8))
+    with pytest.raises(ValueError, match=r'q must be \[B, heads, N, d\]'):
+        flow_attention_core(q[0], q[0], q[0])
+    with pytest.raises(ValueError, match='k must be non-empty'):
+        flow_attention_core(q, q[:, :, :0], q[:, :, :0])
 
 
 def test_per_sample_gradients_through_torch_func():

@@ -226,3 +226,15 @@ def test_bad_inputs():
         dwconv3x3_per_sample(torch.randn(2, 4, 4, 8), torch.randn(2, 8, 9))
     with pytest.raises(ValueError, match='bias'):
         dwconv3x3_per_sample(torch.randn(2, 4, 4, 8), torch.randn(2, 8, 3, 3), torch.randn(8))
+    # empty inputs, integer and other-dtype tokens: named, not a division by zero or a deep dtype error
+    for x in (torch.randn(0, 5, 5, 32), torch.randn(2, 0, 5, 32)):
+        with pytest.raises(ValueError, match='x must be non-empty'):
+            mod(x)
+    with pytest.raises(ValueError, match='q must be non-empty'):
+        inline_attention_core(*(torch.randn(1, 0, 8),) * 3, 2)
+    with pytest.raises(TypeError, match='floating-point.*int64'):
+        mod(torch.ones(2, 5, 5, 32, dtype=torch.long))
+    with pytest.raises(TypeError, match=r'dtype of the parameters \(torch.float32.*float64'):
+        mod(torch.randn(2, 5, 5, 32, dtype=torch.float64))
+    with torch.autocast('cpu', torch.bfloat16):  # autocast casts 16-bit tokens for float32 parameters
+        assert mod(torch.randn(2, 5, 5, 32, dtype=torch.float16)).shape == (2, 5, 5, 32)

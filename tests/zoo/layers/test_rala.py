@@ -223,3 +223,16 @@ def test_bad_arguments():
         mod(torch.randn(1, 16, 4, 4), rope((4, 4)))
     with pytest.raises(ValueError, match='rope tables'):
         mod(torch.randn(1, 32, 4, 4), rope((4, 5)))
+    with pytest.raises(ValueError, match='x must be non-empty'):
+        mod(torch.randn(0, 32, 4, 4), rope((4, 4)))
+    with pytest.raises(ValueError, match=r'size must be \(H, W\) with H, W >= 1'):
+        rope((0, 4))
+    with pytest.raises(TypeError, match='floating-point.*int64'):
+        mod(torch.ones(1, 32, 4, 4, dtype=torch.long), rope((4, 4)))
+    with pytest.raises(TypeError, match=r'dtype of the parameters \(torch.float32.*float64'):
+        mod(torch.randn(1, 32, 4, 4, dtype=torch.float64), rope((4, 4)))
+    q = torch.randn(1, 2, 16, 16)
+    with pytest.raises(ValueError, match='q, k and v must all be'):
+        rala_core(q, q, q[:, :, :15], rope((4, 4)), 0.25)
+    with pytest.raises(ValueError, match=r'rope tables must be \[16, 16\]'):
+        rala_core(q, q, q, rope((4, 5)), 0.25)

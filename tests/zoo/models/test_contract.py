@@ -425,7 +425,7 @@ def _bad_images(name: str):
         ('an empty batch', x[:0], ValueError, 'at least one image'),
         ('no rows', x[:, :, :0], ValueError, 'at least one image'),
         ('uint8 pixels', x.to(torch.uint8), TypeError, 'floating-point.*torch.uint8'),
-        ('float64 for float32 parameters', x.double(), TypeError, r"dtype of the model's parameters \(torch\.float32"),
+        ('float64 for float32 parameters', x.double(), TypeError, r"dtype of the parameters \(torch\.float32"),
         ('float16 without autocast', x.half(), TypeError, 'got dtype torch.float16'),
         ('another device', x.to('meta'), ValueError, r"device of the model's parameters \(cpu\).*meta"),
     ]
