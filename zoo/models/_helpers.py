@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices as _timm_feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 
@@ -160,7 +160,18 @@ def check_images(x: torch.Tensor, in_chans: int, like: Optional[torch.Tensor] = 
 def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg``, where a weight file or URL named by ``pretrained_cfg_overlay`` is loaded by the
     family's loader (:class:`PretrainedFileMixin`) as the cfgs' own weights are: timm resets ``custom_load`` for an
-    overlay that names a source, so it is set here unless the overlay sets it."""
+    overlay that names a source, so it is set here unless the overlay sets it.
+
+    Raises:
+        ValueError: ``pretrained=True`` for a variant without released weights and no file, URL or state dict given.
+    """
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        if cfg.state_dict is None and not (cfg.file or cfg.url or cfg.hf_hub_id):
+            raise ValueError(f'pretrained=True: {variant} has no released weights; load a checkpoint with '
+                             f'pretrained_cfg_overlay=dict(file=path), or build it with pretrained=False')
     overlay = kwargs.get('pretrained_cfg_overlay')
     if overlay and (overlay.get('file') or overlay.get('url')) and 'custom_load' not in overlay:
         kwargs['pretrained_cfg_overlay'] = {**overlay, 'custom_load': True}

@@ -463,6 +463,8 @@ def test_tiny_rejects_bad_images_by_name(name):
         model.reset_classifier(3, 'bogus')
     with pytest.raises(ValueError, match='global_pool'):
         timm.create_model(name, global_pool='bogus')
+    with pytest.raises(ValueError, match=rf'pretrained=True: {name} has no released weights'):
+        timm.create_model(name, pretrained=True)
 
 
 @pytest.mark.parametrize('name', TINY)
