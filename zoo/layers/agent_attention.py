@@ -215,9 +215,10 @@ class _AgentBiases(nn.Module):
         key = (size, kv_size, dtype, params[0].device, tuple((id(p), p._version) for p in params))
         hit = self._bias_cache.get(key[:4])
         if hit is None or hit[0] != key[4]:
-            with torch.no_grad():
+            # made outside inference mode: a cached tensor must be usable by a later step that records a gradient
+            with torch.no_grad(), torch.inference_mode(False):
                 pos, agent = self.agent_biases(size, kv_size)
-            hit = (key[4], pos.to(dtype).contiguous(), agent.to(dtype).contiguous())
+                hit = (key[4], pos.to(dtype).contiguous(), agent.to(dtype).contiguous())
             if len(self._bias_cache) > 8:
                 self._bias_cache.clear()
             self._bias_cache[key[:4]] = hit
@@ -268,7 +269,8 @@ class _AgentBiases(nn.Module):
             key = (H, W, q_map.device, q_map.dtype)
             mat = self._pool_cache.get(key)
             if mat is None:
-                mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
+                with torch.inference_mode(False):  # usable by a later training step (as the biases above)
+                    mat = _adaptive_pool_matrix((H, W), self.pool_size, q_map.device, q_map.dtype)
                 if len(self._pool_cache) > 8:
                     self._pool_cache.clear()
                 self._pool_cache[key] = mat

@@ -534,6 +534,27 @@ def test_tiny_pretrained_file_loads_model_weights_and_refuses_bad_files(name, tm
 
 
 @pytest.mark.parametrize('name', TINY)
+def test_tiny_trains_after_inference_mode(name):
+    """A forward under ``torch.inference_mode`` (Lightning's validation loop, timm's validate) leaves nothing in a
+    layer cache that a later training step, or an input gradient of the frozen model (saliency), cannot use."""
+    model = timm.create_model(name).eval()
+    x = _image(name)
+    with torch.inference_mode():
+        model(x)
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval().requires_grad_(False)
+    with torch.inference_mode():
+        expected = model(x)  # after the step's batch-norm statistics
+    x.requires_grad_(True)
+    out = model(x)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('name', TINY)
 def test_tiny_grad_checkpointing_same_gradients(name):
     model = timm.create_model(name).train()
     x = _image(name)
