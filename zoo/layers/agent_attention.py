@@ -216,7 +216,7 @@ class _AgentBiases(nn.Module):
         hit = self._bias_cache.get(key[:4])
         if hit is None or hit[0] != key[4]:
             # made outside inference mode: a cached tensor must be usable by a later step that records a gradient
-            with torch.no_grad(), torch.inference_mode(False):
+            with torch.inference_mode(False), torch.no_grad():  # in this order: inference_mode(False) enables grad
                 pos, agent = self.agent_biases(size, kv_size)
                 hit = (key[4], pos.to(dtype).contiguous(), agent.to(dtype).contiguous())
             if len(self._bias_cache) > 8:
