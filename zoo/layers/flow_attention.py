@@ -202,7 +202,12 @@ class FlowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, N, dim]`` or ``[B, H, W, dim]`` tokens -> the same shape (all tokens attend to all)."""
+        """``[B, N, dim]`` or ``[B, H, W, dim]`` tokens -> the same shape (all tokens attend to all).
+
+        Raises:
+            ValueError: another shape or an empty one.
+            TypeError: ``x`` not floating point, or of another dtype than the parameters outside autocast.
+        """
         if (x.dim() != 3 and x.dim() != 4) or x.shape[-1] != self.dim:
             raise ValueError(f'x must have shape [B, N, {self.dim}] or [B, H, W, {self.dim}], got {shape_str(x)}')
         check_nonempty(x)

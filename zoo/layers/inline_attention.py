@@ -320,7 +320,12 @@ class InLineAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]`` (``num_prefix_tokens=0``), or ``[B, P + H * W, dim]`` tokens of an
-        ``size = (H, W)`` grid -> the same shape (``num_prefix_tokens=P > 0``)."""
+        ``size = (H, W)`` grid -> the same shape (``num_prefix_tokens=P > 0``).
+
+        Raises:
+            ValueError: another shape or an empty one, or ``size`` missing / not matching the tokens.
+            TypeError: ``x`` not floating point, or of another dtype than the parameters outside autocast.
+        """
         P = self.num_prefix_tokens
         if P > 0:
             if x.dim() != 3 or x.shape[-1] != self.dim:

@@ -263,6 +263,10 @@ class RalaAttention2d(nn.Module):
 
         Returns:
             ``[B, dim, H, W]``.
+
+        Raises:
+            ValueError: ``x`` of another shape or empty, tables not for the map's token count, or a bad ``out_scale``.
+            TypeError: ``x`` not floating point, or of another dtype than the parameters outside autocast.
         """
         if x.dim() != 4 or x.shape[1] != self.dim:
             raise ValueError(f'x must have shape [B, {self.dim}, H, W], got {shape_str(x)}')
