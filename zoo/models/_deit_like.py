@@ -45,7 +45,14 @@ from timm.models import checkpoint
 from zoo.layers import PatchEmbedCl, PreNormBlockCl
 from zoo.layers.partition import is_exporting
 
-from ._helpers import PretrainedFileMixin, check_images, check_model_args, feature_take_indices, init_weights
+from ._helpers import (
+    PretrainedFileMixin,
+    check_features,
+    check_images,
+    check_model_args,
+    feature_take_indices,
+    init_weights,
+)
 
 __all__ = ['DeitLikeCfg', 'DeitLike', 'DeitLikeBlock', 'DeitLikeFamilyBlock', 'embed_tokens', 'grid_of']
 
@@ -326,7 +333,12 @@ class DeitLike(PretrainedFileMixin, nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (class token / patch-token mean / none) and classify."""
+        """Pool (class token / patch-token mean / none) and classify ``[B, 1 + N, num_features]`` tokens.
+
+        Raises:
+            ValueError: ``x`` not ``[B, L, num_features]`` tokens.
+        """
+        check_features(x, self.num_features, 'NLC')
         if self.global_pool == 'token':
             x = x[:, 0]
         elif self.global_pool == 'avg':

@@ -21,7 +21,7 @@ from ._safe_load import read_weights
 __all__ = [
     'feature_take_indices', 'overlay_cfg', 'overlay_cfg_strict',
     'init_weights', 'check_model_args', 'check_output_fmt', 'check_global_pool', 'check_classifier_args',
-    'check_images', 'build_model', 'PretrainedFileMixin', 'ClassifierMixin',
+    'check_images', 'check_features', 'build_model', 'PretrainedFileMixin', 'ClassifierMixin',
     'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
     'loader_adapted_keys', 'checkpoint_pos_grid',
 ]
@@ -155,6 +155,17 @@ def check_images(x: torch.Tensor, in_chans: int, like: Optional[torch.Tensor] = 
     if x.device != like.device:
         raise ValueError(f"x must be on the device of the model's parameters ({like.device}), got x on {x.device}")
     check_input_dtype(x, like)
+
+
+@register_notrace_function  # a shape test: one opaque node under FX
+def check_features(x: torch.Tensor, num_features: int, fmt: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is what ``forward_features`` returns: a map ``[B, num_features, H, W]``
+    (``fmt`` 'NCHW') or ``[B, H, W, num_features]`` ('NHWC'), or tokens ``[B, L, num_features]`` ('NLC')."""
+    layouts = {'NCHW': (4, 1, f'[B, {num_features}, H, W]'), 'NHWC': (4, 3, f'[B, H, W, {num_features}]'),
+               'NLC': (3, 2, f'[B, L, {num_features}]')}
+    rank, dim, layout = layouts[fmt]
+    if x.dim() != rank or x.shape[dim] != num_features:
+        raise ValueError(f'x must be the features {layout} that forward_features returns, got {shape_str(x)}')
 
 
 def build_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -302,7 +313,12 @@ class ClassifierMixin(PretrainedFileMixin):
 
         Returns:
             ``[B, num_classes]`` logits, or ``[B, num_features]`` pooled features.
+
+        Raises:
+            ValueError: ``x`` not a ``num_features`` map laid out as ``stage_fmt``.
         """
+        if not torch.jit.is_scripting():  # TorchScript sees no class attributes (stage_fmt)
+            check_features(x, self.num_features, self.stage_fmt)
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

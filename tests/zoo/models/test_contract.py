@@ -451,6 +451,11 @@ def test_tiny_rejects_bad_images_by_name(name):
         # autocast casts float16 / float32 images for a float32 model
         with torch.autocast('cpu', torch.bfloat16):
             assert torch.isfinite(model(_image(name, dtype=torch.float16))).all()
+        feats = model.forward_features(_image(name))
+        channels_last = getattr(model, 'output_fmt', 'NCHW') != 'NCHW'
+        for bad in (feats.flatten(1), feats[..., :1] if channels_last else feats[:, :1]):
+            with pytest.raises(ValueError, match=r'x must be the features \[B, .* that forward_features returns'):
+                model.forward_head(bad)
         n = len(model.feature_info)
         for indices in (0, n + 1, [n], [-n - 1], []):
             with pytest.raises(ValueError, match='indices'):
