@@ -1,7 +1,7 @@
 """ONNX export of any zoo model with the standard ``torch.onnx.export(..., dynamo=True)``, checked by onnxruntime.
 
 ``python -m zoo.weights onnx --model nat_tiny [--file weights.safetensors | --file hub/dir] --out nat_tiny.onnx
-[--static-hw] [--opset 18] [--atol 1e-4]``
+[--input-size 3 224 224] [--static-hw] [--opset 18] [--atol 1e-4]``
 
 These things stop a plain ``torch.onnx.export(model, x, dynamo=True)`` of our models, and :func:`onnx_export_mode`
 handles them while the export traces (and restores everything afterwards):
@@ -132,6 +132,19 @@ def _probe_size(size: Tuple[int, int]) -> Tuple[int, int]:
     return h + max(8, h // 4), w + max(4, w // 8)
 
 
+def _one_pixel_maps(model: torch.nn.Module, x: torch.Tensor) -> list:
+    """Shapes of the model's intermediate maps (``forward_intermediates``) with a height or width of 1 at ``x``'s
+    size: torch.export specialises such dims, and the graph may then not take other sizes, the batch included."""
+    if not hasattr(model, 'forward_intermediates'):
+        return []
+    try:
+        with torch.no_grad():
+            maps = model.forward_intermediates(x, intermediates_only=True)
+    except Exception:  # a model outside the zoo with another interface: no hint
+        return []
+    return [tuple(m.shape) for m in maps if m.dim() == 4 and 1 in m.shape[2:]]
+
+
 def check_onnx(
         model: torch.nn.Module, path: str, inputs: Sequence[torch.Tensor], atol: float = 1e-4,
 ) -> float:
@@ -246,7 +259,14 @@ def export_onnx(
         diff = check_onnx(model, path, [x], atol)
         return dict(path=path, dynamic_batch=False, dynamic_hw=False, max_abs_diff=diff,
                     checked_shapes=[tuple(x.shape)], static_reason=f'{type(e).__name__}: {_first_line(e)}')
-    diff = check_onnx(model, path, batch_inputs, atol)
+    try:
+        diff = check_onnx(model, path, batch_inputs, atol)
+    except ValueError as e:
+        small = _one_pixel_maps(model, x[:1])
+        if not small:
+            raise
+        raise ValueError(f'{e}; at the traced input size {(c, h, w)} the feature maps {small} are 1 pixel wide or '
+                         f'high, which torch.export specialises: trace at a larger input_size (--input-size)') from None
     return dict(path=path, dynamic_batch=True, dynamic_hw=False, max_abs_diff=diff,
                 checked_shapes=[tuple(t.shape) for t in batch_inputs])
 
@@ -286,8 +306,8 @@ def load_model(name: str, file: Optional[str] = None, weights: Optional[str] = N
 
 def _run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.file, args.weights)
-    info = export_onnx(model, args.out, dynamic_hw=False if args.static_hw else None, atol=args.atol,
-                       opset=args.opset)
+    info = export_onnx(model, args.out, input_size=tuple(args.input_size) if args.input_size else None,
+                       dynamic_hw=False if args.static_hw else None, atol=args.atol, opset=args.opset)
     axes = 'batch, height and width' if info['dynamic_hw'] else 'batch (height and width fixed)'
     if not info['dynamic_batch']:
         axes = f'nothing (batch 2, height and width fixed: {info["static_reason"]})'
@@ -308,6 +328,9 @@ def register(subparsers) -> None:
     parser.add_argument('--weights', choices=('model', 'ema'), default=None,
                         help='weight set of a file that holds several (default: model)')
     parser.add_argument('--out', required=True, help='the .onnx file to write')
+    parser.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
+                        help="traced input size (default: the model's pretrained cfg; larger where a stage map "
+                             'would be 1 x 1)')
     parser.add_argument('--static-hw', action='store_true', help='fixed height and width (dynamic batch only)')
     parser.add_argument('--opset', type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument('--atol', type=float, default=1e-4, help='largest abs difference to PyTorch allowed')

@@ -134,6 +134,14 @@ def test_dynamic_hw_refused_where_the_graph_specialises(tmp_path):
         export_onnx(ravlt, str(tmp_path / 'ravlt.onnx'), dynamic_hw=True, optimize=False)
 
 
+def test_one_pixel_maps_named_when_the_export_fails(tmp_path):
+    """At its 32 px cfg size ravlt_test's last stage is 1 x 1: torch.export specialises that, the graph takes no other
+    batch, and the error says why and what to do (the export passes at 64 px: ``TRACE_SIZE``)."""
+    ravlt = timm.create_model('ravlt_test').eval()
+    with pytest.raises(ValueError, match=r'feature maps \[\(1, 64, 1, 1\)\] are 1 pixel .*--input-size'):
+        export_onnx(ravlt, str(tmp_path / 'ravlt.onnx'), optimize=False)
+
+
 def test_inline_per_sample_conv_substitute():
     """The export form of InLine's per-sample depthwise conv (no batch in a Conv attribute) equals the layer's."""
     from zoo.layers.inline_attention import dwconv3x3_per_sample
@@ -170,10 +178,11 @@ def test_onnx_cli_with_weights(tmp_path, capsys):
     torch.save({'model': model.state_dict(), 'epoch': 1}, weights)
     out = tmp_path / 'nat.onnx'
     assert weights_main(['onnx', '--model', 'nat_test', '--file', str(weights), '--out', str(out),
-                         '--static-hw']) == 0
+                         '--static-hw', '--input-size', '3', '40', '48']) == 0
     assert 'dynamic batch (height and width fixed)' in capsys.readouterr().out
     session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
-    x = torch.randn(1, 3, 32, 32)
+    assert session.get_inputs()[0].shape[1:] == [3, 40, 48]  # traced at --input-size
+    x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
         assert np.abs(session.run(None, {'image': x.numpy()})[0] - model(x).numpy()).max() <= ATOL
         model.get_classifier().bias.add_(1e-3)  # a planted difference: the graph no longer equals the model
