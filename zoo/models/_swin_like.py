@@ -165,8 +165,10 @@ class SwinLikeCfg:
             raise ValueError(f'depths must be a non-empty sequence of ints >= 1, got depths={self.depths}')
         if len(heads) != len(depths) or any(h < 1 for h in heads):
             raise ValueError(f'num_heads must give one int >= 1 per stage ({len(depths)}), got num_heads={heads}')
+        if self.embed_dim < 1:
+            raise ValueError(f'embed_dim must be >= 1, got embed_dim={self.embed_dim}')
         dims = [self.embed_dim * 2 ** i for i in range(len(depths))]
-        if self.embed_dim < 1 or any(d % h for d, h in zip(dims, heads)):
+        if any(d % h for d, h in zip(dims, heads)):
             raise ValueError(f'num_heads must divide the stage widths {dims}, got num_heads={heads}')
         if self.window_size < 1:
             raise ValueError(f'window_size must be >= 1, got window_size={self.window_size}')

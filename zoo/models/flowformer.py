@@ -91,8 +91,10 @@ class FlowformerCfg:
         n = len(self.depths)
         if n < 1 or any(d < 1 for d in self.depths):
             raise ValueError(f'depths must be a non-empty sequence of ints >= 1, got depths={self.depths}')
-        if len(self.embed_dims) != n:
-            raise ValueError(f'embed_dims must give one int per stage ({n}), got embed_dims={self.embed_dims}')
+        if len(self.embed_dims) != n or any(c < 1 for c in self.embed_dims):
+            raise ValueError(f'embed_dims must give one int >= 1 per stage ({n}), got embed_dims={self.embed_dims}')
+        if not isinstance(self.num_heads, int):
+            raise TypeError(f'num_heads must be one int for every stage (Flowformer), got num_heads={self.num_heads!r}')
         if self.num_heads < 1 or any(c % self.num_heads for c in self.embed_dims):
             raise ValueError(f'num_heads must divide every stage width {self.embed_dims}, got '
                              f'num_heads={self.num_heads}')

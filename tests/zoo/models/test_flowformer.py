@@ -95,6 +95,10 @@ def test_bad_arguments():
         FlowformerCfg(layer_scale=0.)
     with pytest.raises(ValueError, match='embed_dims'):
         FlowformerCfg(embed_dims=(96, 192))
+    with pytest.raises(ValueError, match=r'embed_dims must give one int >= 1 per stage'):
+        FlowformerCfg(embed_dims=(96, 192, 384, 0))
+    with pytest.raises(TypeError, match='num_heads must be one int'):
+        FlowformerCfg(num_heads=(12, 12, 12, 12))
     with pytest.raises(TypeError, match='unexpected keyword'):
         Flowformer(model_cfgs['flowformer_test'], window_size=7)
     with pytest.raises(ValueError, match='img_size'):

@@ -127,6 +127,13 @@ def test_pvt_rejects_bad_attn_type():
         timm.create_model('inline_pvt_test', attn_type='III')
 
 
+def test_swin_rejects_bad_widths():
+    with pytest.raises(ValueError, match='embed_dim must be >= 1, got embed_dim=0'):
+        timm.create_model('inline_swin_test', embed_dim=0)
+    with pytest.raises(ValueError, match=r'num_heads must divide the stage widths \[20, 40, 80, 160\]'):
+        timm.create_model('inline_swin_test', num_heads=(3, 3, 3, 3))
+
+
 def test_pretrained_cfgs():
     for name, url_id in (('inline_swin_tiny', '32810869fcc34410966b'), ('inline_pvt_large', 'efd91318ba964f01b288'),
                          ('inline_deit_base', '10bdd726d4b0435eb34e')):
