@@ -50,11 +50,13 @@ from ._helpers import (
     check_features,
     check_images,
     check_model_args,
+    checkpoint_pos_grid,
     feature_take_indices,
     init_weights,
 )
 
-__all__ = ['DeitLikeCfg', 'DeitLike', 'DeitLikeBlock', 'DeitLikeFamilyBlock', 'embed_tokens', 'grid_of']
+__all__ = ['DeitLikeCfg', 'DeitLike', 'DeitLikeBlock', 'DeitLikeFamilyBlock', 'embed_tokens', 'grid_of',
+           'resample_checkpoint_pos_embed']
 
 AttnFactory = Callable[..., nn.Module]
 _POOLS = ('token', 'avg', '')
@@ -140,6 +142,20 @@ class DeitLikeFamilyBlock(DeitLikeBlock):
 
     def _attn(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         return self.attn(x, size=size)
+
+
+def resample_checkpoint_pos_embed(
+        state_dict: Dict[str, torch.Tensor], model: 'DeitLike', interpolation: str) -> Dict[str, torch.Tensor]:
+    """A copy of ``state_dict`` whose ``pos_embed`` (class token + a square grid) is resampled to ``model``'s grid
+    where it was trained at another size (timm's ``resample_abs_pos_embed``, the family's ``interpolation``); a
+    table of another shape is left for the strict key check to name."""
+    out = dict(state_dict)
+    old = checkpoint_pos_grid(out['pos_embed'], model.pos_embed, 1) if 'pos_embed' in out else None
+    if old:
+        out['pos_embed'] = resample_abs_pos_embed(
+            out['pos_embed'], list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation=interpolation,
+            antialias=False)
+    return out
 
 
 @register_notrace_function  # shape-dependent (grid check, resampling): one opaque node under FX

@@ -41,17 +41,15 @@ from typing import Any, Dict, Sequence, Tuple
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
 from zoo.layers import AgentAttention, AgentSpatialReductionAttentionCl, agent_pool_size
 from zoo.layers.agent_attention import resize_bias_axis
 
-from ._deit_like import DeitLike, DeitLikeCfg
+from ._deit_like import DeitLike, DeitLikeCfg, resample_checkpoint_pos_embed
 from ._helpers import (
     build_model,
     check_state_dict,
-    checkpoint_pos_grid,
     loader_adapted_keys,
     overlay_cfg,
     rename_keys,
@@ -206,12 +204,7 @@ def _filter_swin(state_dict: Dict[str, torch.Tensor], model: AgentSwin) -> Dict[
 
 
 def _filter_deit(state_dict: Dict[str, torch.Tensor], model: AgentDeit) -> Dict[str, torch.Tensor]:
-    out = _resize_row_col_biases(state_dict, model)
-    old = checkpoint_pos_grid(out['pos_embed'], model.pos_embed, 1) if 'pos_embed' in out else None
-    if old:
-        out['pos_embed'] = resample_abs_pos_embed(
-            out['pos_embed'], list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation='bilinear',
-            antialias=False)
+    out = resample_checkpoint_pos_embed(_resize_row_col_biases(state_dict, model), model, 'bilinear')
     weight = out.get('patch_embed.proj.weight')
     if weight is not None and weight.dim() < 4 and weight.numel() == model.patch_embed.proj.weight.numel():
         # timm's conversion of linear patch embeddings

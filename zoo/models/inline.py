@@ -49,17 +49,15 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed
 from timm.models import generate_default_cfgs, register_model
 
 from zoo.layers import InLineAttention
 from zoo.layers.inline_attention import INLINE_KERNELS
 
-from ._deit_like import DeitLike, DeitLikeCfg
+from ._deit_like import DeitLike, DeitLikeCfg, resample_checkpoint_pos_embed
 from ._helpers import (
     build_model,
     check_state_dict,
-    checkpoint_pos_grid,
     loader_adapted_keys,
     overlay_cfg,
     rename_keys,
@@ -160,12 +158,7 @@ def _filter_staged(state_dict: Dict[str, torch.Tensor], model: nn.Module, rules)
 
 
 def _filter_deit(state_dict: Dict[str, torch.Tensor], model: InLineDeit) -> Dict[str, torch.Tensor]:
-    out = dict(state_dict)
-    old = checkpoint_pos_grid(out['pos_embed'], model.pos_embed, 1) if 'pos_embed' in out else None
-    if old:
-        out['pos_embed'] = resample_abs_pos_embed(
-            out['pos_embed'], list(model.grid_size), [old, old], num_prefix_tokens=1, interpolation='bicubic',
-            antialias=False)
+    out = resample_checkpoint_pos_embed(state_dict, model, 'bicubic')
     check_state_dict(out, model, exempt=loader_adapted_keys(model, 'head'))
     return out
 
