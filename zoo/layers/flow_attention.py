@@ -145,6 +145,11 @@ def flow_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused
                          f'k={shape_str(k)}, v={shape_str(v)}')
     check_nonempty(q, 'q')
     check_nonempty(k, 'k')
+    return _flow_in_compute_dtype(q, k, v, fused)
+
+
+def _flow_in_compute_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool) -> torch.Tensor:
+    """:func:`flow_attention_core` without its checks (its callers' inputs are checked already)."""
     out_dtype = q.dtype
     if torch.jit.is_scripting():
         dtype = torch.float64 if q.dtype == torch.float16 else q.dtype
@@ -217,7 +222,7 @@ class FlowAttention(nn.Module):
         x = x.reshape(B, -1, C)
         N = x.shape[1]
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = flow_attention_core(q, k, v, fused=self.fused_attn)
+        x = _flow_in_compute_dtype(q, k, v, self.fused_attn)
         x = x.transpose(1, 2).reshape(shape)
         return self.proj_drop(self.proj(x))
 
