@@ -14,7 +14,7 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolv
 from timm.models._features import feature_take_indices as _timm_feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 
-from zoo.layers._checks import check_input_dtype, shape_str
+from zoo.layers._checks import check_input_dtype, check_nchw, shape_str
 
 from ._safe_load import read_weights
 
@@ -143,8 +143,7 @@ def check_images(x: torch.Tensor, in_chans: int, like: Optional[torch.Tensor] = 
     """
     if not torch.jit.is_scripting() and not isinstance(x, torch.Tensor):
         raise TypeError(f'x must be a torch.Tensor of images [B, {in_chans}, H, W], got {type(x).__name__}')
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(f'x must have shape [B, {in_chans}, H, W] (in_chans={in_chans}), got {shape_str(x)}')
+    check_nchw(x, in_chans)
     if x.numel() == 0:
         raise ValueError(f'x must hold at least one image of at least 1 x 1 pixels, got shape {shape_str(x)}')
     if not x.is_floating_point():
