@@ -106,7 +106,7 @@ def read_checkpoint(path: str, map_location: str | torch.device = 'cpu') -> Any:
             f'{path!r} refused: the pickle references code outside the allow-list of safe types ({found}); it was '
             f'not run. Official checkpoints hold tensors, training args and numpy scalars only: a file that needs '
             f'more is not a plain weight file (re-save it as safetensors from a trusted environment).') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # RuntimeError, EOFError, BadZipFile, KeyError, IndexError, struct.error ...: corrupt bytes
         raise CheckpointReadError(f'{path!r} is not a readable checkpoint (truncated or corrupt?): '
                                   f'{type(e).__name__}: {_first_line(e)}') from None
 

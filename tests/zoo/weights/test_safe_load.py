@@ -106,6 +106,43 @@ def test_not_a_checkpoint(tmp_path):
         read_checkpoint(path)
 
 
+@pytest.mark.parametrize('layout', ['zip', 'legacy', 'safetensors'])
+def test_corrupt_bytes_are_a_read_error(tmp_path, layout):
+    """Seeded truncations, byte flips and junk prefixes of a small checkpoint in each layout: every file either reads
+    (a flip inside tensor data goes unnoticed: the formats carry no checksum) or raises ``CheckpointReadError``,
+    never the ``KeyError`` / ``IndexError`` / ``struct.error`` / ``AssertionError`` of torch's legacy reader."""
+    path = tmp_path / ('ok.safetensors' if layout == 'safetensors' else 'ok.pth')
+    weights = {'blocks.0.weight': torch.randn(4, 3), 'blocks.0.bias': torch.arange(5)}
+    if layout == 'safetensors':
+        save_file(weights, path)
+    else:
+        torch.save({'model': weights, 'epoch': 3}, path, _use_new_zipfile_serialization=layout == 'zip')
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = collections.Counter()
+    for trial in range(120):
+        mutated = bytearray(data)
+        kind = trial % 3
+        if kind == 0:
+            mutated = mutated[:int(rng.integers(len(mutated)))]
+        elif kind == 1:
+            for i in rng.integers(len(mutated), size=int(rng.integers(1, 9))):
+                mutated[i] = int(rng.integers(256))
+        else:
+            mutated = bytearray([b'junk\n', b'\x80\x02', b'PK\x03\x04'][trial % 9 // 3]) + mutated[:40]
+        bad = tmp_path / f'bad{path.suffix}'
+        bad.write_bytes(bytes(mutated))
+        try:
+            read_checkpoint(bad)
+            outcomes['read'] += 1
+        except CheckpointReadError:
+            outcomes['refused'] += 1
+    assert outcomes['refused'] >= 80, outcomes
+    with pytest.raises(CheckpointReadError, match='truncated or corrupt'):
+        (tmp_path / 'text.pth').write_text('junk\n')
+        read_checkpoint(tmp_path / 'text.pth')
+
+
 def test_select_weights_sets():
     model, ema = _weights(), {k: v * 2 for k, v in _weights().items()}
     assert select_weights(model)[1] == '(top level)'
