@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -156,7 +157,10 @@ def check_onnx(
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    try:
+        session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    except Exception as e:  # e.g. an opset newer than this onnxruntime implements
+        raise ValueError(f'onnxruntime cannot load {path!r}: {_first_line(e)}') from None
     name = session.get_inputs()[0].name
     worst = 0.0
     model.eval()
@@ -220,14 +224,68 @@ def export_onnx(
         batch had to be static).
 
     Raises:
-        ValueError: the export does not match PyTorch (the message names the input), or ``dynamic_hw=True`` for
-            a model whose graph does not generalise to other sizes (or whose class is known to keep them static).
+        ValueError: the export does not match PyTorch (the message names the input), ``dynamic_hw=True`` for
+            a model whose graph does not generalise to other sizes (or whose class is known to keep them static),
+            an ``input_size`` the model does not run on, ``atol`` not a finite number >= 0, or an ``opset`` the
+            exporter did not write (it writes 18 or above, converting down only where it can).
+        TypeError: ``input_size``, ``atol`` or ``opset`` of another type.
     """
     import timm
     model.eval()
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
     if input_size is None:
         input_size = tuple(timm.data.resolve_data_config({}, model=model)['input_size'])
+    _check_export_args(model, input_size, atol, opset)
+    info = _export_verified(model, path, tuple(input_size), dynamic_hw, dynamic_batch, atol, opset, optimize, seed)
+    _check_written_opset(path, opset)
+    return info
+
+
+def _check_export_args(model: torch.nn.Module, input_size, atol: float, opset: Optional[int]) -> None:
+    """Refuse arguments that would fail deep in the exporter or pass a check they should not (:func:`export_onnx`)."""
+    if (not isinstance(input_size, (tuple, list)) or len(input_size) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in input_size)):
+        raise TypeError(f'input_size must be (C, H, W), three ints, got input_size={input_size!r}')
+    if min(input_size) < 1:
+        raise ValueError(f'input_size must be (C, H, W) with every size >= 1, got input_size={tuple(input_size)}')
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)):
+        raise TypeError(f'atol must be a number, got atol={atol!r}')
+    if not math.isfinite(atol) or atol < 0:
+        raise ValueError(f'atol must be a finite number >= 0, got atol={atol}')
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
+        raise TypeError(f'opset must be an int or None, got opset={opset!r}')
+    if opset is not None:
+        import onnx
+        newest = onnx.defs.onnx_opset_version()
+        if not 1 <= opset <= newest:
+            raise ValueError(f'opset must be an ONNX opset version, 1 to {newest} (the newest the installed onnx '
+                             f'knows), got opset={opset}')
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    except Exception as e:  # a wrong channel count or a size the model does not take, named before tracing
+        raise ValueError(f'input_size={tuple(input_size)}: {type(model).__name__} does not run on a '
+                         f'{[1, *input_size]} image: {_first_line(e)}') from None
+
+
+def _check_written_opset(path: str, opset: Optional[int]) -> None:
+    """The file's default-domain opset is the one asked for: torch's dynamo exporter writes opset 18 or above and
+    keeps 18 (with a warning) where it cannot convert the graph down; that file is removed rather than returned."""
+    if opset is None:
+        return
+    import onnx
+    written = [i.version for i in onnx.load(path, load_external_data=False).opset_import if i.domain in ('', 'ai.onnx')]
+    if written != [opset]:
+        os.remove(path)
+        raise ValueError(f'opset={opset}: torch.onnx wrote opset {written[0] if written else None} instead (its '
+                         f'exporter writes 18 or above and converts down only where it can); leave opset unset or '
+                         f'ask for 18 or above')
+
+
+def _export_verified(model: torch.nn.Module, path: str, input_size: Tuple[int, int, int], dynamic_hw: Optional[bool],
+                     dynamic_batch: Optional[bool], atol: float, opset: Optional[int], optimize: bool,
+                     seed: int) -> Dict[str, Any]:
+    """The export and its onnxruntime check (:func:`export_onnx`, after its argument checks)."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
     c, h, w = input_size
     fixed = bool(cfg.get('fixed_input_size'))
     if dynamic_hw and fixed:

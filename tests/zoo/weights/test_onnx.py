@@ -142,6 +142,51 @@ def test_one_pixel_maps_named_when_the_export_fails(tmp_path):
         export_onnx(ravlt, str(tmp_path / 'ravlt.onnx'), optimize=False)
 
 
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(input_size=(3, 0, 32)), ValueError, r'input_size must be \(C, H, W\) with every size >= 1'),
+    (dict(input_size=(4, 32, 32)), ValueError, r'input_size=\(4, 32, 32\): Nat does not run .*\[B, 3, H, W\]'),
+    (dict(input_size='3 32 32'), TypeError, r'input_size must be \(C, H, W\), three ints'),
+    (dict(input_size=(3, 32.0, 32)), TypeError, r'input_size must be \(C, H, W\), three ints'),
+    (dict(atol=-1e-4), ValueError, r'atol must be a finite number >= 0, got atol=-0.0001'),
+    (dict(atol=float('nan')), ValueError, r'atol must be a finite number >= 0'),
+    (dict(atol='1e-4'), TypeError, r'atol must be a number'),
+    (dict(opset=0), ValueError, r'opset must be an ONNX opset version, 1 to \d+'),
+    (dict(opset=999), ValueError, r'opset must be an ONNX opset version, 1 to \d+'),
+    (dict(opset=18.0), TypeError, r'opset must be an int or None'),
+])
+def test_export_arguments_named_before_tracing(tmp_path, kwargs, error, match):
+    """Arguments that failed deep in the exporter (an image size or channel count the model does not take), passed
+    a check they should fail (a negative or NaN ``atol``) or were ignored (an ``opset`` below 1) are named first."""
+    path = tmp_path / 'nat.onnx'
+    with pytest.raises(error, match=match):
+        export_onnx(timm.create_model('nat_test').eval(), str(path), optimize=False, **kwargs)
+    assert not path.exists()
+
+
+def test_opset_the_exporter_did_not_write_is_refused(tmp_path):
+    """torch's dynamo exporter writes opset 18 and up; asked for less it tries to convert the graph down and, failing
+    (as for this pooled GELU conv), writes 18 with a warning: that file would not be what was asked for."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).eval()
+    path = tmp_path / 'conv.onnx'
+    with pytest.raises(ValueError, match=r'opset=17: torch.onnx wrote opset 18 instead'):
+        export_onnx(model, str(path), input_size=(3, 16, 16), opset=17, optimize=False)
+    assert not path.exists()
+    export_onnx(model, str(path), input_size=(3, 16, 16), opset=18, optimize=False)
+    assert [i.version for i in onnx.load(str(path)).opset_import if i.domain == ''] == [18]
+
+
+def test_onnx_cli_names_bad_arguments(tmp_path, capsys):
+    out = str(tmp_path / 'nat.onnx')
+    for args, match in [(['--input-size', '4', '32', '32'], 'input_size=(4, 32, 32)'),
+                        (['--atol', '-1'], 'atol must be a finite number >= 0'),
+                        (['--opset', '0'], 'opset must be an ONNX opset version')]:
+        with pytest.raises(SystemExit) as exit_info:
+            weights_main(['onnx', '--model', 'nat_test', '--out', out, *args])
+        assert exit_info.value.code == 2
+        assert match in capsys.readouterr().err
+
+
 def test_inline_per_sample_conv_substitute():
     """The export form of InLine's per-sample depthwise conv (no batch in a Conv attribute) equals the layer's."""
     from zoo.layers.inline_attention import dwconv3x3_per_sample
