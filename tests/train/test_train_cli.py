@@ -133,6 +133,19 @@ def test_odd_batch_with_mixup(tmp_path):
                  '--data.init_args.batch_size', '15', '--trainer.max_steps', '1'])
 
 
+def test_data_argument_refused_by_name(tmp_path):
+    """jsonargparse reports a data module's refusal as "Does not validate against any of the Union subtypes": the
+    CLI names the argument instead (and exits 2 from the command line)."""
+    with pytest.raises(ConfigError, match=r'max_shift must be a number in \[0, 0.5\], got max_shift=2.0'):
+        run_cli(['fit', '-c', DEMO, *QUIET, *logger_args(tmp_path, 'x'), '--data.init_args.max_shift', '2'])
+
+
+def test_min_lr_above_lr_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r'min_lr=0.01 is above the learning rate 0.002'):
+        run_cli(['fit', '-c', DEMO, *QUIET, *logger_args(tmp_path, 'x'), '--model.min_lr', '0.01',
+                 '--trainer.max_steps', '1'])
+
+
 def _image_folder(root: Path, classes, per_class: int = 2, size: int = 40):
     from PIL import Image
     rng = np.random.default_rng(0)

@@ -32,11 +32,97 @@ def test_digits_module_split_shapes_and_normalisation():
     assert all(b[0].shape[0] == 64 for b in loader)
 
 
-def test_digits_module_arguments_are_checked():
-    with pytest.raises(ConfigError, match='img_size'):
-        DigitsDataModule(img_size=4)
-    with pytest.raises(ConfigError, match='val_fraction'):
-        DigitsDataModule(val_fraction=1.5)
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(img_size=4), r'img_size must be an int >= 8, got img_size=4\.'),
+    (dict(img_size=32.5), r'img_size must be an int >= 8'),
+    (dict(val_fraction=1.5), r'val_fraction must be a number in \(0, 1\)'),
+    (dict(batch_size=0), r'batch_size must be an int >= 1'),
+    (dict(split_seed=-1), r'split_seed must be an int in \[0, 4294967295\]'),
+    (dict(max_shift=2.0), r'max_shift must be a number in \[0, 0.5\], got max_shift=2.0'),  # was blank images
+    (dict(max_shift=-0.5), r'max_shift must be a number in \[0, 0.5\]'),  # was a RuntimeError at the first batch
+    (dict(num_workers=-1), r'num_workers must be an int >= 0'),
+])
+def test_digits_module_arguments_are_checked(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        DigitsDataModule(**kwargs)
+
+
+# each was taken silently by timm's transforms (and trained on something else than asked) or failed at the first
+# batch with a KeyError / AssertionError / RuntimeError that did not name the argument
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(img_size=0), r'img_size must be an int >= 1'),
+    (dict(batch_size=0), r'batch_size must be an int >= 1'),
+    (dict(eval_batch_size=0), r'eval_batch_size must be an int >= 1 \(or null\)'),
+    (dict(num_workers=-2), r'num_workers must be an int >= 0'),
+    (dict(interpolation='cubic'), r"interpolation must be one of \[.*'bicubic'.*\], got interpolation='cubic'"),
+    (dict(train_interpolation='any'), r"train_interpolation must be one of \[.*'random'\]"),
+    (dict(mean=(0.5, 0.5)), r'mean must be a list of 3 numbers'),
+    (dict(std=(0.2, 0.0, 0.2)), r'std\[1\] must be a number > 0, got std\[1\]=0.0'),
+    (dict(crop_pct=0.0), r'crop_pct must be a number in \(0, 1\]'),
+    (dict(crop_pct=1.5), r'crop_pct must be a number in \(0, 1\]'),
+    (dict(crop_mode='centre'), r"crop_mode must be one of \['border', 'center', 'squash'\]"),
+    (dict(scale=(1.0, 0.08)), r'scale must be in increasing order'),
+    (dict(scale=(0.0, 1.0)), r'scale\[0\] must be a number in \(0, 1\]'),
+    (dict(scale=(0.5,)), r'scale must be a list of 2 numbers'),
+    (dict(ratio=(4 / 3, 3 / 4)), r'ratio must be in increasing order'),
+    (dict(hflip=1.5), r'hflip must be a number in \[0, 1\]'),
+    (dict(vflip=-0.1), r'vflip must be a number in \[0, 1\]'),
+    (dict(color_jitter=-0.4), r'color_jitter must be a number >= 0 \(or null\)'),
+    (dict(auto_augment='randaug-m9'), r"auto_augment must be a timm policy string .*'randaug-m9'"),
+    (dict(re_prob=1.25), r're_prob must be a number in \[0, 1\]'),
+    (dict(re_mode='zero'), r"re_mode must be one of \['const', 'pixel', 'rand'\]"),
+    (dict(re_count=0), r're_count must be an int >= 1'),
+])
+def test_image_folder_module_arguments_are_checked(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ImageFolderDataModule(str(tmp_path), **kwargs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_classes=1), r'num_classes must be an int >= 2'),
+    (dict(pretrained_num_classes=-1), r'pretrained_num_classes must be an int >= 0 \(or null\)'),
+    (dict(drop_rate=1.0), r'drop_rate must be a number in \[0, 1\)'),
+    (dict(drop_path_rate=-0.1), r'drop_path_rate must be a number in \[0, 1\) \(or null\)'),
+    (dict(img_size=0), r'img_size must be an int >= 1 \(or null\)'),
+    (dict(opt='adamx'), r"opt must be a timm optimizer name .*got opt='adamx'"),
+    (dict(opt='slow_adamw'), r"opt must be a timm optimizer name .*got opt='slow_adamw'"),  # timm drops the prefix
+    (dict(lr=0.0), r'lr must be a number > 0 \(or null\), got lr=0.0'),
+    (dict(lr=float('inf')), r'lr must be a number > 0'),
+    (dict(lr_base=-1e-3), r'lr_base must be a number > 0'),
+    (dict(lr_base_size=0), r'lr_base_size must be an int >= 1'),  # was a ZeroDivisionError at the first step
+    (dict(lr_base_scale='log'), r"lr_base_scale must be one of \['linear', 'sqrt'\]"),
+    (dict(weight_decay=-0.05), r'weight_decay must be a number >= 0, got weight_decay=-0.05'),
+    (dict(layer_decay=0.0), r'layer_decay must be a number in \(0, 1\]'),
+    (dict(opt_eps=0.0), r'opt_eps must be a number > 0'),
+    (dict(opt_betas=(0.9,)), r'opt_betas must be a list of 2 numbers'),
+    (dict(opt_betas=(0.9, 1.0)), r'opt_betas\[1\] must be a number in \[0, 1\)'),
+    (dict(momentum=1.5), r'momentum must be a number in \[0, 1\)'),
+    (dict(sched='plateau'), r"sched must be one of \[.*'cosine'.*\], got sched='plateau'"),  # steps per epoch
+    (dict(warmup_epochs=-1), r'warmup_epochs must be an int >= 0'),
+    (dict(warmup_epochs=1.5), r'warmup_epochs must be an int >= 0'),
+    (dict(warmup_lr=-1e-6), r'warmup_lr must be a number >= 0'),
+    (dict(min_lr=-1e-5), r'min_lr must be a number >= 0'),
+    (dict(cooldown_epochs=-1), r'cooldown_epochs must be an int >= 0'),
+    (dict(mixup=-0.8), r'mixup must be a number >= 0'),
+    (dict(cutmix=-1.0), r'cutmix must be a number >= 0'),
+    (dict(mixup_prob=1.5), r'mixup_prob must be a number in \[0, 1\]'),
+    (dict(mixup_switch_prob=-0.5), r'mixup_switch_prob must be a number in \[0, 1\]'),
+    (dict(mixup_mode='pairs'), r"mixup_mode must be one of \['batch', 'elem', 'pair'\]"),
+    (dict(label_smoothing=1.5), r'label_smoothing must be a number in \[0, 1\)'),  # was a RuntimeError in the loss
+    (dict(label_smoothing=True), r'label_smoothing must be a number in \[0, 1\), got label_smoothing=True'),
+])
+def test_classifier_module_arguments_are_checked(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ClassifierModule('nat_test', num_classes=kwargs.pop('num_classes', 10), **kwargs)
+
+
+def test_classifier_module_takes_the_edges_of_every_range():
+    module = ClassifierModule(
+        'nat_test', num_classes=2, pretrained_num_classes=0, drop_rate=0.0, drop_path_rate=0.0, lr=1e-3,
+        opt='lookahead_sgd', weight_decay=0.0, layer_decay=1.0, opt_betas=(0.0, 0.999), momentum=0.0,
+        sched='constant', warmup_epochs=0, warmup_lr=0.0, min_lr=0.0, mixup=0.0, cutmix=0.0, mixup_prob=1.0,
+        mixup_switch_prob=0.0, label_smoothing=0.0)
+    assert module.hparams.opt == 'lookahead_sgd'
 
 
 def test_image_folder_transforms(tmp_path):

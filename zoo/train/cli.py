@@ -158,11 +158,25 @@ def main(args: Optional[List[str]] = None) -> Optional[ZooCLI]:
     and status 2."""
     try:
         return ZooCLI(args=resolve_config_args(sys.argv[1:] if args is None else args))
-    except ConfigError as e:
-        print(f'{os.path.basename(sys.argv[0]) or "train.py"}: error: {e}', file=sys.stderr)
-        if args is not None:  # called from Python: let the caller see the exception
+    except ValueError as e:
+        error = _config_error_in(e)
+        if error is None:
             raise
+        print(f'{os.path.basename(sys.argv[0]) or "train.py"}: error: {error}', file=sys.stderr)
+        if args is not None:  # called from Python: let the caller see the exception
+            raise error from None
         sys.exit(2)
+
+
+def _config_error_in(e: BaseException) -> Optional[ConfigError]:
+    """``e`` or the :class:`ConfigError` it was raised from: jsonargparse reports a data module whose constructor
+    refused an argument as "Does not validate against any of the Union subtypes", chained to the refusal."""
+    seen = 0
+    while e is not None and seen < 16:
+        if isinstance(e, ConfigError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def console_main() -> None:

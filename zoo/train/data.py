@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice, check_number, check_numbers
 from .sampling import ResumableSampler, SeededDataset
 
 __all__ = ['DigitsDataModule', 'ImageFolderDataModule', 'ImageFileDataset', 'ImageFilesPredictDataset',
@@ -224,6 +224,9 @@ class DigitsDataModule(_TrainLoaderMixin, LightningDataModule):
         num_workers: DataLoader worker processes (0 loads in the main process; the set is in memory).
         predict_dir: folder of digit images (any size; converted to grayscale, white ink on black as in the
             training set) for ``predict``; None predicts the validation split.
+
+    Raises:
+        ConfigError: an argument outside its valid values (naming it and the range), when built.
     """
 
     mean = (0.5, 0.5, 0.5)
@@ -241,12 +244,12 @@ class DigitsDataModule(_TrainLoaderMixin, LightningDataModule):
             predict_dir: Optional[str] = None,
     ):
         super().__init__()
-        if img_size < 8:
-            raise ConfigError(f'img_size must be >= 8 (the digits are 8x8), got {img_size}.')
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f'val_fraction must be in (0, 1), got {val_fraction}.')
-        if batch_size < 1:
-            raise ConfigError(f'batch_size must be >= 1, got {batch_size}.')
+        check_number('img_size', img_size, 8, integer=True)  # the digits are 8x8
+        check_number('batch_size', batch_size, 1, integer=True)
+        check_number('val_fraction', val_fraction, 0, 1, low_open=True, high_open=True)
+        check_number('split_seed', split_seed, 0, 2 ** 32 - 1, integer=True)  # scikit-learn's random_state range
+        check_number('max_shift', max_shift, 0, 0.5)  # beyond half the image a shift moves the digit out
+        check_number('num_workers', num_workers, 0, integer=True)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self._train = self._val = self._predict = None
@@ -342,6 +345,39 @@ class _Named(Dataset):
         return self.dataset[index][0], f'{self.prefix}{index}'
 
 
+def _check_image_folder_args(h: Dict[str, Any]) -> None:
+    """Raise ``ConfigError`` naming the first argument of :class:`ImageFolderDataModule` outside its valid values
+    (timm's transforms would take most of them silently, e.g. a flip probability of 2 or an unknown crop mode as
+    'center', or fail at the first batch)."""
+    from timm.data import create_transform
+    interpolations = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')  # timm.data.transforms' names
+    check_number('img_size', h['img_size'], 1, integer=True)
+    check_number('batch_size', h['batch_size'], 1, integer=True)
+    check_number('eval_batch_size', h['eval_batch_size'], 1, integer=True, optional=True)
+    check_number('num_workers', h['num_workers'], 0, integer=True)
+    check_choice('interpolation', h['interpolation'], interpolations)
+    check_choice('train_interpolation', h['train_interpolation'], interpolations + ('random',))
+    check_numbers('mean', h['mean'], 3)
+    check_numbers('std', h['std'], 3, 0, low_open=True)
+    check_number('crop_pct', h['crop_pct'], 0, 1, low_open=True)
+    check_choice('crop_mode', h['crop_mode'], ('center', 'squash', 'border'))
+    check_numbers('scale', h['scale'], 2, 0, 1, low_open=True, increasing=True)
+    check_numbers('ratio', h['ratio'], 2, 0, low_open=True, increasing=True)
+    check_number('hflip', h['hflip'], 0, 1)
+    check_number('vflip', h['vflip'], 0, 1)
+    check_number('color_jitter', h['color_jitter'], 0, optional=True)
+    check_number('re_prob', h['re_prob'], 0, 1)
+    check_choice('re_mode', h['re_mode'], ('const', 'rand', 'pixel'))
+    check_number('re_count', h['re_count'], 1, integer=True)
+    if h['auto_augment'] is not None:
+        try:  # timm parses the policy string when it builds the transform (asserting on unknown parts)
+            create_transform(8, is_training=True, auto_augment=h['auto_augment'])
+        except Exception as e:
+            raise ConfigError(f"auto_augment must be a timm policy string (e.g. 'rand-m9-mstd0.5-inc1', "
+                              f"'augmix-m5-w4-d2', 'original', 'trivial'), got auto_augment={h['auto_augment']!r} "
+                              f'({type(e).__name__}: {e}).') from None
+
+
 class ImageFolderDataModule(_TrainLoaderMixin, LightningDataModule):
     """Images in ``<root>/<split>/<class>/<image>`` folders, with timm's train and eval transforms.
 
@@ -381,6 +417,9 @@ class ImageFolderDataModule(_TrainLoaderMixin, LightningDataModule):
         re_prob: random-erasing probability.
         re_mode: random-erasing fill ('const', 'rand', 'pixel').
         re_count: random-erasing regions per image.
+
+    Raises:
+        ConfigError: an argument outside its valid values (naming it and the range or the choices), when built.
     """
 
     def __init__(
@@ -413,9 +452,8 @@ class ImageFolderDataModule(_TrainLoaderMixin, LightningDataModule):
             re_count: int = 1,
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f'batch_size must be >= 1, got {batch_size}.')
         self.save_hyperparameters()
+        _check_image_folder_args(self.hparams)
         self.batch_size = batch_size
         self._classes: Optional[List[str]] = list(class_names) if class_names else None
         self._datasets: Dict[str, Dataset] = {}

@@ -33,10 +33,10 @@ from torchmetrics.classification import MulticlassAccuracy
 import zoo  # noqa: F401  (registers the zoo's models with timm)
 from zoo.models import factory
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice, check_number, check_numbers
 from .sampling import seed_step
 
-__all__ = ['ClassifierModule', 'check_model_name', 'resolve_lr']
+__all__ = ['ClassifierModule', 'check_hparams', 'check_model_name', 'resolve_lr']
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +48,53 @@ def check_model_name(model_name: str) -> None:
         factory.check_model_name(model_name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+# timm's create_scheduler_v2 names; 'plateau' is left out: it steps per epoch on a metric, this module per update
+SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'constant', 'poly', 'wsd', 'rsqrt')
+
+
+def check_optimizer_name(opt: Any) -> None:
+    """Raise ``ConfigError`` unless ``opt`` is a timm optimizer name, optionally as ``lookahead_<name>`` (timm
+    reads the part after the last underscore as the optimizer and ignores any other prefix)."""
+    from timm.optim import list_optimizers
+    parts = opt.lower().split('_') if isinstance(opt, str) else []
+    if not parts or parts[-1] not in list_optimizers() or parts[:-1] not in ([], ['lookahead']):
+        raise ConfigError(f'opt must be a timm optimizer name (timm.optim.list_optimizers(), e.g. adamw, sgd, lamb; '
+                          f'lookahead_<name> for Lookahead), got opt={opt!r}.')
+
+
+def check_hparams(h: Dict[str, Any]) -> None:
+    """Raise ``ConfigError`` naming the first of :class:`ClassifierModule`'s numeric / named arguments outside its
+    valid values (before the model is built: a negative weight decay or warm-up would otherwise train silently,
+    a label smoothing above 1 fail at the first step)."""
+    check_number('num_classes', h['num_classes'], 2, integer=True)  # a classifier needs two classes
+    check_number('pretrained_num_classes', h['pretrained_num_classes'], 0, integer=True, optional=True)
+    check_number('drop_rate', h['drop_rate'], 0, 1, high_open=True)
+    check_number('drop_path_rate', h['drop_path_rate'], 0, 1, high_open=True, optional=True)
+    check_number('img_size', h['img_size'], 1, integer=True, optional=True)
+    check_optimizer_name(h['opt'])
+    check_number('lr', h['lr'], 0, low_open=True, optional=True)
+    check_number('lr_base', h['lr_base'], 0, low_open=True)
+    check_number('lr_base_size', h['lr_base_size'], 1, integer=True)
+    check_choice('lr_base_scale', h['lr_base_scale'], ('linear', 'sqrt'))
+    check_number('weight_decay', h['weight_decay'], 0)
+    check_number('layer_decay', h['layer_decay'], 0, 1, low_open=True, optional=True)
+    check_number('opt_eps', h['opt_eps'], 0, low_open=True)
+    if h['opt_betas'] is not None:
+        check_numbers('opt_betas', h['opt_betas'], 2, 0, 1, high_open=True)
+    check_number('momentum', h['momentum'], 0, 1, high_open=True)
+    check_choice('sched', h['sched'], SCHEDULERS)
+    check_number('warmup_epochs', h['warmup_epochs'], 0, integer=True)
+    check_number('warmup_lr', h['warmup_lr'], 0)
+    check_number('min_lr', h['min_lr'], 0)
+    check_number('cooldown_epochs', h['cooldown_epochs'], 0, integer=True)
+    check_number('mixup', h['mixup'], 0)
+    check_number('cutmix', h['cutmix'], 0)
+    check_number('mixup_prob', h['mixup_prob'], 0, 1)
+    check_number('mixup_switch_prob', h['mixup_switch_prob'], 0, 1)
+    check_choice('mixup_mode', h['mixup_mode'], ('batch', 'pair', 'elem'))
+    check_number('label_smoothing', h['label_smoothing'], 0, 1, high_open=True)
 
 
 def resolve_lr(
@@ -118,6 +165,10 @@ class ClassifierModule(LightningModule):
         label_smoothing: label smoothing (folded into the Mixup targets when mixing).
         step_seeding: reseed the generators from (seed, epoch, batch) at every step when a global seed is set,
             so that a resumed run repeats the uninterrupted run exactly (see :mod:`zoo.train.sampling`).
+
+    Raises:
+        ConfigError: an unknown model, optimizer or scheduler name, or a number outside its valid values (naming
+            it and the range: :func:`check_hparams`); ``min_lr`` above the resolved ``lr`` when training starts.
     """
 
     def __init__(
@@ -160,13 +211,10 @@ class ClassifierModule(LightningModule):
     ):
         super().__init__()
         check_model_name(model_name)
-        if num_classes < 2:
-            raise ConfigError(f'num_classes must be >= 2 (a classifier needs two classes), got {num_classes}.')
-        if lr_base_scale not in ('linear', 'sqrt'):
-            raise ConfigError(f"lr_base_scale must be 'linear' or 'sqrt', got {lr_base_scale!r}.")
+        self.save_hyperparameters()
+        check_hparams(self.hparams)
         if label_names is not None and len(label_names) != num_classes:
             raise ConfigError(f'label_names has {len(label_names)} names but num_classes={num_classes}.')
-        self.save_hyperparameters()
         self.model = create_timm_model(
             model_name, num_classes, img_size=img_size, model_kwargs=model_kwargs, drop_rate=drop_rate,
             drop_path_rate=drop_path_rate, pretrained=pretrained, pretrained_num_classes=pretrained_num_classes)
@@ -291,6 +339,9 @@ class ClassifierModule(LightningModule):
         else:
             global_batch = batch_size * trainer.world_size * accumulate
         lr, how = resolve_lr(h.lr, h.lr_base, h.lr_base_size, h.lr_base_scale, global_batch)
+        if h.min_lr > lr:
+            raise ConfigError(f'min_lr={h.min_lr:g} is above the learning rate {lr:g} ({how}): the schedule would '
+                              f'raise the rate as it decays; lower min_lr or raise lr.')
         rank_zero_info(f'{h.model_name}: {how}; global batch = {batch_size} per device x {trainer.num_devices} '
                        f'device(s) x {trainer.num_nodes} node(s) x {accumulate} accumulation step(s).')
 
