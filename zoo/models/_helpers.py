@@ -3,8 +3,10 @@ of staged models, intermediate-feature indices and checkpoint filters."""
 
 import dataclasses
 import math
+import numbers
 import re
 import sys
+import typing
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
@@ -19,7 +21,7 @@ from zoo.layers._checks import check_input_dtype, check_nchw, shape_str
 from ._safe_load import read_weights
 
 __all__ = [
-    'feature_take_indices', 'overlay_cfg', 'overlay_cfg_strict',
+    'feature_take_indices', 'overlay_cfg', 'overlay_cfg_strict', 'check_cfg_value',
     'init_weights', 'check_model_args', 'check_output_fmt', 'check_global_pool', 'check_classifier_args',
     'check_images', 'check_features', 'build_model', 'PretrainedFileMixin', 'ClassifierMixin',
     'StagedModelMixin', 'IsotropicModelMixin', 'unwrap_state_dict', 'rename_keys', 'check_state_dict',
@@ -36,10 +38,81 @@ def overlay_cfg(cfg: CfgT, kwargs: Dict[str, Any]) -> CfgT:
     Args:
         cfg: a (frozen) dataclass instance.
         kwargs: constructor keyword arguments; the ones naming a field of ``cfg`` are consumed.
+
+    Raises:
+        TypeError: a value that does not match its field's annotation (:func:`check_cfg_value`).
+        ValueError: a non-finite float.
     """
     names = {f.name for f in dataclasses.fields(cfg)}
     overlay = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-    return dataclasses.replace(cfg, **overlay) if overlay else cfg
+    if not overlay:
+        return cfg
+    hints = typing.get_type_hints(type(cfg))
+    for name, value in overlay.items():
+        check_cfg_value(name, value, hints[name])
+    return dataclasses.replace(cfg, **overlay)
+
+
+def check_cfg_value(name: str, value: Any, hint: Any) -> None:
+    """Check a config value against its field's annotation before the config's own range checks see it.
+
+    ``int`` takes an integer (not a bool), ``float`` an integer or a real number, ``bool`` a bool, ``str`` a string,
+    ``Optional`` / ``Union`` any of their members, ``Tuple[X, ...]`` / ``Tuple[X, Y]`` a tuple or list of those;
+    other annotations are not checked. Every float in the value must be finite (an infinite ``mlp_ratio`` or layer
+    scale would fail deep in a layer or give NaN outputs).
+
+    Raises:
+        TypeError: ``value`` does not match ``hint``, naming the field and the expected type.
+        ValueError: a non-finite float.
+    """
+    if not _matches_hint(value, hint):
+        raise TypeError(f'{name} must be {_describe_hint(hint)}, got {name}={value!r}')
+    if any(not math.isfinite(v) for v in _floats_in(value)):
+        raise ValueError(f'{name} must be finite, got {name}={value!r}')
+
+
+def _matches_hint(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_matches_hint(value, h) for h in args)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches_hint(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches_hint(v, h) for v, h in zip(value, args))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe_hint(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return ' or '.join(_describe_hint(h) for h in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f'a tuple of {_describe_hint(args[0])}'
+        return f'({", ".join(_describe_hint(h) for h in args)})'
+    if hint is type(None):
+        return 'None'
+    return {bool: 'a bool', int: 'an int', float: 'a number', str: 'a string'}.get(hint, str(hint))
+
+
+def _floats_in(value: Any) -> List[float]:
+    if isinstance(value, (tuple, list)):
+        return [f for v in value for f in _floats_in(v)]
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        return [float(value)]
+    return []
 
 
 def overlay_cfg_strict(cfg: CfgT, kwargs: Dict[str, Any]) -> CfgT:

@@ -73,6 +73,14 @@ def _check_agent_num(agent_num: Sequence[int], n: int) -> Tuple[int, ...]:
     return agent_num
 
 
+def _family_arg(family: Dict[str, Any], key: str) -> Any:
+    """``family[key]``, or a ValueError naming the missing entry (a ``family_kwargs`` given without it)."""
+    if key not in family:
+        raise ValueError(f'{key} is not set: pass {key}=(one value per stage), or a family_kwargs that holds it, '
+                         f'got family_kwargs={tuple(family.items())!r}')
+    return family[key]
+
+
 def _overlay(cfg, kwargs: Dict[str, Any], cls_name: str):
     cfg = overlay_cfg(cfg, kwargs)
     agent_num = kwargs.pop('agent_num', None)
@@ -104,7 +112,7 @@ class AgentSwin(SwinLike):
             ValueError: an ``agent_num`` that is not a perfect square, or any invalid argument.
         """
         cfg = _overlay(cfg, kwargs, 'AgentSwin')
-        agent_num = _check_agent_num(dict(cfg.family_kwargs)['agent_num'], len(cfg.depths))
+        agent_num = _check_agent_num(_family_arg(dict(cfg.family_kwargs), 'agent_num'), len(cfg.depths))
         factory = partial(_agent_layer, agent_num, lambda stage, index: stage, 0)
         super().__init__(cfg, factory, 'A', **kwargs)
 
@@ -138,8 +146,8 @@ class AgentPvt(PvtLike):
             if key in kwargs:
                 family[key] = tuple(kwargs.pop(key))
         n = len(cfg.depths)
-        family['agent_num'] = _check_agent_num(family['agent_num'], n)
-        sr = tuple(int(r) for r in family['agent_sr_ratios'])
+        family['agent_num'] = _check_agent_num(_family_arg(family, 'agent_num'), n)
+        sr = tuple(int(r) for r in _family_arg(family, 'agent_sr_ratios'))
         if len(sr) != n or any(r < 1 for r in sr):
             raise ValueError(f'agent_sr_ratios must give one int >= 1 per stage ({n}), got agent_sr_ratios={sr}')
         family['agent_sr_ratios'] = sr
@@ -163,7 +171,7 @@ class AgentDeit(DeitLike):
             ValueError: an ``agent_num`` that is not a perfect square, or any invalid argument.
         """
         cfg = _overlay(cfg, kwargs, 'AgentDeit')
-        agent_num = _check_agent_num(dict(cfg.family_kwargs)['agent_num'], 4)
+        agent_num = _check_agent_num(_family_arg(dict(cfg.family_kwargs), 'agent_num'), 4)
 
         def stage_of(stage: int, index: int) -> int:
             return _DEIT_STAGE.get(index // 2, 3)

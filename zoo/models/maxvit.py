@@ -151,7 +151,7 @@ class MaxVitCfg:
             raise ValueError(f'head_hidden_size must be None or >= 1, got head_hidden_size={self.head_hidden_size}')
         if self.partition_ratio < 1:
             raise ValueError(f'partition_ratio must be >= 1, got partition_ratio={self.partition_ratio}')
-        for name in ('expand_ratio', 'mlp_ratio'):
+        for name in ('expand_ratio', 'mlp_ratio', 'conv_norm_eps', 'attn_norm_eps'):
             if getattr(self, name) <= 0:
                 raise ValueError(f'{name} must be > 0, got {name}={getattr(self, name)}')
         if self.se_ratio < 0:
