@@ -94,17 +94,20 @@ def _matches_hint(value: Any, hint: Any) -> bool:
     return True
 
 
-def _describe_hint(hint: Any) -> str:
+def _describe_hint(hint: Any, plural: bool = False) -> str:
+    """``'an int or (an int, an int)'``, ``'a tuple of numbers'``, ``'a tuple of (a string, any value)'``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Union:
-        return ' or '.join(_describe_hint(h) for h in args)
+        return ' or '.join(_describe_hint(h, plural) for h in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f'a tuple of {_describe_hint(args[0])}'
+            return f'{"tuples" if plural else "a tuple"} of {_describe_hint(args[0], plural=True)}'
         return f'({", ".join(_describe_hint(h) for h in args)})'
     if hint is type(None):
         return 'None'
-    return {bool: 'a bool', int: 'an int', float: 'a number', str: 'a string'}.get(hint, str(hint))
+    names = {bool: ('a bool', 'bools'), int: ('an int', 'ints'), float: ('a number', 'numbers'),
+             str: ('a string', 'strings')}
+    return names[hint][plural] if hint in names else 'any value'
 
 
 def _floats_in(value: Any) -> List[float]:

@@ -431,6 +431,34 @@ def _bad_images(name: str):
     ]
 
 
+def _variant_cfg(name: str):
+    """The architecture dataclass the variant is built from (``model_cfgs`` of its module)."""
+    import dataclasses
+    import importlib
+    cfg = importlib.import_module(MODELS[name]).model_cfgs[name]
+    assert dataclasses.is_dataclass(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_tiny_cfg_fields_are_type_checked_by_name(name):
+    """Every architecture field, overridden by keyword with a value of no type it takes (bytes), is a ``TypeError``
+    naming the field and the expected type; a float field given infinity a ``ValueError`` (before: ranges compared
+    bytes to ints, 1.5 reached ``torch.topk`` / ``avg_pool2d``, a string eps ``layer_norm``, an infinite ``mlp_ratio``
+    an ``OverflowError`` and an infinite layer scale NaN outputs)."""
+    import dataclasses
+    import typing
+    cfg = _variant_cfg(name)
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        with pytest.raises(TypeError, match=rf"^{field.name} must be .*, got {field.name}=b'bad'$"):
+            timm.create_model(name, **{field.name: b'bad'})
+        hint = hints[field.name]
+        if hint is float or (typing.get_origin(hint) is typing.Union and float in typing.get_args(hint)):
+            with pytest.raises(ValueError, match=rf'^{field.name} must be finite, got {field.name}=inf$'):
+                timm.create_model(name, **{field.name: float('inf')})
+
+
 @pytest.mark.parametrize('name', TINY)
 def test_tiny_rejects_bad_images_by_name(name):
     """Images of the wrong type, shape, size, dtype or device get a TypeError / ValueError naming ``x`` and what was
