@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn
 from torch._subclasses.fake_tensor import is_fake
 
-from ._checks import check_num_heads, check_qk_scale, shape_str
+from ._checks import check_drop, check_num_heads, check_number, check_qk_scale, shape_str
 from .partition import is_exporting, pad_needed
 from .spatial_reduction import SpatialReductionAttentionCl
 
@@ -285,13 +285,13 @@ class _AgentBiases(nn.Module):
         return self.dwc(v_map.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-def _check_common(dim: int, num_heads: int, qk_scale: Optional[float], attn_drop: float, bias_size: int) -> None:
+def _check_common(dim: int, num_heads: int, qk_scale: Optional[float], attn_drop: float, proj_drop: float,
+                  bias_size: int) -> None:
     check_num_heads(dim, num_heads)
     check_qk_scale(qk_scale)
-    if not 0. <= attn_drop < 1.:
-        raise ValueError(f'attn_drop must be in [0, 1), got attn_drop={attn_drop}')
-    if bias_size < 1:
-        raise ValueError(f'bias_size must be >= 1, got bias_size={bias_size}')
+    check_drop('attn_drop', attn_drop)
+    check_drop('proj_drop', proj_drop)
+    check_number('bias_size', bias_size, 1, integer=True)
 
 
 @register_notrace_module  # shape-dependent control flow (input checks, caches): an FX leaf
@@ -334,7 +334,7 @@ class AgentAttention(_AgentBiases):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        _check_common(dim, num_heads, qk_scale, attn_drop, bias_size)
+        _check_common(dim, num_heads, qk_scale, attn_drop, proj_drop, bias_size)
         resolution = _size2(resolution, 'resolution')
         if num_prefix_tokens < 0:
             raise ValueError(f'num_prefix_tokens must be >= 0, got num_prefix_tokens={num_prefix_tokens}')
@@ -438,7 +438,7 @@ class AgentSpatialReductionAttentionCl(SpatialReductionAttentionCl, _AgentBiases
         Raises:
             ValueError: an argument outside its valid values, naming it.
         """
-        _check_common(dim, num_heads, qk_scale, attn_drop, bias_size)
+        _check_common(dim, num_heads, qk_scale, attn_drop, proj_drop, bias_size)
         resolution = _size2(resolution, 'resolution')
         if sr_ratio < 1:
             raise ValueError(f'sr_ratio must be >= 1, got sr_ratio={sr_ratio}')

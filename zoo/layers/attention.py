@@ -12,9 +12,9 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn
+from timm.layers import register_notrace_module, trunc_normal_, use_fused_attn
 
-from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale, check_size_pair
 
 __all__ = ['RpbAttention2d', 'relative_position_index_2d']
 
@@ -72,10 +72,10 @@ class RpbAttention2d(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
-        grid_size = tuple(int(g) for g in to_2tuple(grid_size))
-        if any(g < 1 for g in grid_size):
-            raise ValueError(f'grid_size must be >= 1, got grid_size={grid_size}')
+        grid_size = check_size_pair('grid_size', grid_size)
         check_qk_scale(qk_scale)
+        check_drop('attn_drop', attn_drop)
+        check_drop('proj_drop', proj_drop)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 from timm.layers import ConvMlp, DropPath, LayerNorm2d, LayerScale, LayerScale2d, Mlp
 
+from ._checks import check_drop, check_number
+
 __all__ = ['PreNormBlockCl', 'PreNormBlock2d']
 
 LayerArg = Optional[Union[Callable[..., nn.Module], nn.Module]]
@@ -98,12 +100,10 @@ class PreNormBlockCl(nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if dim < 1:
-            raise ValueError(f'dim must be >= 1, got dim={dim}')
-        if mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={mlp_ratio}')
-        if not 0. <= drop_path < 1.:
-            raise ValueError(f'drop_path must be in [0, 1), got drop_path={drop_path}')
+        check_number('dim', dim, 1, integer=True)
+        check_number('mlp_ratio', mlp_ratio, 0, low_open=True)
+        check_drop('drop_path', drop_path)
+        check_drop('proj_drop', proj_drop)
         if not callable(norm_layer):
             raise TypeError(f'norm_layer must be a class or callable returning a module, got {norm_layer!r}')
         ls_attn, ls_mlp = _split_init_values(init_values)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ._checks import check_input_dtype, check_nonempty, check_num_heads, shape_str
+from ._checks import check_drop, check_input_dtype, check_nonempty, check_num_heads, shape_str
 from ._precision import autocast_off, compute_dtype
 
 __all__ = ['flow_attention_core', 'FlowAttention']
@@ -195,8 +195,7 @@ class FlowAttention(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
-        if not 0. <= proj_drop < 1.:
-            raise ValueError(f'proj_drop must be in [0, 1), got proj_drop={proj_drop}')
+        check_drop('proj_drop', proj_drop)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale
 from .partition import pad_needed
 
 __all__ = ['HiLoAttentionCl', 'hilo_head_split']
@@ -102,9 +102,8 @@ class HiLoAttentionCl(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         check_qk_scale(qk_scale)
-        if not 0. <= attn_drop < 1. or not 0. <= proj_drop < 1.:
-            raise ValueError(f'attn_drop and proj_drop must be in [0, 1), got attn_drop={attn_drop}, '
-                             f'proj_drop={proj_drop}')
+        check_drop('attn_drop', attn_drop)
+        check_drop('proj_drop', proj_drop)
         self.l_heads, self.h_heads = hilo_head_split(num_heads, alpha, window_size)
         self.dim = dim
         self.num_heads = num_heads

@@ -55,7 +55,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ._checks import check_channels_last, check_input_dtype, check_nonempty, check_num_heads, shape_str
+from ._checks import (
+    check_channels_last,
+    check_drop,
+    check_input_dtype,
+    check_nonempty,
+    check_num_heads,
+    check_number,
+    shape_str,
+)
 from ._precision import autocast_off, compute_dtype
 
 __all__ = ['InLineAttention', 'inline_attention_core', 'dwconv3x3_per_sample', 'INLINE_KERNELS']
@@ -258,11 +266,9 @@ class InLineAttention(nn.Module):
             raise ValueError(f'qkv_layout must be one of {_LAYOUTS}, got qkv_layout={qkv_layout!r}')
         if kernel_func not in INLINE_KERNELS:
             raise ValueError(f'kernel_func must be one of {INLINE_KERNELS}, got kernel_func={kernel_func!r}')
-        if num_prefix_tokens < 0:
-            raise ValueError(f'num_prefix_tokens must be >= 0, got num_prefix_tokens={num_prefix_tokens}')
-        for name, p in (('attn_drop', attn_drop), ('proj_drop', proj_drop)):
-            if not 0. <= p < 1.:
-                raise ValueError(f'{name} must be in [0, 1), got {name}={p}')
+        check_number('num_prefix_tokens', num_prefix_tokens, 0, integer=True)
+        check_drop('attn_drop', attn_drop)
+        check_drop('proj_drop', proj_drop)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads

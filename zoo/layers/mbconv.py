@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, create_conv2d, get_act_layer, get_norm_act_layer, make_divisible
 
-from ._checks import check_nchw
+from ._checks import check_drop, check_nchw, check_number
 
 __all__ = ['MbConvBlock2d']
 
@@ -89,16 +89,14 @@ class MbConvBlock2d(nn.Module):
             raise ValueError(f'in_chs and out_chs must be >= 1, got in_chs={in_chs}, out_chs={out_chs}')
         if stride not in (1, 2):
             raise ValueError(f'stride must be 1 or 2, got stride={stride}')
-        if expand_ratio <= 0:
-            raise ValueError(f'expand_ratio must be > 0, got expand_ratio={expand_ratio}')
+        check_number('expand_ratio', expand_ratio, 0, low_open=True)
+        check_number('norm_eps', norm_eps, 0, low_open=True)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'kernel_size must be an odd int >= 1, got kernel_size={kernel_size}')
-        if se_ratio < 0:
-            raise ValueError(f'se_ratio must be >= 0, got se_ratio={se_ratio}')
+        check_number('se_ratio', se_ratio, 0)
         if padding not in ('same', ''):
             raise ValueError(f"padding must be 'same' or '', got padding={padding!r}")
-        if not 0. <= drop_path < 1.:
-            raise ValueError(f'drop_path must be in [0, 1), got drop_path={drop_path}')
+        check_drop('drop_path', drop_path)
         if stride == 1 and in_chs != out_chs:
             raise ValueError(f'in_chs must equal out_chs without downsampling (stride=1), '
                              f'got in_chs={in_chs}, out_chs={out_chs}')

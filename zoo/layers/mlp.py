@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ._checks import shape_str
+from ._checks import check_drop, shape_str
 from .pos_conv import DwConvCl
 
 __all__ = ['ConvFfnCl']
@@ -65,8 +65,7 @@ class ConvFfnCl(nn.Module):
             raise ValueError(
                 f'in_features, hidden_features and out_features must be >= 1, got in_features={in_features}, '
                 f'hidden_features={hidden_features}, out_features={out_features}')
-        if not 0. <= drop < 1.:
-            raise ValueError(f'drop must be in [0, 1), got drop={drop}')
+        check_drop('drop', drop)
         if norm_layer is not None:
             raise ValueError(f'norm_layer must be None: ConvFfnCl has no hidden norm, got norm_layer={norm_layer!r}')
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias, **dd)

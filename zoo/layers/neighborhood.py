@@ -18,11 +18,11 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module, to_2tuple, trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 
 from zoo_kernels.neighborhood import na2d
 
-from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale, check_size_pair
 from .partition import pad_needed
 
 __all__ = ['NeighborhoodAttention2d', 'na_pad_size']
@@ -88,14 +88,15 @@ class NeighborhoodAttention2d(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
-        kernel_size = tuple(int(k) for k in to_2tuple(kernel_size))
-        dilation = tuple(int(d) for d in to_2tuple(dilation))
+        kernel_size = check_size_pair('kernel_size', kernel_size)
+        dilation = check_size_pair('dilation', dilation)
         if any(k < 2 for k in kernel_size) or (rel_pos_bias and any(k % 2 == 0 for k in kernel_size)):
             raise ValueError(
                 f'kernel_size must be >= 2 (and odd with rel_pos_bias=True), got kernel_size={kernel_size}')
         if any(d < 1 for d in dilation):
             raise ValueError(f'dilation must be >= 1, got dilation={dilation}')
         check_qk_scale(qk_scale)
+        check_drop('proj_drop', proj_drop)
         if attn_drop != 0:
             raise ValueError(
                 f'attn_drop must be 0: neighborhood attention runs fused and has no attention dropout, '

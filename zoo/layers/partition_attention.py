@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, use_fused_attn
 
-from ._checks import check_channels_last
+from ._checks import check_channels_last, check_drop
 from .partition import grid_partition_, grid_reverse_, is_exporting, padded_size_, window_partition_, window_reverse_
 from .pos_embed_rel_tf import RelPosBiasTf
 
@@ -84,8 +84,8 @@ class PartitionAttentionCl(nn.Module):
                              f'got partition_size={partition_size!r}')
         if partition_type not in _PARTITION_TYPES:
             raise ValueError(f'partition_type must be one of {_PARTITION_TYPES}, got partition_type={partition_type!r}')
-        if not 0. <= attn_drop < 1.:
-            raise ValueError(f'attn_drop must be in [0, 1), got attn_drop={attn_drop}')
+        check_drop('attn_drop', attn_drop)
+        check_drop('proj_drop', proj_drop)
         self.dim = dim
         self.partition_size = size
         self.partition_type = partition_type

@@ -48,7 +48,7 @@ from timm.layers import register_notrace_module
 
 from zoo_kernels.routing import routed_attention
 
-from ._checks import check_channels_last, check_nchw, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_nchw, check_num_heads, check_number, check_qk_scale
 from .partition import is_exporting, pad_needed
 from .pos_conv import DwConv2d, DwConvCl
 from .spatial_reduction import spatial_pool_cl
@@ -121,8 +121,8 @@ class RegionRouter(nn.Module):
             ValueError: ``topk < 1``, or ``param_routing`` without ``diff_routing``.
         """
         super().__init__()
-        if topk < 1:
-            raise ValueError(f'topk must be >= 1, got topk={topk}')
+        check_number('topk', topk, 1, integer=True)
+        check_number('qk_dim', qk_dim, 1, integer=True)
         if param_routing and not diff_routing:
             raise ValueError('param_routing=True needs diff_routing=True: a routing Linear on detached descriptors '
                              'would never be trained')
@@ -151,6 +151,8 @@ class QkvLinear(nn.Module):
 
     def __init__(self, dim: int, qk_dim: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        check_number('dim', dim, 1, integer=True)
+        check_number('qk_dim', qk_dim, 1, integer=True)
         self.dim = dim
         self.qk_dim = qk_dim
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias, device=device, dtype=dtype)
@@ -162,13 +164,9 @@ class QkvLinear(nn.Module):
 def check_routing_args(
         dim: int, num_heads: int, n_win: int, topk: int, side_dwconv: int, qk_scale: Optional[float]) -> None:
     """Raise ``ValueError`` naming the first of the shared BRA / LePE-attention arguments outside its range."""
-    if dim < 1:
-        raise ValueError(f'num_heads must be >= 1 and divide dim={dim}, got num_heads={num_heads}')
     check_num_heads(dim, num_heads)
-    if n_win < 1:
-        raise ValueError(f'n_win must be >= 1, got n_win={n_win}')
-    if topk < 1:
-        raise ValueError(f'topk must be >= 1, got topk={topk}')
+    check_number('n_win', n_win, 1, integer=True)
+    check_number('topk', topk, 1, integer=True)
     if side_dwconv < 0 or (side_dwconv and side_dwconv % 2 == 0):
         raise ValueError(f'side_dwconv must be 0 (no LePE) or an odd kernel size, got side_dwconv={side_dwconv}')
     check_qk_scale(qk_scale)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_channels_last, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale
 from .partition import pad_needed
 
 __all__ = ['SpatialReductionAttentionCl', 'spatial_pool_cl', 'POOL_MODES']
@@ -103,6 +103,8 @@ class SpatialReductionAttentionCl(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         check_qk_scale(qk_scale)
+        check_drop('attn_drop', attn_drop)
+        check_drop('proj_drop', proj_drop)
         if sr_ratio < 1:
             raise ValueError(f'sr_ratio must be >= 1, got sr_ratio={sr_ratio}')
         if linear and pool_size < 1:

@@ -18,8 +18,9 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module, to_2tuple
+from timm.layers import register_notrace_module
 
+from ._checks import check_size_pair
 from .partition import pad_needed
 
 __all__ = ['ConvStemCl', 'PatchEmbedCl', 'ConvStem2d', 'PatchEmbed2d']
@@ -92,9 +93,7 @@ class PatchEmbedCl(nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        patch_size = tuple(int(p) for p in to_2tuple(patch_size))
-        if any(p < 1 for p in patch_size):
-            raise ValueError(f'patch_size must be >= 1, got patch_size={patch_size}')
+        patch_size = check_size_pair('patch_size', patch_size)
         if in_chans < 1 or embed_dim < 1:
             raise ValueError(f'in_chans and embed_dim must be >= 1, got in_chans={in_chans}, embed_dim={embed_dim}')
         self.patch_size = patch_size
@@ -189,9 +188,7 @@ class PatchEmbed2d(nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        patch_size = tuple(int(p) for p in to_2tuple(patch_size))
-        if any(p < 1 for p in patch_size):
-            raise ValueError(f'patch_size must be >= 1, got patch_size={patch_size}')
+        patch_size = check_size_pair('patch_size', patch_size)
         if in_chans < 1 or embed_dim < 1:
             raise ValueError(f'in_chans and embed_dim must be >= 1, got in_chans={in_chans}, embed_dim={embed_dim}')
         self.patch_size = patch_size

@@ -16,7 +16,7 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolv
 from timm.models._features import feature_take_indices as _timm_feature_take_indices
 from timm.models._manipulate import adapt_input_conv
 
-from zoo.layers._checks import check_input_dtype, check_nchw, shape_str
+from zoo.layers._checks import check_drop, check_input_dtype, check_nchw, check_number, shape_str
 
 from ._safe_load import read_weights
 
@@ -148,16 +148,13 @@ def check_model_args(in_chans: int, num_classes: int, drop_rate: float, drop_pat
     """Validate the constructor arguments every classification model takes.
 
     Raises:
+        TypeError: an argument of another type (a float channel count), naming it.
         ValueError: an argument outside its valid values, naming it.
     """
-    if in_chans < 1:
-        raise ValueError(f'in_chans must be >= 1, got in_chans={in_chans}')
-    if num_classes < 0:
-        raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
-    if not 0. <= drop_rate < 1.:
-        raise ValueError(f'drop_rate must be in [0, 1), got drop_rate={drop_rate}')
-    if not 0. <= drop_path_rate < 1.:
-        raise ValueError(f'drop_path_rate must be in [0, 1), got drop_path_rate={drop_path_rate}')
+    check_number('in_chans', in_chans, 1, integer=True)
+    check_number('num_classes', num_classes, 0, integer=True)
+    check_drop('drop_rate', drop_rate)
+    check_drop('drop_path_rate', drop_path_rate)
 
 
 def check_output_fmt(output_fmt: str) -> None:

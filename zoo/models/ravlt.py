@@ -63,6 +63,7 @@ from zoo.layers import (
     Rope2d,
     to_channels_last,
 )
+from zoo.layers._checks import check_drop
 
 from ._helpers import (
     StagedModelMixin,
@@ -160,8 +161,7 @@ class RavltFfn(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        if not 0. <= drop < 1.:
-            raise ValueError(f'drop must be in [0, 1), got drop={drop}')
+        check_drop('drop', drop)
         self.fc1 = PointwiseConv2d(in_features, hidden_features, **dd)
         self.act = act_layer()
         self.dwconv = _FoldedCpe(hidden_features, 3, **dd)  # x + DwConv(x), the official ``dwconv`` + residual

@@ -1,7 +1,7 @@
 """The error type for misconfiguration found before training starts, and the argument checks that raise it."""
-import math
-from numbers import Real
 from typing import Any, Collection, Optional
+
+from zoo.layers._checks import check_number as layer_check_number
 
 __all__ = ['ConfigError', 'check_number', 'check_numbers', 'check_choice']
 
@@ -11,15 +11,6 @@ class ConfigError(ValueError):
 
     ``train.py`` prints the message without a traceback and exits with status 2; in Python it is a ``ValueError``.
     """
-
-
-def _interval(low: Optional[float], high: Optional[float], low_open: bool, high_open: bool) -> str:
-    """``'>= 0'``, ``'< 1'`` or ``'in [0, 1)'``."""
-    if high is None:
-        return f'> {low}' if low_open else f'>= {low}'
-    if low is None:
-        return f'< {high}' if high_open else f'<= {high}'
-    return f'in {"(" if low_open else "["}{low}, {high}{")" if high_open else "]"}'
 
 
 def check_number(
@@ -35,20 +26,13 @@ def check_number(
 ) -> None:
     """Raise :class:`ConfigError` naming ``name`` unless ``value`` is a finite number (an int if ``integer``) in the
     interval from ``low`` to ``high`` (either may be None: unbounded; closed ends unless ``low_open`` /
-    ``high_open``); None passes when ``optional``. Booleans are not numbers here."""
-    if value is None and optional:
-        return
-    kind = 'an int' if integer else 'a number'
-    expected = f'{kind} {_interval(low, high, low_open, high_open)}' if (low, high) != (None, None) else kind
-    if optional:
-        expected += ' (or null)'
-    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else Real)
-    if wrong_type or not math.isfinite(value):
-        raise ConfigError(f'{name} must be {expected}, got {name}={value!r}.')
-    below = low is not None and (value <= low if low_open else value < low)
-    above = high is not None and (value >= high if high_open else value > high)
-    if below or above:
-        raise ConfigError(f'{name} must be {expected}, got {name}={value!r}.')
+    ``high_open``); None passes when ``optional``. Booleans are not numbers here (the layers' check, as a
+    ``ConfigError``)."""
+    try:
+        layer_check_number(name, value, low, high, low_open=low_open, high_open=high_open, integer=integer,
+                           optional=optional)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{str(e).replace('(or None)', '(or null)')}.") from None  # YAML spells None null
 
 
 def check_numbers(name: str, value: Any, count: int, *args, increasing: bool = False, **kwargs) -> None:
