@@ -43,6 +43,7 @@ from timm.layers import (
 from timm.models import checkpoint
 
 from zoo.layers import PatchEmbedCl, PreNormBlockCl
+from zoo.layers._checks import check_number
 from zoo.layers.partition import is_exporting
 
 from ._helpers import (
@@ -94,8 +95,7 @@ class DeitLikeCfg:
         if self.embed_dim < 1 or self.num_heads < 1 or self.embed_dim % self.num_heads:
             raise ValueError(f'num_heads must be >= 1 and divide embed_dim={self.embed_dim}, '
                              f'got num_heads={self.num_heads}')
-        if self.mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        check_number('mlp_ratio', self.mlp_ratio, 0, low_open=True)
         if self.patch_size < 1:
             raise ValueError(f'patch_size must be >= 1, got patch_size={self.patch_size}')
         if not (self.family_depth == -1 or 0 <= self.family_depth <= self.depth):

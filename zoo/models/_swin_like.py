@@ -55,7 +55,7 @@ from timm.layers import calculate_drop_path_rates, register_notrace_module, to_2
 from timm.models import checkpoint_seq
 
 from zoo.layers import PatchEmbedCl, PatchMergingCl, PreNormBlockCl, RelPosBias
-from zoo.layers._checks import check_channels_last, check_num_heads
+from zoo.layers._checks import check_channels_last, check_num_heads, check_number
 from zoo.layers.partition import is_exporting, padded_size_, window_partition_, window_reverse_
 
 from ._helpers import StagedModelMixin, init_weights
@@ -172,8 +172,7 @@ class SwinLikeCfg:
             raise ValueError(f'num_heads must divide the stage widths {dims}, got num_heads={heads}')
         if self.window_size < 1:
             raise ValueError(f'window_size must be >= 1, got window_size={self.window_size}')
-        if self.mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        check_number('mlp_ratio', self.mlp_ratio, 0, low_open=True)
         if self.patch_size < 1:
             raise ValueError(f'patch_size must be >= 1, got patch_size={self.patch_size}')
         size = tuple(to_2tuple(self.img_size))

@@ -65,7 +65,7 @@ from zoo.layers import (
     PreNormBlock2d,
     PreNormBlockCl,
 )
-from zoo.layers._checks import check_channels_last, check_nchw
+from zoo.layers._checks import check_channels_last, check_nchw, check_number
 from zoo.layers.routing import check_routing_args, lepe_conv
 
 from ._helpers import (
@@ -146,8 +146,7 @@ class BiFormerCfg:
         if self.bra == 'legacy' and any(t > self.n_win ** 2 for t in self.topks):
             raise ValueError(f'topks must be <= n_win ** 2 = {self.n_win ** 2} with the legacy BRA, '
                              f'got topks={self.topks}')
-        if self.mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        check_number('mlp_ratio', self.mlp_ratio, 0, low_open=True)
         if self.layout not in _LAYOUTS:
             raise ValueError(f'layout must be one of {_LAYOUTS}, got layout={self.layout!r}')
         if self.bra not in _BRAS:

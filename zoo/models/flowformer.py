@@ -51,6 +51,7 @@ from timm.layers import Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from zoo.layers import FlowAttention, PatchEmbedCl, PreNormBlockCl
+from zoo.layers._checks import check_number
 from zoo.layers.partition import is_exporting, pad_needed
 
 from ._helpers import (
@@ -98,8 +99,7 @@ class FlowformerCfg:
         if self.num_heads < 1 or any(c % self.num_heads for c in self.embed_dims):
             raise ValueError(f'num_heads must divide every stage width {self.embed_dims}, got '
                              f'num_heads={self.num_heads}')
-        if self.mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        check_number('mlp_ratio', self.mlp_ratio, 0, low_open=True)
         if not self.layer_scale > 0:
             raise ValueError(f'layer_scale must be > 0, got layer_scale={self.layer_scale}')
         if self.patch_size < 1:

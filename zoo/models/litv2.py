@@ -53,6 +53,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import calculate_drop_path_rates
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
+from zoo.layers._checks import check_number
 from zoo.layers.block import PreNormBlockCl
 from zoo.layers.deform_merge import IMPLS, DeformTokenMergeCl
 from zoo.layers.hilo import HiLoAttentionCl, hilo_head_split
@@ -115,8 +116,7 @@ class LITv2Cfg:
                 raise ValueError(f'num_heads must divide the stage widths {self.dims} of the attention stages, '
                                  f'got num_heads={self.num_heads}')
         hilo_head_split(1, self.alpha, 1)  # alpha in [0, 1]
-        if self.mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        check_number('mlp_ratio', self.mlp_ratio, 0, low_open=True)
         if self.patch_size < 1:
             raise ValueError(f'patch_size must be >= 1, got patch_size={self.patch_size}')
         if self.deform_impl not in IMPLS:

@@ -63,6 +63,7 @@ from zoo.layers import (
     PatchMergingCl,
     PreNormBlockCl,
 )
+from zoo.layers._checks import check_number
 
 from ._helpers import (
     ClassifierMixin,
@@ -143,8 +144,7 @@ class NatCfg:
             raise ValueError(f'attn must be one of {_ATTNS}, got attn={self.attn!r}')
         if self.attn == 'global_rpb' and not self.isotropic:
             raise ValueError("attn='global_rpb' is only supported with isotropic=True")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        check_number('mlp_ratio', self.mlp_ratio, 0, low_open=True)
         if self.patch_size < 1:
             raise ValueError(f'patch_size must be >= 1, got patch_size={self.patch_size}')
 

@@ -63,7 +63,7 @@ from zoo.layers import (
     Rope2d,
     to_channels_last,
 )
-from zoo.layers._checks import check_drop
+from zoo.layers._checks import check_drop, check_number
 
 from ._helpers import (
     StagedModelMixin,
@@ -118,8 +118,7 @@ class RavltCfg:
                                  f'embed_dims={self.embed_dims}, num_heads={self.num_heads}')
         if any(t not in _ATTN for t in self.attn_types):
             raise ValueError(f'attn_types must be {_ATTN} per stage, got attn_types={self.attn_types}')
-        if self.mlp_ratio <= 0:
-            raise ValueError(f'mlp_ratio must be > 0, got mlp_ratio={self.mlp_ratio}')
+        check_number('mlp_ratio', self.mlp_ratio, 0, low_open=True)
         if self.head_hidden_size < 1:
             raise ValueError(f'head_hidden_size must be >= 1, got head_hidden_size={self.head_hidden_size}')
 
