@@ -55,6 +55,19 @@ def filter_fn_for(name: str):
     return fn
 
 
+def check_out_path(path: str, folder: bool) -> None:
+    """Refuse an output path of the wrong kind before any work: a folder to write (``folder``) that is an existing
+    file, or a file to write that is an existing folder.
+
+    Raises:
+        ValueError: naming the path and what it must be.
+    """
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f'out: {path!r} is a file; give the folder to write model.safetensors and config.json to')
+    if not folder and os.path.isdir(path):
+        raise ValueError(f'out: {path!r} is a folder; give the file to write')
+
+
 def _num_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
     head = state_dict.get('head.fc.weight')
     return int(head.shape[0]) if head is not None and head.dim() == 2 else None
@@ -88,6 +101,7 @@ def convert_checkpoint(
     import timm
     from timm.models import save_for_hf
 
+    check_out_path(out_dir, folder=True)
     filter_fn = filter_fn_for(model_name)
     checkpoint = read_checkpoint(official)
     state_dict, entry = select_weights(checkpoint, weights)

@@ -188,6 +188,9 @@ def export_checkpoint(
         ValueError: unreadable checkpoint, no EMA weights with ``ema=True``, or weights that do not fit the model.
     """
     from timm.models import save_for_hf
+
+    from .convert import check_out_path
+    check_out_path(out_dir, folder=True)
     ckpt = load_training_checkpoint(ckpt_path)
     hparams = dict(ckpt['hyper_parameters'])
     state_dict = model_state_dict(ckpt, ema=ema)

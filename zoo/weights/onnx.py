@@ -42,6 +42,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from timm.layers import padding as timm_padding
 
+from .convert import check_out_path
+
 __all__ = ['onnx_export_mode', 'export_onnx', 'check_onnx', 'load_model', 'register']
 
 _BACKEND_ENV = ('ZOO_NA_BACKEND', 'ZOO_BRA_BACKEND')
@@ -235,6 +237,7 @@ def export_onnx(
     if input_size is None:
         input_size = tuple(timm.data.resolve_data_config({}, model=model)['input_size'])
     _check_export_args(model, input_size, atol, opset)
+    check_out_path(path, folder=False)
     info = _export_verified(model, path, tuple(input_size), dynamic_hw, dynamic_batch, atol, opset, optimize, seed)
     _check_written_opset(path, opset)
     return info
@@ -350,6 +353,7 @@ def load_model(name: str, file: Optional[str] = None, weights: Optional[str] = N
     if file is None:
         return timm.create_model(name).eval()
     if os.path.isdir(file):
+        _check_folder_architecture(file, name)
         return timm.create_model(f'local-dir:{os.path.abspath(file)}', pretrained=True).eval()
     state_dict, _ = select_weights(read_checkpoint(file), weights)
     model = timm.create_model(name)
@@ -360,6 +364,21 @@ def load_model(name: str, file: Optional[str] = None, weights: Optional[str] = N
         converted = filter_fn(state_dict, model)
     load_into(model, converted, what=file)
     return model.eval()
+
+
+def _check_folder_architecture(folder: str, name: str) -> None:
+    """A hub folder (``config.json`` + weights) holds ``name``'s weights: timm builds the folder's architecture,
+    which would otherwise be exported under another model's name."""
+    import json
+    config = os.path.join(folder, 'config.json')
+    if not os.path.isfile(config):
+        raise ValueError(f'file: folder {folder!r} has no config.json (write one with python -m zoo.weights export '
+                         f'or convert), or give the weights file itself')
+    with open(config) as f:
+        arch = json.load(f).get('architecture')
+    if arch != name:
+        raise ValueError(f'file: folder {folder!r} holds {arch!r} weights (its config.json architecture), not '
+                         f'{name!r}: give --model {arch}')
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -195,3 +195,34 @@ def test_unsafe_official_file_refused(tmp_path):
     with pytest.raises(ValueError, match='refused'):
         convert_checkpoint(name, str(path), str(tmp_path / 'out'), model_kwargs=kwargs)
     assert not marker.exists()
+
+
+def test_output_paths_of_the_wrong_kind_are_named(tmp_path):
+    """convert / export write folders, onnx a file: an existing file or folder in the other role is named before any
+    work (export raised ``FileExistsError`` from ``os.mkdir``, onnx ``IsADirectoryError`` after the export)."""
+    from zoo.weights.onnx import export_onnx
+    model = timm.create_model('maxvit_zoo_test').eval()
+    weights = tmp_path / 'maxvit.pth'
+    torch.save(model.state_dict(), weights)
+    with pytest.raises(ValueError, match=r"^out: '.*maxvit.pth' is a file; give the folder"):
+        convert_checkpoint('maxvit_zoo_test', str(weights), str(weights))
+    with pytest.raises(ValueError, match=r"^out: '.*' is a folder; give the file to write$"):
+        export_onnx(model, str(tmp_path), optimize=False)
+    from zoo.weights.export import export_checkpoint
+    with pytest.raises(ValueError, match=r"^out: '.*maxvit.pth' is a file; give the folder"):
+        export_checkpoint(str(weights), str(weights))
+
+
+def test_onnx_of_a_hub_folder_checks_its_architecture(tmp_path):
+    """A hub folder is built by timm from its config.json: asked for another model, the export named the asked one
+    but traced the folder's."""
+    from zoo.weights.onnx import load_model
+    model = timm.create_model('maxvit_zoo_test', num_classes=7).eval()
+    torch.save(model.state_dict(), tmp_path / 'maxvit.pth')
+    convert_checkpoint('maxvit_zoo_test', str(tmp_path / 'maxvit.pth'), str(tmp_path / 'hub'))
+    assert load_model('maxvit_zoo_test', str(tmp_path / 'hub')).num_classes == 7
+    with pytest.raises(ValueError, match=r"holds 'maxvit_zoo_test' weights .*not 'nat_test': give --model "
+                                         r"maxvit_zoo_test$"):
+        load_model('nat_test', str(tmp_path / 'hub'))
+    with pytest.raises(ValueError, match=r'has no config.json'):
+        load_model('nat_test', str(tmp_path))
