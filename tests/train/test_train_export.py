@@ -11,6 +11,7 @@ from train_helpers import DEMO, QUIET, REPO, logger_args, run_cli, subprocess_en
 
 import zoo  # noqa: F401
 from zoo.models._flops import count_gmacs
+from zoo.train.errors import ConfigError
 from zoo.weights.export import export_checkpoint, load_training_checkpoint
 
 
@@ -115,6 +116,12 @@ def test_finetune_from_export_gets_a_new_head(trained_run, tmp_path):
         assert torch.equal(value, trained[key]), key
     assert other.model.get_classifier().out_features == 3
     assert torch.equal(other.model.state_dict()['patch_embed.proj.0.weight'], trained['patch_embed.proj.0.weight'])
+    # an export of another architecture is named, even where the keys and shapes would fit (NAT into DiNAT);
+    # the folder's weights file itself still loads into it
+    with pytest.raises(ConfigError, match=r"holds 'nat_test' weights .*model_name='dinat_test'"):
+        ClassifierModule(model_name='dinat_test', num_classes=10, pretrained=str(out))
+    dinat = ClassifierModule(model_name='dinat_test', num_classes=10, pretrained=str(out / 'model.safetensors'))
+    assert torch.equal(dinat.model.state_dict()['patch_embed.proj.0.weight'], trained['patch_embed.proj.0.weight'])
 
 
 def test_card_gmacs_of_a_published_model_match_the_readme(tmp_path):

@@ -411,13 +411,14 @@ def create_timm_model(
     if drop_path_rate is not None:
         kwargs['drop_path_rate'] = drop_path_rate
     if pretrained:
-        file, head_classes = _pretrained_source(pretrained, pretrained_num_classes, num_classes)
+        file, head_classes = _pretrained_source(pretrained, pretrained_num_classes, num_classes, model_name)
         kwargs['pretrained'] = True
         kwargs['pretrained_cfg_overlay'] = dict(file=file, num_classes=head_classes)
     return factory.create_model(model_name, input_size=img_size, num_classes=num_classes, **kwargs)
 
 
-def _pretrained_source(path: str, head_classes: Optional[int], num_classes: int) -> Tuple[str, int]:
+def _pretrained_source(path: str, head_classes: Optional[int], num_classes: int,
+                       model_name: str) -> Tuple[str, int]:
     if os.path.isdir(path):
         import json
         config = os.path.join(path, 'config.json')
@@ -426,7 +427,14 @@ def _pretrained_source(path: str, head_classes: Optional[int], num_classes: int)
             raise ConfigError(f'pretrained: folder {path!r} lacks config.json/model.safetensors '
                              f'(write one with: python -m zoo.weights export).')
         with open(config) as f:
-            head_classes = head_classes if head_classes is not None else json.load(f).get('num_classes')
+            saved = json.load(f)
+        arch = saved.get('architecture')
+        if arch is not None and arch != model_name:
+            raise ConfigError(
+                f'pretrained: folder {path!r} holds {arch!r} weights (its config.json), but model_name='
+                f'{model_name!r}. Give --model.model_name {arch}, or the folder\'s model.safetensors itself to load '
+                f'the weights into another architecture with the same keys.')
+        head_classes = head_classes if head_classes is not None else saved.get('num_classes')
         return file, head_classes if head_classes is not None else num_classes
     if not os.path.isfile(path):
         raise ConfigError(f'pretrained: {path!r} is neither a weights file nor an export folder.')
