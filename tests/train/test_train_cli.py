@@ -214,6 +214,22 @@ def test_resume_last_without_checkpoint_is_a_clear_error(tmp_path):
         run_cli(['fit', '-c', DEMO, *QUIET, *logger_args(tmp_path / 'logs', 'fresh'), '--ckpt_path', 'last'])
 
 
+@pytest.mark.parametrize('subcommand', ['fit', 'validate', 'test', 'predict'])
+def test_bad_ckpt_path_is_named_before_the_run(tmp_path, subcommand):
+    """LightningCLI reads ``ckpt_path`` before any hook: a missing file was a ``FileNotFoundError`` (fit), a corrupt
+    one a ``KeyError`` from torch's legacy reader, a weights file a weights-only refusal."""
+    from safetensors.torch import save_file
+    junk, weights = tmp_path / 'junk.ckpt', tmp_path / 'weights.safetensors'
+    junk.write_text('junk\n')
+    save_file({'w': torch.zeros(2)}, str(weights))
+    for path, match in [(tmp_path / 'missing.ckpt', r"--ckpt_path: no such file '.*missing.ckpt'"),
+                        (junk, r"--ckpt_path: '.*junk.ckpt' is not a readable checkpoint \(truncated or corrupt\?\)"),
+                        (weights, r'--ckpt_path: .* is not a training checkpoint of zoo.train.ClassifierModule')]:
+        with pytest.raises(ConfigError, match=match):
+            run_cli([subcommand, '-c', DEMO, *QUIET, *logger_args(tmp_path / 'logs', subcommand),
+                     '--ckpt_path', str(path)])
+
+
 @pytest.mark.slow
 def test_demo_reaches_95_percent(tmp_path):
     """The README's first command: >= 95% validation accuracy (the demo's target, on 2 CPU cores in < 5 min)."""

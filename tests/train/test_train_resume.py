@@ -13,6 +13,8 @@ import torch
 from train_helpers import DEMO, QUIET, logger_args, run_cli
 from unsafe_pickles import CreatesFile
 
+from zoo.train.errors import ConfigError
+
 RUN = [
     'fit', '-c', DEMO, *QUIET,
     '--model.drop_path_rate', '0.1', '--model.mixup', '0.8', '--model.cutmix', '1.0', '--model.lr', '2e-3',
@@ -75,10 +77,12 @@ def test_resume_mid_epoch_is_exact(uninterrupted, tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_that_carries_code(tmp_path):
-    """``--ckpt_path`` reads with ``torch.load(weights_only=True)``: the pickle's code is refused, never run."""
+    """``--ckpt_path`` is read safely before the run (and by Lightning with ``torch.load(weights_only=True)``): the
+    pickle's code is refused, never run, and the error names the file and the global."""
     marker = tmp_path / 'pwned'
     ckpt = tmp_path / 'evil.ckpt'
     torch.save({'state_dict': {}, 'epoch': 0, 'global_step': 0, 'payload': CreatesFile(marker)}, ckpt)
-    with pytest.raises(Exception, match='[Ww]eights only load failed|weights_only'):
+    with pytest.raises(ConfigError, match=r"--ckpt_path: '.*evil.ckpt' refused: the pickle references code outside "
+                                          r'the allow-list of safe types \(io.open\); it was not run'):
         run_cli([*RUN, *logger_args(tmp_path, 'evil'), '--trainer.max_epochs', '1', '--ckpt_path', str(ckpt)])
     assert not marker.exists()

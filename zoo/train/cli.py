@@ -82,6 +82,33 @@ def find_last_checkpoint(log_root: str, dirpath: Optional[str] = None) -> Option
     return max(found, key=os.path.getmtime) if found else None
 
 
+# ckpt_path values that Lightning resolves itself
+_LIGHTNING_CKPT_NAMES = ('best', 'last', 'hpc')
+
+
+def check_ckpt_path(config) -> None:
+    """The subcommand's ``ckpt_path`` is a training checkpoint of :class:`ClassifierModule`, read safely before the
+    run starts (Lightning's own load fails deep in ``torch.load`` on a missing, corrupt or foreign file: a
+    ``FileNotFoundError``, a ``KeyError`` of the legacy pickle reader, or a weights-only refusal of a safetensors
+    file). With ``--weights_only false`` (a trusted file that needs more than tensors) only its existence is checked.
+
+    Raises:
+        ConfigError: naming the path and what is wrong with it.
+    """
+    path = config.get('ckpt_path')
+    if not path or path in _LIGHTNING_CKPT_NAMES or str(path).startswith('registry'):
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(f'--ckpt_path: no such file {path!r}.')
+    if config.get('weights_only') is False:
+        return
+    from zoo.weights.export import load_training_checkpoint
+    try:
+        load_training_checkpoint(path)
+    except ValueError as e:
+        raise ConfigError(f"--ckpt_path: {str(e).removeprefix('ckpt: ')}") from None
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI for :class:`~zoo.train.module.ClassifierModule` and any LightningDataModule (digits by default)."""
 
@@ -137,6 +164,13 @@ class ZooCLI(LightningCLI):
             # resume reads the checkpoint with torch.load(weights_only=True): a checkpoint carrying code is refused
             # (Lightning's default, None, unpickles anything); --weights_only false opts out for a trusted file
             config['weights_only'] = True
+        check_ckpt_path(config)  # 'last', resolved here
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyper-parameters here, before any subcommand hook: check it first
+        if self.config.get('subcommand'):
+            check_ckpt_path(self.config[self.config.subcommand])
+        super()._parse_ckpt_path()
 
     def _resolve_last(self) -> str:
         logger = self.trainer.logger
