@@ -180,9 +180,14 @@ def feature_take_indices(num_features: int, indices: Optional[Union[int, List[in
     end) -> the absolute indices and the largest, with a ``ValueError`` naming ``indices`` instead of its ``assert``.
 
     Raises:
+        TypeError: not an int, a sequence of ints or None (a string, a float).
         ValueError: an int outside ``[1, num_features]``, an empty sequence, or an index outside
             ``[-num_features, num_features)``.
     """
+    if not (indices is None or _is_int(indices)
+            or (isinstance(indices, (list, tuple)) and all(_is_int(i) for i in indices))):
+        raise TypeError(f'indices must be an int (the last n features), a sequence of ints or None, got '
+                        f'indices={indices!r}')
     if isinstance(indices, int):
         if not 0 < indices <= num_features:
             raise ValueError(f'indices as an int takes the last n of the {num_features} features: it must be in '
@@ -192,6 +197,10 @@ def feature_take_indices(num_features: int, indices: Optional[Union[int, List[in
             raise ValueError(f'indices must be a non-empty sequence of feature indices in [{-num_features}, '
                              f'{num_features}) (there are {num_features} features), got indices={indices}')
     return _timm_feature_take_indices(num_features, indices)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_classifier_args(num_classes: int, global_pool: Optional[str] = None) -> None:

@@ -102,13 +102,18 @@ def create_model(
         **kwargs: ``timm.create_model`` arguments (``num_classes``, ``pretrained``, ``drop_path_rate``, ...).
 
     Raises:
-        ValueError: an unknown name (with the close matches) or a malformed ``input_size``.
+        ValueError: an unknown name (with the close matches), or an ``input_size`` of another length or below 1.
+        TypeError: an ``input_size`` that is not made of ints.
     """
     check_model_name(model_name)
-    if input_size is not None and not isinstance(input_size, int):
-        if len(input_size) not in (2, 3):
-            raise ValueError(f'input_size must be S, (H, W) or (C, H, W), got {input_size!r}.')
-        input_size = tuple(input_size)[-2:]
+    if input_size is not None:
+        sequence = isinstance(input_size, (tuple, list))
+        sizes = list(input_size) if sequence else [input_size]
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in sizes):
+            raise TypeError(f'input_size must be S, (H, W) or (C, H, W) of ints, got input_size={input_size!r}.')
+        if (sequence and len(sizes) not in (2, 3)) or min(sizes) < 1:
+            raise ValueError(f'input_size must be S, (H, W) or (C, H, W) of ints >= 1, got input_size={input_size!r}.')
+        input_size = sizes[0] if len(sizes) == 1 else tuple(sizes)[-2:]
     if input_size is not None and 'img_size' not in kwargs and input_spec(model_name).fixed:
         kwargs['img_size'] = input_size
     return timm.create_model(model_name, **kwargs)

@@ -55,3 +55,17 @@ def test_other_models_ignore_the_input_size():
 def test_malformed_input_size():
     with pytest.raises(ValueError, match='input_size'):
         create_model('nat_test', input_size=(1, 3, 64, 64))
+    # a string was split into characters ("img_size=('6', '4')"), a float failed on len()
+    for bad in ('64', 64.5, (64, 64.0), True):
+        with pytest.raises(TypeError, match=r'^input_size must be S, \(H, W\) or \(C, H, W\) of ints, got '):
+            create_model('vitrpb_test', input_size=bad)
+    for bad in (0, (3, 0, 64)):
+        with pytest.raises(ValueError, match=r'^input_size must be S, \(H, W\) or \(C, H, W\) of ints >= 1'):
+            create_model('vitrpb_test', input_size=bad)
+
+
+def test_feature_indices_of_another_type_are_named():
+    import timm
+    for bad in ('0', 1.0, [0, 'x']):
+        with pytest.raises(TypeError, match=r'^indices must be an int \(the last n features\), a sequence of ints'):
+            timm.create_model('nat_test', features_only=True, out_indices=bad)
