@@ -1,5 +1,5 @@
 """The error type for misconfiguration found before training starts, and the argument checks that raise it."""
-from typing import Any, Collection, Optional
+from typing import Any, Collection
 
 from zoo.layers._checks import check_number as layer_check_number
 
@@ -13,24 +13,11 @@ class ConfigError(ValueError):
     """
 
 
-def check_number(
-        name: str,
-        value: Any,
-        low: Optional[float] = None,
-        high: Optional[float] = None,
-        *,
-        low_open: bool = False,
-        high_open: bool = False,
-        integer: bool = False,
-        optional: bool = False,
-) -> None:
-    """Raise :class:`ConfigError` naming ``name`` unless ``value`` is a finite number (an int if ``integer``) in the
-    interval from ``low`` to ``high`` (either may be None: unbounded; closed ends unless ``low_open`` /
-    ``high_open``); None passes when ``optional``. Booleans are not numbers here (the layers' check, as a
-    ``ConfigError``)."""
+def check_number(name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+    """:func:`zoo.layers._checks.check_number` (same arguments: bounds, ``low_open`` / ``high_open``, ``integer``,
+    ``optional``) raising :class:`ConfigError` for a wrong type or value, naming ``name``."""
     try:
-        layer_check_number(name, value, low, high, low_open=low_open, high_open=high_open, integer=integer,
-                           optional=optional)
+        layer_check_number(name, value, *args, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{str(e).replace('(or None)', '(or null)')}.") from None  # YAML spells None null
 
