@@ -95,17 +95,23 @@ def shape_str(x: torch.Tensor) -> str:
 
 
 @register_notrace_function  # a shape test: one opaque node under FX, not control flow on a traced shape
-def check_channels_last(x: torch.Tensor, dim: int) -> None:
-    """Raise ``ValueError`` unless ``x`` is ``[B, H, W, dim]``."""
+def check_channels_last(x: torch.Tensor, dim: int, like: Optional[torch.Tensor] = None) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[B, H, W, dim]``; with a parameter ``like``, also ``TypeError`` unless
+    ``x`` has its dtype (:func:`check_input_dtype`)."""
     if x.dim() != 4 or x.shape[-1] != dim:
         raise ValueError(f'x must have shape [B, H, W, {dim}], got {shape_str(x)}')
+    if like is not None:
+        check_input_dtype(x, like)
 
 
 @register_notrace_function
-def check_nchw(x: torch.Tensor, dim: int) -> None:
-    """Raise ``ValueError`` unless ``x`` is ``[B, dim, H, W]``."""
+def check_nchw(x: torch.Tensor, dim: int, like: Optional[torch.Tensor] = None) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[B, dim, H, W]``; with a parameter ``like``, also ``TypeError`` unless
+    ``x`` has its dtype (:func:`check_input_dtype`)."""
     if x.dim() != 4 or x.shape[1] != dim:
         raise ValueError(f'x must have shape [B, {dim}, H, W], got {shape_str(x)}')
+    if like is not None:
+        check_input_dtype(x, like)
 
 
 # the input dtypes that autocast casts to its own (float64 it leaves as it is)

@@ -45,7 +45,15 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_fused_attn
 from torch._subclasses.fake_tensor import is_fake
 
-from ._checks import check_drop, check_num_heads, check_number, check_qk_scale, shape_str
+from ._checks import (
+    check_drop,
+    check_input_dtype,
+    check_nonempty,
+    check_num_heads,
+    check_number,
+    check_qk_scale,
+    shape_str,
+)
 from .partition import is_exporting, pad_needed
 from .spatial_reduction import SpatialReductionAttentionCl
 
@@ -362,6 +370,8 @@ class AgentAttention(_AgentBiases):
         Raises:
             ValueError: ``x`` or ``size`` does not match.
         """
+        check_input_dtype(x, self.proj.weight)
+        check_nonempty(x)
         P = self.num_prefix_tokens
         if x.dim() == 4 and x.shape[-1] == self.dim and P == 0 and size is None:
             B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
@@ -470,6 +480,8 @@ class AgentSpatialReductionAttentionCl(SpatialReductionAttentionCl, _AgentBiases
         Raises:
             ValueError: ``x`` is not ``[B, H, W, dim]``.
         """
+        check_input_dtype(x, self.proj.weight)
+        check_nonempty(x)
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {shape_str(x)}')
         B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]

@@ -116,7 +116,7 @@ class RpbAttention2d(nn.Module):
         Returns:
             ``[B, H, W, dim]``.
         """
-        check_channels_last(x, self.dim)
+        check_channels_last(x, self.dim, self.qkv.weight)
         B, H, W, C = x.shape
         if H > self.grid_size[0] or W > self.grid_size[1]:
             raise ValueError(

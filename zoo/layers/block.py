@@ -21,14 +21,24 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvMlp, DropPath, LayerNorm2d, LayerScale, LayerScale2d, Mlp
+from timm.layers import ConvMlp, DropPath, LayerNorm2d, LayerScale, LayerScale2d, Mlp, register_notrace_function
 
-from ._checks import check_drop, check_number
+from ._checks import check_drop, check_input_dtype, check_number, shape_str
 
 __all__ = ['PreNormBlockCl', 'PreNormBlock2d']
 
 LayerArg = Optional[Union[Callable[..., nn.Module], nn.Module]]
 InitValues = Optional[Union[float, Sequence[Optional[float]]]]
+
+
+# one opaque node under FX (its autowrap skips names that start with '_'; a parameter argument becomes a get_attr)
+@register_notrace_function
+def check_block_input(x: torch.Tensor, dim: int, channel_dim: int, like: Optional[torch.Tensor]) -> None:
+    if x.dim() < 2 or x.shape[channel_dim] != dim:
+        where = '[B, ..., dim]' if channel_dim == -1 else '[B, dim, H, W]'
+        raise ValueError(f'x must have shape {where} with dim={dim}, got {shape_str(x)}')
+    if like is not None:
+        check_input_dtype(x, like)
 
 
 def _split_init_values(init_values: InitValues) -> Tuple[Optional[float], Optional[float]]:
@@ -134,7 +144,15 @@ class PreNormBlockCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, ..., dim]`` tokens (as the attention takes them) -> the same shape."""
+        self._check_input(x, -1)
         return self.forward_branches(x)
+
+    def _check_input(self, x: torch.Tensor, channel_dim: int) -> None:
+        """``x`` has ``dim`` channels at ``channel_dim`` and the parameters' dtype (before the first norm sees it)."""
+        like: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # TorchScript cannot iterate the parameters: the shape alone there
+            like = next(self.parameters())
+        check_block_input(x, self.dim, channel_dim, like)
 
     def forward_branches(self, x: torch.Tensor) -> torch.Tensor:
         """The two residual branches; subclasses that wrap :meth:`forward` call this (TorchScript has no
@@ -180,4 +198,5 @@ class PreNormBlock2d(PreNormBlockCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        self._check_input(x, 1)
         return self.forward_branches(x)

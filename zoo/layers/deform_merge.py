@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple
 from torchvision.ops import deform_conv2d
 
-from ._checks import shape_str
+from ._checks import check_input_dtype, shape_str
 from .partition import pad_needed
 
 __all__ = ['DeformConv2dPack', 'DeformTokenMergeCl', 'deform_conv2d_sampled']
@@ -148,6 +148,7 @@ class DeformConv2dPack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_channels, H, W]`` -> ``[B, out_channels, H', W']`` (conv output size)."""
+        check_input_dtype(x, self.weight)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'x must have shape [B, {self.in_channels}, H, W], got {shape_str(x)}')
         offset = self.conv_offset(x)
@@ -216,6 +217,7 @@ class DeformTokenMergeCl(nn.Module):
         """``[B, H, W, dim]`` -> ``[B, max(H, 2) // 2, max(W, 2) // 2, out_dim]``."""
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f'x must have shape [B, H, W, {self.dim}], got {shape_str(x)}')
+        check_input_dtype(x, self.dconv.weight)
         x = x.permute(0, 3, 1, 2)
         pad_b, pad_r = max(0, 2 - x.shape[2]), max(0, 2 - x.shape[3])
         if pad_needed(pad_b, pad_r):

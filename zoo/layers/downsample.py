@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from ._checks import check_channels_last, check_nchw
 from .partition import pad_needed
 
 __all__ = ['ConvDownsampleCl', 'ConvDownsample2d', 'PatchMergingCl']
@@ -52,6 +53,7 @@ class ConvDownsampleCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, ceil(H/2), ceil(W/2), out_dim]``."""
+        check_channels_last(x, self.reduction.in_channels, self.reduction.weight)
         x = self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.norm(x)
 
@@ -90,6 +92,7 @@ class ConvDownsample2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, out_dim, ceil(H/2), ceil(W/2)]``."""
+        check_nchw(x, self.reduction.in_channels, self.reduction.weight)
         return self.norm(self.reduction(x))
 
 
@@ -126,6 +129,7 @@ class PatchMergingCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, ceil(H/2), ceil(W/2), out_dim]``."""
+        check_channels_last(x, self.reduction.in_features // 4, self.reduction.weight)
         B, H, W, C = x.shape
         pad_b, pad_r = H % 2, W % 2
         if pad_needed(pad_b, pad_r):

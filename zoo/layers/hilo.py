@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_drop, check_input_dtype, check_nonempty, check_num_heads, check_qk_scale
 from .partition import pad_needed
 
 __all__ = ['HiLoAttentionCl', 'hilo_head_split']
@@ -167,6 +167,9 @@ class HiLoAttentionCl(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``, any ``H, W >= 1``."""
         check_channels_last(x, self.dim)
+        check_nonempty(x)
+        if not torch.jit.is_scripting():  # Lo-Fi or Hi-Fi parameters alone exist at alpha 1 / 0
+            check_input_dtype(x, next(self.parameters()))
         B, H, W, C = x.shape
         s = self.ws
         pad_b, pad_r = -H % s, -W % s

@@ -128,7 +128,7 @@ class MbConvBlock2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chs, H, W]`` -> ``[B, out_chs, ceil(H / stride), ceil(W / stride)]`` ('same' padding)."""
-        check_nchw(x, self.in_chs)
+        check_nchw(x, self.in_chs, self.conv1_1x1.weight)
         # hasattr, not isinstance: TorchScript resolves it when compiling (a scripted Conv2d is no nn.Conv2d)
         if hasattr(self.shortcut, 'pool'):
             shortcut = self.shortcut.pool(x)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ._checks import check_drop, shape_str
+from ._checks import check_drop, check_input_dtype, shape_str
 from .pos_conv import DwConvCl
 
 __all__ = ['ConvFfnCl']
@@ -77,6 +77,7 @@ class ConvFfnCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, in_features]`` -> ``[B, H, W, out_features]``."""
+        check_input_dtype(x, self.fc1.weight)
         if x.dim() != 4 or x.shape[-1] != self.fc1.in_features:
             raise ValueError(f'x must have shape [B, H, W, {self.fc1.in_features}], got {shape_str(x)}')
         x = self.fc1(x)

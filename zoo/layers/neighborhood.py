@@ -126,7 +126,7 @@ class NeighborhoodAttention2d(nn.Module):
         Returns:
             ``[B, H, W, dim]``.
         """
-        check_channels_last(x, self.dim)
+        check_channels_last(x, self.dim, self.qkv.weight)
         B, H, W, C = x.shape
         pad_b, pad_r = na_pad_size((H, W), self.kernel_size, self.dilation)
         if pad_needed(pad_b, pad_r):

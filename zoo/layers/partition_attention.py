@@ -130,7 +130,7 @@ class PartitionAttentionCl(nn.Module):
         Raises:
             ValueError: ``x`` is not ``[B, H, W, dim]``.
         """
-        check_channels_last(x, self.dim)
+        check_channels_last(x, self.dim, self.qkv.weight)
         return self._forward(x, is_exporting())
 
     def _forward(self, x: torch.Tensor, full_partition: bool) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
-from ._checks import check_number, shape_str
+from ._checks import check_input_dtype, check_nchw, check_number, shape_str
 
 __all__ = ['PointwiseConv2d', 'is_channels_last', 'to_channels_last']
 
@@ -76,11 +76,13 @@ class PointwiseConv2d(nn.Conv2d):
         Raises:
             ValueError: ``out_scale`` not ``[out_channels]``.
         """
+        check_nchw(x, self.in_channels, self.weight)
         weight, bias = self.weight, self.bias
         output_scale: Optional[torch.Tensor] = None
         if out_scale is not None:
             if out_scale.dim() != 1 or out_scale.shape[0] != self.out_channels:
                 raise ValueError(f'out_scale must have shape [{self.out_channels}], got {shape_str(out_scale)}')
+            check_input_dtype(out_scale, weight, 'out_scale')
             if x.numel() > x.shape[1] * weight.shape[1]:  # B * H * W > in_channels: fold into the parameters
                 weight = weight * out_scale.reshape(-1, 1, 1, 1)
                 bias = bias * out_scale if bias is not None else None

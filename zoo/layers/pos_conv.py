@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
-from ._checks import shape_str
+from ._checks import check_channels_last, check_nchw, shape_str
 
 __all__ = ['DwConv2d', 'DwConvCl', 'Cpe2d', 'CpeCl', 'depthwise_conv2d']
 
@@ -150,6 +150,7 @@ class DwConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        check_nchw(x, self.in_channels, self.weight)
         return self._conv_forward(x, self.weight, self.bias)
 
 
@@ -158,6 +159,7 @@ class DwConvCl(DwConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
+        check_channels_last(x, self.in_channels, self.weight)
         return self._conv_forward(x.permute(0, 3, 1, 2), self.weight, self.bias).permute(0, 2, 3, 1)
 
 
@@ -166,6 +168,7 @@ class Cpe2d(DwConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, dim, H, W]`` -> ``[B, dim, H, W]``."""
+        check_nchw(x, self.in_channels, self.weight)
         return x + self._conv_forward(x, self.weight, self.bias)
 
 
@@ -174,4 +177,5 @@ class CpeCl(DwConvCl):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
+        check_channels_last(x, self.in_channels, self.weight)
         return x + self._conv_forward(x.permute(0, 3, 1, 2), self.weight, self.bias).permute(0, 2, 3, 1)

@@ -44,11 +44,20 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_function, register_notrace_module
 
 from zoo_kernels.routing import routed_attention
 
-from ._checks import check_channels_last, check_nchw, check_num_heads, check_number, check_qk_scale
+from ._checks import (
+    check_channels_last,
+    check_input_dtype,
+    check_nchw,
+    check_nonempty,
+    check_num_heads,
+    check_number,
+    check_qk_scale,
+    shape_str,
+)
 from .partition import is_exporting, pad_needed
 from .pos_conv import DwConv2d, DwConvCl
 from .spatial_reduction import spatial_pool_cl
@@ -91,6 +100,16 @@ def gather_routed_attention(
     return attn.softmax(dim=-1) @ v_sel.flatten(3, 4)
 
 
+@register_notrace_function
+def check_region_tokens(q_r: torch.Tensor, k_r: torch.Tensor, qk_dim: int) -> None:
+    """Region descriptors ``q_r [B, nR, qk_dim]`` and ``k_r [B, nRk, qk_dim]``, floating point, of one dtype."""
+    if q_r.dim() != 3 or k_r.dim() != 3 or q_r.shape[-1] != qk_dim or k_r.shape[-1] != qk_dim or \
+            k_r.shape[0] != q_r.shape[0]:
+        raise ValueError(f'q_r and k_r must be [B, nR, {qk_dim}] and [B, nRk, {qk_dim}], got q_r={shape_str(q_r)}, '
+                         f'k_r={shape_str(k_r)}')
+    check_input_dtype(q_r, k_r, 'q_r')  # k_r's dtype (the emb, when there is one, checks against its weight)
+
+
 class RegionRouter(nn.Module):
     """Region-to-region routing: the ``topk`` key regions of highest ``(emb(q_r) * scale) emb(k_r)^T`` per query region.
 
@@ -123,6 +142,7 @@ class RegionRouter(nn.Module):
         super().__init__()
         check_number('topk', topk, 1, integer=True)
         check_number('qk_dim', qk_dim, 1, integer=True)
+        self.qk_dim = qk_dim
         if param_routing and not diff_routing:
             raise ValueError('param_routing=True needs diff_routing=True: a routing Linear on detached descriptors '
                              'would never be trained')
@@ -133,6 +153,7 @@ class RegionRouter(nn.Module):
 
     def forward(self, q_r: torch.Tensor, k_r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``q_r [B, nR, c]``, ``k_r [B, nRk, c]`` -> ``(r_weight, r_idx)``, both ``[B, nR, min(topk, nRk)]``."""
+        check_region_tokens(q_r, k_r, self.qk_dim)
         if not self.diff_routing:
             q_r, k_r = q_r.detach(), k_r.detach()
         q_r, k_r = self.emb(q_r), self.emb(k_r)
@@ -158,6 +179,7 @@ class QkvLinear(nn.Module):
         self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels_last(x, self.dim, self.qkv.weight)
         return self.qkv(x)
 
 
@@ -292,7 +314,8 @@ class BiLevelRoutingAttention(nn.Module):
         Returns:
             ``[B, H, W, dim]``.
         """
-        check_channels_last(x, self.dim)
+        check_channels_last(x, self.dim, self.qkv.qkv.weight)
+        check_nonempty(x)
         B, H, W, C = x.shape
         n = self.n_win
         pad_b, pad_r = -H % n, -W % n
@@ -419,7 +442,8 @@ class BiLevelRoutingAttention2d(nn.Module):
         Returns:
             ``[B, dim, H, W]``.
         """
-        check_nchw(x, self.dim)
+        check_nchw(x, self.dim, self.qkv_linear.weight)
+        check_nonempty(x)
         B, C, H, W = x.shape
         region = (max(1, H // self.n_win), max(1, W // self.n_win))
         q, k, v = self.qkv_linear(x).chunk(3, dim=1)

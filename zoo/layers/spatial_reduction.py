@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale
+from ._checks import check_channels_last, check_drop, check_nonempty, check_num_heads, check_qk_scale
 from .partition import pad_needed
 
 __all__ = ['SpatialReductionAttentionCl', 'spatial_pool_cl', 'POOL_MODES']
@@ -157,7 +157,8 @@ class SpatialReductionAttentionCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, dim]`` -> ``[B, H, W, dim]``."""
-        check_channels_last(x, self.dim)
+        check_channels_last(x, self.dim, self.q.weight)
+        check_nonempty(x)
         B, H, W, C = x.shape
         q = self.q(x).reshape(B, H * W, self.num_heads, self.head_dim).transpose(1, 2)
         kv = self.kv(self.reduce(x)).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ._checks import check_size_pair
+from ._checks import check_nchw, check_size_pair
 from .partition import pad_needed
 
 __all__ = ['ConvStemCl', 'PatchEmbedCl', 'ConvStem2d', 'PatchEmbed2d']
@@ -62,6 +62,7 @@ class ConvStemCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, ceil(H/4), ceil(W/4), embed_dim]``."""
+        check_nchw(x, self.proj[0].in_channels, self.proj[0].weight)
         x = self.proj(x).permute(0, 2, 3, 1)
         return self.norm(x)
 
@@ -102,6 +103,7 @@ class PatchEmbedCl(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, ceil(H/p), ceil(W/p), embed_dim]`` (right/bottom zero padding)."""
+        check_nchw(x, self.proj.in_channels, self.proj.weight)
         H, W = x.shape[-2:]
         pad_b = -H % self.patch_size[0]
         pad_r = -W % self.patch_size[1]
@@ -153,6 +155,7 @@ class ConvStem2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, embed_dim, ceil(H/4), ceil(W/4)]``."""
+        check_nchw(x, self.conv1.in_channels, self.conv1.weight)
         x = self.act(self.norm1(self.conv1(x)))
         return self.norm2(self.conv2(x))
 
@@ -200,6 +203,7 @@ class PatchEmbed2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> ``[B, embed_dim, H/p, W/p]`` (floored, or ceiled with ``pad``)."""
+        check_nchw(x, self.proj.in_channels, self.proj.weight)
         if self.norm_first:
             x = self.norm(x)
         if self.pad:
