@@ -50,7 +50,6 @@ from zoo_kernels.routing import routed_attention
 
 from ._checks import (
     check_channels_last,
-    check_input_dtype,
     check_nchw,
     check_nonempty,
     check_num_heads,
@@ -107,7 +106,8 @@ def check_region_tokens(q_r: torch.Tensor, k_r: torch.Tensor, qk_dim: int) -> No
             k_r.shape[0] != q_r.shape[0]:
         raise ValueError(f'q_r and k_r must be [B, nR, {qk_dim}] and [B, nRk, {qk_dim}], got q_r={shape_str(q_r)}, '
                          f'k_r={shape_str(k_r)}')
-    check_input_dtype(q_r, k_r, 'q_r')  # k_r's dtype (the emb, when there is one, checks against its weight)
+    if not q_r.is_floating_point() or k_r.dtype != q_r.dtype:
+        raise TypeError(f'q_r and k_r must be floating point, of one dtype, got {q_r.dtype} and {k_r.dtype}')
 
 
 class RegionRouter(nn.Module):

@@ -107,7 +107,8 @@ def test_region_router_names_bad_descriptors():
         router(q, torch.randn(1, 4, 9))
     with pytest.raises(ValueError, match=r'q_r and k_r must be'):
         router(q[0], k[0])
-    with pytest.raises(TypeError, match=r'q_r must have the dtype of the parameters \(torch.float32'):
+    with pytest.raises(TypeError, match=r'q_r and k_r must be floating point, of one dtype, got torch.float64 and '
+                                        r'torch.float32'):
         router(q.double(), k)
 
 
