@@ -206,8 +206,7 @@ def _is_int(value: Any) -> bool:
 def check_classifier_args(num_classes: int, global_pool: Optional[str] = None) -> None:
     """The arguments of ``reset_classifier``: raise ``ValueError`` for ``num_classes < 0`` or an unknown
     ``global_pool`` (None: keep the current one)."""
-    if num_classes < 0:
-        raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
+    check_number('num_classes', num_classes, 0, integer=True)
     if global_pool is not None:
         check_global_pool(global_pool)
 

@@ -492,6 +492,11 @@ def test_tiny_rejects_bad_images_by_name(name):
         timm.create_model(name, features_only=True, out_indices=(n,))
     with pytest.raises(ValueError, match='num_classes'):
         model.reset_classifier(-1)
+    for bad in ('10', 10.0):  # compared with 0, or reached torch.empty
+        with pytest.raises(TypeError, match=r'^num_classes must be an int >= 0, got num_classes='):
+            model.reset_classifier(bad)
+    with pytest.raises(TypeError, match=r'^indices must be an int \(the last n features\)'):
+        model.forward_intermediates(_image(name), indices='1')
     with pytest.raises(ValueError, match='global_pool'):
         model.reset_classifier(3, 'bogus')
     with pytest.raises(ValueError, match='global_pool'):
