@@ -311,9 +311,9 @@ class DeitLike(PretrainedFileMixin, nn.Module):
 
         Raises:
             ValueError: ``num_classes < 0`` or ``global_pool`` not one of 'token', 'avg', ''.
+            TypeError: ``num_classes`` not an int.
         """
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got num_classes={num_classes}')
+        check_number('num_classes', num_classes, 0, integer=True)
         if global_pool is not None:
             if global_pool not in _POOLS:
                 raise ValueError(f'global_pool must be one of {_POOLS}, got global_pool={global_pool!r}')
