@@ -116,6 +116,15 @@ def test_classifier_module_arguments_are_checked(kwargs, match):
         ClassifierModule('nat_test', num_classes=kwargs.pop('num_classes', 10), **kwargs)
 
 
+def test_model_kwargs_refused_by_the_model_are_config_errors():
+    """The model's own TypeError / ValueError for a ``model_kwargs`` entry reaches the CLI as a ConfigError (printed,
+    exit 2) naming the model; it was a traceback."""
+    with pytest.raises(ConfigError, match=r"^nat_test: mlp_ratio must be a number, got mlp_ratio='x'$"):
+        ClassifierModule('nat_test', num_classes=10, model_kwargs=dict(mlp_ratio='x'))
+    with pytest.raises(ConfigError, match=r'^nat_test: num_heads must give one int >= 1 per stage'):
+        ClassifierModule('nat_test', num_classes=10, model_kwargs=dict(depths=(2, 2)))
+
+
 def test_classifier_module_takes_the_edges_of_every_range():
     module = ClassifierModule(
         'nat_test', num_classes=2, pretrained_num_classes=0, drop_rate=0.0, drop_path_rate=0.0, lr=1e-3,

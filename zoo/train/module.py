@@ -414,7 +414,12 @@ def create_timm_model(
         file, head_classes = _pretrained_source(pretrained, pretrained_num_classes, num_classes, model_name)
         kwargs['pretrained'] = True
         kwargs['pretrained_cfg_overlay'] = dict(file=file, num_classes=head_classes)
-    return factory.create_model(model_name, input_size=img_size, num_classes=num_classes, **kwargs)
+    try:
+        return factory.create_model(model_name, input_size=img_size, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as e:  # a model / model_kwargs argument the model refuses, named by the model
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f'{model_name}: {e}') from e
 
 
 def _pretrained_source(path: str, head_classes: Optional[int], num_classes: int,

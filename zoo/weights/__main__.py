@@ -24,7 +24,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:  # the argument and file checks raise these, naming what is wrong
         parser.exit(2, f'python -m zoo.weights {args.command}: error: {e}\n')
 
 

@@ -167,6 +167,10 @@ def test_convert_cli_errors(tmp_path, capsys):
         weights_main(['convert', '--model', name, '--official', path, '--out', str(tmp_path),
                       '--model-kwargs', '[1]'])
     assert 'JSON object' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # the model's TypeError for a keyword: an error line, not a traceback
+        weights_main(['convert', '--model', name, '--official', path, '--out', str(tmp_path),
+                      '--model-kwargs', '{"mlp_ratio": "x"}'])
+    assert info.value.code == 2 and "mlp_ratio must be a number, got mlp_ratio='x'" in capsys.readouterr().err
 
 
 def test_convert_native_layout_family(tmp_path):
