@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 from timm.layers import padding as timm_padding
+
+from zoo.layers._checks import check_number
 
 from .convert import check_out_path
 
@@ -250,18 +251,9 @@ def _check_export_args(model: torch.nn.Module, input_size, atol: float, opset: O
         raise TypeError(f'input_size must be (C, H, W), three ints, got input_size={input_size!r}')
     if min(input_size) < 1:
         raise ValueError(f'input_size must be (C, H, W) with every size >= 1, got input_size={tuple(input_size)}')
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)):
-        raise TypeError(f'atol must be a number, got atol={atol!r}')
-    if not math.isfinite(atol) or atol < 0:
-        raise ValueError(f'atol must be a finite number >= 0, got atol={atol}')
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
-        raise TypeError(f'opset must be an int or None, got opset={opset!r}')
-    if opset is not None:
-        import onnx
-        newest = onnx.defs.onnx_opset_version()
-        if not 1 <= opset <= newest:
-            raise ValueError(f'opset must be an ONNX opset version, 1 to {newest} (the newest the installed onnx '
-                             f'knows), got opset={opset}')
+    check_number('atol', atol, 0)
+    import onnx
+    check_number('opset', opset, 1, onnx.defs.onnx_opset_version(), integer=True, optional=True)  # the newest known
     try:
         with torch.no_grad():
             model(torch.zeros(1, *input_size))
