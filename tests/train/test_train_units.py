@@ -49,6 +49,14 @@ def test_digits_module_arguments_are_checked(kwargs, match):
 
 # each was taken silently by timm's transforms (and trained on something else than asked) or failed at the first
 # batch with a KeyError / AssertionError / RuntimeError that did not name the argument
+def test_batch_larger_than_the_training_set_is_named():
+    """drop_last with a batch above the images of a device left no training batch: Lightning skipped training."""
+    dm = DigitsDataModule(batch_size=2000)
+    dm.setup('fit')
+    with pytest.raises(ConfigError, match=r'batch_size=2000 is larger than the 1437 training images of each device'):
+        dm.train_dataloader()
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(img_size=0), r'img_size must be an int >= 1'),
     (dict(batch_size=0), r'batch_size must be an int >= 1'),

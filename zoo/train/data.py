@@ -164,6 +164,11 @@ class _TrainLoaderMixin:
     def _train_loader(self, dataset: Dataset, collate_fn=None) -> DataLoader:
         world, rank = self._world()
         sampler = ResumableSampler(SeededDataset(dataset), num_replicas=world, rank=rank, shuffle=True)
+        if sampler.num_samples < self.hparams.batch_size:  # drop_last: no batch at all, Lightning would skip training
+            raise ConfigError(
+                f'batch_size={self.hparams.batch_size} is larger than the {sampler.num_samples} training images of '
+                f'each device ({len(dataset)} in all over {world} device(s)): with drop_last there is no training '
+                f'batch; lower --data.batch_size.')
         if self._resume_batches is not None:
             epoch, batches = self._resume_batches
             sampler.set_epoch(epoch)
