@@ -80,6 +80,8 @@ def test_batch_larger_than_the_training_set_is_named():
     (dict(re_prob=1.25), r're_prob must be a number in \[0, 1\]'),
     (dict(re_mode='zero'), r"re_mode must be one of \['const', 'pixel', 'rand'\]"),
     (dict(re_count=0), r're_count must be an int >= 1'),
+    (dict(class_names=['cat', 'cat']), r"class_names must be two or more distinct folder names .*\['cat', 'cat'\]"),
+    (dict(class_names=['cat']), r'class_names must be two or more distinct folder names'),
 ])
 def test_image_folder_module_arguments_are_checked(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):

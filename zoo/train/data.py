@@ -374,6 +374,10 @@ def _check_image_folder_args(h: Dict[str, Any]) -> None:
     check_number('re_prob', h['re_prob'], 0, 1)
     check_choice('re_mode', h['re_mode'], ('const', 'rand', 'pixel'))
     check_number('re_count', h['re_count'], 1, integer=True)
+    names = h['class_names']
+    if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
+        raise ConfigError(f'class_names must be two or more distinct folder names (in label order), got '
+                          f'class_names={list(names)!r}.')
     if h['auto_augment'] is not None:
         try:  # timm parses the policy string when it builds the transform (asserting on unknown parts)
             create_transform(8, is_training=True, auto_augment=h['auto_augment'])
