@@ -18,12 +18,12 @@ import difflib
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import timm
 import torch.nn as nn
 
-__all__ = ['InputSpec', 'check_model_name', 'input_spec', 'create_model']
+__all__ = ['InputSpec', 'check_model_name', 'input_spec', 'create_model', 'read_export_config']
 
 _SOURCE_PREFIXES = ('hf-hub:', 'hf_hub:', 'local-dir:', 'timm/')
 
@@ -76,15 +76,24 @@ def input_spec(model_name: str) -> InputSpec:
     check_model_name(model_name)
     cfg = None
     if model_name.startswith('local-dir:'):
-        path = os.path.join(model_name[len('local-dir:'):], 'config.json')
-        if os.path.isfile(path):
-            with open(path) as f:
-                cfg = json.load(f).get('pretrained_cfg') or {}
+        saved = read_export_config(model_name[len('local-dir:'):])
+        if saved is not None:
+            cfg = saved.get('pretrained_cfg') or {}
     elif not model_name.startswith(_SOURCE_PREFIXES):
         pretrained_cfg = timm.get_pretrained_cfg(model_name, allow_unregistered=True)
         cfg = pretrained_cfg.to_dict() if pretrained_cfg is not None else None
     cfg = cfg or {}
     return InputSpec(tuple(cfg.get('input_size') or (3, 224, 224)), bool(cfg.get('fixed_input_size', False)))
+
+
+def read_export_config(folder: str) -> Optional[Dict[str, Any]]:
+    """The ``config.json`` of a hub folder (``python -m zoo.weights export`` / ``convert``, timm's ``save_for_hf``:
+    ``architecture``, ``num_classes``, ``pretrained_cfg`` ...), or None when the folder has none."""
+    path = os.path.join(folder, 'config.json')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def create_model(

@@ -425,14 +425,11 @@ def create_timm_model(
 def _pretrained_source(path: str, head_classes: Optional[int], num_classes: int,
                        model_name: str) -> Tuple[str, int]:
     if os.path.isdir(path):
-        import json
-        config = os.path.join(path, 'config.json')
         file = os.path.join(path, 'model.safetensors')
-        if not os.path.isfile(config) or not os.path.isfile(file):
+        saved = factory.read_export_config(path)
+        if saved is None or not os.path.isfile(file):
             raise ConfigError(f'pretrained: folder {path!r} lacks config.json/model.safetensors '
                              f'(write one with: python -m zoo.weights export).')
-        with open(config) as f:
-            saved = json.load(f)
         arch = saved.get('architecture')
         if arch is not None and arch != model_name:
             raise ConfigError(

@@ -361,13 +361,12 @@ def load_model(name: str, file: Optional[str] = None, weights: Optional[str] = N
 def _check_folder_architecture(folder: str, name: str) -> None:
     """A hub folder (``config.json`` + weights) holds ``name``'s weights: timm builds the folder's architecture,
     which would otherwise be exported under another model's name."""
-    import json
-    config = os.path.join(folder, 'config.json')
-    if not os.path.isfile(config):
+    from zoo.models.factory import read_export_config
+    saved = read_export_config(folder)
+    if saved is None:
         raise ValueError(f'file: folder {folder!r} has no config.json (write one with python -m zoo.weights export '
                          f'or convert), or give the weights file itself')
-    with open(config) as f:
-        arch = json.load(f).get('architecture')
+    arch = saved.get('architecture')
     if arch != name:
         raise ValueError(f'file: folder {folder!r} holds {arch!r} weights (its config.json architecture), not '
                          f'{name!r}: give --model {arch}')
