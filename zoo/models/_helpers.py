@@ -86,7 +86,7 @@ def _matches_hint(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return _is_int(value)
     if hint is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if hint is str:
