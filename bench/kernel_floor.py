@@ -25,7 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .common import fmt_ratio, machine, markdown_table, time_fns
-from .models import _build, _step_fn
+from .models import build_model, step_fn
 
 __all__ = ['DENSE', 'NORM_ACT', 'kernel_times', 'measure', 'main']
 
@@ -63,9 +63,9 @@ def measure(names: List[str], batch: int, img_size: int, mode: str, rounds: int,
             drop_path: float = 0.1) -> Dict[str, Dict[str, float]]:
     """Per model: ``step`` (median wall seconds of the round-robin timing) and the medians of :func:`kernel_times`,
     over ``rounds`` rounds of timing then profiling, all models built once in this process."""
-    models = {n: _build(n, 'cpu', img_size, mode, drop_path) for n in names}
+    models = {n: build_model(n, 'cpu', img_size, mode, drop_path) for n in names}
     x = torch.randn(batch, 3, img_size, img_size)
-    steps = {n: _step_fn(m, x, mode) for n, m in models.items()}
+    steps = {n: step_fn(m, x, mode) for n, m in models.items()}
     samples: Dict[str, Dict[str, List[float]]] = {n: {'step': [], 'dense': [], 'norm_act': [], 'total': []}
                                                   for n in names}
     for _ in range(rounds):

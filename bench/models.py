@@ -50,8 +50,11 @@ PEER_SHORT = {'swin_tiny_patch4_window7_224': 'swin_t', 'convnext_tiny': 'convne
 COMPILE_MODES = ('none', 'default', 'reduce-overhead', 'max-autotune')
 
 
-def _build(name: str, device: str, img_size: int, mode: str = 'inference', drop_path: float = 0.1,
-           compile_mode: str = 'none') -> torch.nn.Module:
+def build_model(name: str, device: str, img_size: int, mode: str = 'inference', drop_path: float = 0.1,
+                compile_mode: str = 'none') -> torch.nn.Module:
+    """Model ``name`` (a zoo or timm name, or an ``official:`` twin) on ``device`` for ``img_size`` inputs, in eval
+    mode for ``'inference'`` and in train mode with ``drop_path`` stochastic depth for ``'training'``, wrapped in
+    ``torch.compile`` unless ``compile_mode`` is ``'none'``."""
     kwargs = {'drop_path_rate': drop_path} if mode == 'training' else {}
     if official.is_official(name):
         model = official.build(name, **kwargs).to(device)
@@ -72,7 +75,7 @@ def _autocast(device: str, amp: str):
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def _step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str, amp: str = 'none') -> Callable[[], None]:
+def step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str, amp: str = 'none') -> Callable[[], None]:
     """One inference forward, or one training step (forward, cross-entropy, backward, AdamW step).
 
     ``amp``: the forward (and the loss) under autocast to bf16 or fp16, as mixed-precision training runs it; fp16
@@ -108,8 +111,8 @@ def _proc_status_bytes(field: str) -> int:
 def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: str, drop_path: float,
                     amp: str = 'none', compile_mode: str = 'none') -> None:
     torch.set_num_threads(threads)
-    model = _build(name, 'cpu', img_size, mode, drop_path, compile_mode)
-    step = _step_fn(model, torch.randn(batch, 3, img_size, img_size), mode, amp)
+    model = build_model(name, 'cpu', img_size, mode, drop_path, compile_mode)
+    step = step_fn(model, torch.randn(batch, 3, img_size, img_size), mode, amp)
     if mode == 'training' or compile_mode != 'none':
         step()  # allocates the optimizer state (and compiles): the measured step is a steady one
     with open('/proc/self/clear_refs', 'w') as f:
@@ -141,11 +144,11 @@ def measure(names: List[str], batch: int, img_size: int, device: str, repeats: i
             stat: str = 'median', warmup: int = 2, amp: str = 'none',
             compile_mode: str = 'none') -> Dict[str, Dict[str, Optional[float]]]:
     """Images/s and peak memory (bytes) of one ``mode`` step of each model at ``batch``, timed round-robin."""
-    models = {n: _build(n, device, img_size, mode, drop_path, compile_mode) for n in names}
+    models = {n: build_model(n, device, img_size, mode, drop_path, compile_mode) for n in names}
     if compile_mode != 'none':
         warmup = max(warmup, 3)  # the first call compiles; CUDA graphs are recorded after a warm-up run
     x = torch.randn(batch, 3, img_size, img_size, device=device)
-    steps = {n: _step_fn(m, x, mode, amp) for n, m in models.items()}
+    steps = {n: step_fn(m, x, mode, amp) for n, m in models.items()}
     times = time_fns(steps, device, warmup=warmup, repeats=repeats, budget_s=budget_s, stat=stat)
     out = {}
     for name, model in models.items():

@@ -68,7 +68,7 @@ def test_amp_runs_the_step_under_autocast():
     x = torch.randn(2, 4)
     for mode in ('inference', 'training'):
         for amp, dtype in (('none', torch.float32), ('bf16', torch.bfloat16)):
-            models._step_fn(Probe(), x, mode, amp)()
+            models.step_fn(Probe(), x, mode, amp)()
             assert seen.pop() == dtype
 
 
