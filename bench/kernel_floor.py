@@ -7,7 +7,9 @@ For every mode and batch, the steps of :mod:`bench.models` (an eval forward, or 
 models and the peers are timed round-robin (:func:`bench.common.time_fns`), and one step of each is then run under
 ``torch.profiler``: the self CPU time of its dense kernels (:data:`DENSE`: oneDNN / MKL GEMMs and convolutions, CPU
 SDPA, forward and backward) and of its normalisation and activation kernels (:data:`NORM_ACT`). Each round does
-both; the table gives the median over ``--rounds`` rounds.
+both; the table gives the median over ``--rounds`` rounds. The GEMMs' rate (``GEMM GFLOP/s``) divides the FLOPs that
+``torch.utils.flop_counter`` counts for them in one step by their profiled time: two models whose GEMMs run at the
+same rate differ in the work they do, not in how well it runs.
 
 The columns ``dense / peer step`` and ``dense + norm/act / peer step`` bound what removing or fusing a model's other
 ops (views, copies, elementwise arithmetic, allocations) can bring: a model whose dense kernels alone take as long
@@ -23,15 +25,16 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from .common import fmt_ratio, machine, markdown_table, time_fns
 from .models import build_model, step_fn
 
-__all__ = ['DENSE', 'NORM_ACT', 'kernel_times', 'measure', 'main']
+__all__ = ['GEMM', 'DENSE', 'NORM_ACT', 'kernel_times', 'gemm_flops', 'measure', 'main']
 
+GEMM = frozenset({'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm'})
 # aten ops whose self time is the arithmetic of a GEMM, a convolution or an attention (forward and backward)
-DENSE = frozenset({
-    'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm',
+DENSE = GEMM | frozenset({
     'aten::mkldnn_convolution', 'aten::convolution_backward', 'aten::_slow_conv2d_forward',
     'aten::_slow_conv2d_backward', 'aten::thnn_conv2d',
     'aten::_scaled_dot_product_flash_attention_for_cpu', 'aten::_scaled_dot_product_flash_attention_for_cpu_backward',
@@ -46,8 +49,8 @@ NORM_ACT = frozenset({
 
 
 def kernel_times(step: Callable[[], object]) -> Dict[str, float]:
-    """Self CPU seconds of one call of ``step``: ``dense`` (ops in :data:`DENSE`), ``norm_act`` (:data:`NORM_ACT`)
-    and ``total`` (every op the profiler records)."""
+    """Self CPU seconds of one call of ``step``: ``dense`` (ops in :data:`DENSE`), ``gemm`` (:data:`GEMM`, part of
+    ``dense``), ``norm_act`` (:data:`NORM_ACT`) and ``total`` (every op the profiler records)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     events = prof.key_averages()
@@ -55,26 +58,40 @@ def kernel_times(step: Callable[[], object]) -> Dict[str, float]:
     def seconds(keep: Callable[[str], bool]) -> float:
         return sum(e.self_cpu_time_total for e in events if keep(e.key)) / 1e6
 
-    return {'dense': seconds(DENSE.__contains__), 'norm_act': seconds(NORM_ACT.__contains__),
-            'total': seconds(lambda key: True)}
+    return {'dense': seconds(DENSE.__contains__), 'gemm': seconds(GEMM.__contains__),
+            'norm_act': seconds(NORM_ACT.__contains__), 'total': seconds(lambda key: True)}
+
+
+def gemm_flops(step: Callable[[], object]) -> float:
+    """FLOPs of the GEMMs (:data:`GEMM`) of one call of ``step``, as ``torch.utils.flop_counter`` counts them (two
+    per multiply-add)."""
+    names = {name.split('::')[1] for name in GEMM}
+    with FlopCounterMode(display=False) as counter:
+        step()
+    counts = counter.get_flop_counts().get('Global', {})
+    return float(sum(flops for op, flops in counts.items() if str(op).split('.')[-1] in names))
 
 
 def measure(names: List[str], batch: int, img_size: int, mode: str, rounds: int, repeats: int, budget_s: float,
             drop_path: float = 0.1) -> Dict[str, Dict[str, float]]:
     """Per model: ``step`` (median wall seconds of the round-robin timing) and the medians of :func:`kernel_times`,
-    over ``rounds`` rounds of timing then profiling, all models built once in this process."""
+    over ``rounds`` rounds of timing then profiling, all models built once in this process; and ``gemm_flops`` of
+    one step."""
     models = {n: build_model(n, 'cpu', img_size, mode, drop_path) for n in names}
     x = torch.randn(batch, 3, img_size, img_size)
     steps = {n: step_fn(m, x, mode) for n, m in models.items()}
-    samples: Dict[str, Dict[str, List[float]]] = {n: {'step': [], 'dense': [], 'norm_act': [], 'total': []}
-                                                  for n in names}
+    samples: Dict[str, Dict[str, List[float]]] = {
+        n: {'step': [], 'dense': [], 'gemm': [], 'norm_act': [], 'total': []} for n in names}
     for _ in range(rounds):
         for name, seconds in time_fns(steps, 'cpu', repeats=repeats, budget_s=budget_s).items():
             samples[name]['step'].append(seconds)
         for name, step in steps.items():
             for key, seconds in kernel_times(step).items():
                 samples[name][key].append(seconds)
-    return {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
+    out = {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
+    for name, step in steps.items():
+        out[name]['gemm_flops'] = gemm_flops(step)
+    return out
 
 
 def _ms(seconds: float) -> str:
@@ -103,7 +120,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     names = list(dict.fromkeys(args.models + args.peers))
     print(f'# bench.kernel_floor: {machine("cpu")}; {args.img_size}px fp32; median of {args.rounds} rounds')
-    headers = ['model', 'mode', 'batch', 'step ms', 'dense ms', 'norm/act ms', 'all ops ms (profiled)']
+    headers = ['model', 'mode', 'batch', 'step ms', 'dense ms', 'norm/act ms', 'all ops ms (profiled)', 'GEMM GFLOP',
+               'GEMM GFLOP/s']
     for peer in args.peers:
         headers += [f'speed vs {peer}', f'dense / {peer} step', f'dense + norm/act / {peer} step']
     rows = []
@@ -112,7 +130,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             r = measure(names, batch, args.img_size, mode, args.rounds, args.repeats, args.budget, args.drop_path)
             for name in names:
                 m = r[name]
-                row = [name, mode, batch, _ms(m['step']), _ms(m['dense']), _ms(m['norm_act']), _ms(m['total'])]
+                row = [name, mode, batch, _ms(m['step']), _ms(m['dense']), _ms(m['norm_act']), _ms(m['total']),
+                       f'{m["gemm_flops"] / 1e9:.3g}', f'{m["gemm_flops"] / max(m["gemm"], 1e-9) / 1e9:.3g}']
                 for peer in args.peers:
                     peer_step = r[peer]['step']
                     row += [fmt_ratio(peer_step, m['step']), fmt_ratio(m['dense'], peer_step),

@@ -9,8 +9,16 @@ from bench import kernel_floor
 def test_a_gemm_counts_as_dense():
     a, b = torch.randn(256, 256), torch.randn(256, 256)
     times = kernel_floor.kernel_times(lambda: a @ b)
-    assert times['dense'] > 0 and times['norm_act'] == 0
+    assert times['dense'] > 0 and times['gemm'] == times['dense'] and times['norm_act'] == 0
     assert times['total'] >= times['dense']
+
+
+def test_gemm_flops_count_the_gemms_only():
+    a, b, c = torch.randn(64, 32), torch.randn(32, 16), torch.randn(3, 8, 4, 5)
+    conv = torch.nn.Conv2d(8, 8, 3)
+    assert kernel_floor.gemm_flops(lambda: a @ b) == 2 * 64 * 32 * 16
+    assert kernel_floor.gemm_flops(lambda: torch.bmm(c[0], c[0].transpose(1, 2))) == 2 * 8 * 4 * 5 * 4
+    assert kernel_floor.gemm_flops(lambda: (conv(c), F.gelu(a))) == 0
 
 
 def test_an_activation_and_a_norm_count_as_norm_act():
@@ -42,9 +50,9 @@ def test_tiny_run_prints_one_row_per_model_mode_and_batch(capsys):
     rows = [line.split('|')[1:-1] for line in out.splitlines() if line.startswith('| ') and 'model' not in line]
     assert len(rows) == 2 * 2 * 2  # 2 models x 2 modes x 2 batches
     for cells in rows:
-        step, dense, norm_act, total = (float(c) for c in cells[3:7])
-        assert 0 < dense <= total and norm_act <= total and step > 0
-    assert [cells[7].strip() for cells in rows if cells[0].strip() == 'nat_test'] == ['1x'] * 4
+        step, dense, norm_act, total, gflop, gflops = (float(c) for c in cells[3:9])
+        assert 0 < dense <= total and norm_act <= total and step > 0 and gflop > 0 and gflops > 0
+    assert [cells[9].strip() for cells in rows if cells[0].strip() == 'nat_test'] == ['1x'] * 4
 
 
 @pytest.mark.parametrize('option', ['--rounds', '--repeats', '--batch', '--threads'])
