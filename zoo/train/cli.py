@@ -158,13 +158,15 @@ class ZooCLI(LightningCLI):
 
     def before_fit(self) -> None:
         config = self.config_init['fit']
-        if config.get('ckpt_path') == 'last':
+        resolved_last = config.get('ckpt_path') == 'last'
+        if resolved_last:
             config['ckpt_path'] = self._resolve_last()
         if config.get('ckpt_path') and config.get('weights_only') is None:
             # resume reads the checkpoint with torch.load(weights_only=True): a checkpoint carrying code is refused
             # (Lightning's default, None, unpickles anything); --weights_only false opts out for a trusted file
             config['weights_only'] = True
-        check_ckpt_path(config)  # 'last', resolved here
+        if resolved_last:  # any other path was checked before the run (_parse_ckpt_path)
+            check_ckpt_path(config)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyper-parameters here, before any subcommand hook: check it first
