@@ -27,7 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from .common import fmt_ratio, machine, markdown_table, time_fns
+from .common import fmt_ms, fmt_ratio, machine, markdown_table, time_fns
 from .models import build_model, step_fn
 
 __all__ = ['GEMM', 'DENSE', 'NORM_ACT', 'kernel_times', 'gemm_flops', 'measure', 'main']
@@ -94,10 +94,6 @@ def measure(names: List[str], batch: int, img_size: int, mode: str, rounds: int,
     return out
 
 
-def _ms(seconds: float) -> str:
-    return f'{seconds * 1e3:.1f}'
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+', default=['ravlt_small'])
@@ -130,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             r = measure(names, batch, args.img_size, mode, args.rounds, args.repeats, args.budget, args.drop_path)
             for name in names:
                 m = r[name]
-                row = [name, mode, batch, _ms(m['step']), _ms(m['dense']), _ms(m['norm_act']), _ms(m['total']),
+                row = [name, mode, batch, *(fmt_ms(m[k]) for k in ('step', 'dense', 'norm_act', 'total')),
                        f'{m["gemm_flops"] / 1e9:.3g}', f'{m["gemm_flops"] / max(m["gemm"], 1e-9) / 1e9:.3g}']
                 for peer in args.peers:
                     peer_step = r[peer]['step']
