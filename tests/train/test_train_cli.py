@@ -55,11 +55,21 @@ def test_ddp_two_cpu_processes(tmp_path):
     out = proc.stdout + proc.stderr
     assert 'distributed_backend=gloo' in out
     assert 'global batch = 16 per device x 2 device(s)' in out
+    assert "adamw: torch's fused implementation" in out  # chosen under DDP too
     runs = list((tmp_path / 'logs' / 'ddp').glob('version_*'))
     assert len(runs) == 1, runs
     rows = _metrics(runs[0])
     assert any(r.get('val_acc') for r in rows)
     assert (runs[0] / 'checkpoints' / 'last.ckpt').is_file()
+
+
+def test_demo_trains_with_the_fused_optimizer(trained_run):
+    """The demo's AdamW is torch's fused one (CPU, full precision, clipping), and its checkpoint says so: a resumed
+    run keeps the implementation the checkpoint was trained with (torch restores each group's ``fused``)."""
+    optimizer = trained_run['cli'].trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults['fused'] is True
+    saved = torch.load(trained_run['last'], map_location='cpu', weights_only=True)['optimizer_states'][0]
+    assert saved['param_groups'] and all(g['fused'] is True for g in saved['param_groups'])
 
 
 def _write_digit_pngs(folder: Path, count: int = 6) -> None:

@@ -120,6 +120,8 @@ def test_image_folder_module_arguments_are_checked(tmp_path, kwargs, match):
     (dict(mixup_mode='pairs'), r"mixup_mode must be one of \['batch', 'elem', 'pair'\]"),
     (dict(label_smoothing=1.5), r'label_smoothing must be a number in \[0, 1\)'),  # was a RuntimeError in the loss
     (dict(label_smoothing=True), r'label_smoothing must be a number in \[0, 1\), got label_smoothing=True'),
+    (dict(opt_fused='yes'), r"opt_fused must be true, false or null, got opt_fused='yes'"),
+    (dict(opt_fused=1), r'opt_fused must be true, false or null, got opt_fused=1'),
 ])
 def test_classifier_module_arguments_are_checked(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -233,7 +235,8 @@ def test_module_optimizer_groups_and_schedule():
                               warmup_lr=1e-6, min_lr=1e-5, lr_base=1e-3, lr_base_size=1024)
     module._trainer = SimpleNamespace(
         estimated_stepping_batches=20, accumulate_grad_batches=2, world_size=8, num_devices=4, num_nodes=2,
-        num_training_batches=10, datamodule=SimpleNamespace(batch_size=32))
+        num_training_batches=10, datamodule=SimpleNamespace(batch_size=32), gradient_clip_val=None,
+        precision_plugin=None, strategy=None)
     config = module.configure_optimizers()
     opt, sched = config['optimizer'], config['lr_scheduler']['scheduler']
     assert config['lr_scheduler']['interval'] == 'step'
@@ -250,3 +253,93 @@ def test_module_optimizer_groups_and_schedule():
     # timm's cosine counts the warm-up updates too (warmup_prefix=False, as the NAT/DeiT scripts)
     assert lrs[5] == pytest.approx(1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * 5 / 20)))
     assert all(a >= b for a, b in zip(lrs[5:], lrs[6:])) and 1e-5 <= lrs[-1] < peak / 10
+
+
+# the fused optimizer (opt_fused)
+
+def _trainer_for_optimizers(precision='32-true', clip=None, strategy=None):
+    """A stand-in Trainer with what ``configure_optimizers`` reads: one CPU device, 10 batches of 32, 2 epochs."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    plugin = Precision() if precision == '32-true' else MixedPrecision(precision, 'cpu')
+    return SimpleNamespace(
+        estimated_stepping_batches=20, accumulate_grad_batches=1, world_size=1, num_devices=1, num_nodes=1,
+        num_training_batches=10, datamodule=SimpleNamespace(batch_size=32), precision=precision,
+        precision_plugin=plugin, gradient_clip_val=clip, strategy=strategy or SingleDeviceStrategy('cpu'))
+
+
+def _optimizer(trainer, **kwargs):
+    module = ClassifierModule(model_name='nat_test', num_classes=10, lr=1e-3, **kwargs)
+    module._trainer = trainer
+    return module.configure_optimizers()['optimizer']
+
+
+@pytest.mark.parametrize('opt', ['adamw', 'adam', 'sgd', 'nesterov', 'adagrad', 'lookahead_adamw'])
+def test_optimizer_is_fused_where_torch_has_it(opt):
+    """By default the optimizers torch has a fused kernel for are built fused (also inside Lookahead), with gradient
+    clipping in full precision (the demo's settings); ``opt_fused=False`` keeps torch's default."""
+    optimizer = _optimizer(_trainer_for_optimizers(clip=5.0), opt=opt)
+    inner = getattr(optimizer, 'optimizer', optimizer) if opt.startswith('lookahead') else optimizer
+    assert inner.defaults['fused'] is True and all(g['fused'] for g in inner.param_groups)
+    assert not _optimizer(_trainer_for_optimizers(clip=5.0), opt=opt, opt_fused=False).defaults.get('fused')
+
+
+def test_fused_optimizer_steps_like_the_default_one():
+    """One fused AdamW step on the module's parameter groups moves every weight as the default implementation does
+    (to rounding): the fused kernel is the same update."""
+    torch.manual_seed(0)
+    module = ClassifierModule(model_name='nat_test', num_classes=10, lr=1e-2)
+    module._trainer = _trainer_for_optimizers()
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    grads = [torch.randn_like(p) for p in module.parameters()]
+    moved = []
+    for fused in (True, False):
+        module.load_state_dict(start)
+        module.hparams.opt_fused = fused
+        optimizer = module.configure_optimizers()['optimizer']
+        assert bool(optimizer.defaults.get('fused')) == fused
+        for p, g in zip(module.parameters(), grads):
+            p.grad = g.clone()
+        optimizer.step()
+        moved.append([p.detach().clone() for p in module.parameters()])
+    for a, b, p0 in zip(*moved, start.values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert any(not torch.equal(a, p0) for a, p0 in zip(moved[0], start.values()))
+
+
+def test_optimizer_not_fused_where_it_cannot_be(caplog):
+    """Left at None, opt_fused falls back and says why: an optimizer without a fused kernel, clipping under mixed
+    precision (Lightning refuses it), a strategy other than single-device / DDP; set to True it is a ConfigError
+    naming the reason."""
+    from types import SimpleNamespace
+    cases = [
+        (dict(opt='lamb'), _trainer_for_optimizers(), r"opt='lamb' \(timm.optim.lamb.Lamb\) has no fused"),
+        (dict(), _trainer_for_optimizers('bf16-mixed', clip=1.0),
+         r'Lightning does not clip the gradients of a fused optimizer under mixed precision \(precision=bf16-mixed, '
+         r'gradient_clip_val=1\)'),
+    ]
+    for kwargs, trainer, match in cases:
+        assert not _optimizer(trainer, **kwargs).defaults.get('fused')
+        with pytest.raises(ConfigError, match=r'^opt_fused=True: ' + match):
+            _optimizer(trainer, opt_fused=True, **kwargs)
+    # without clipping, mixed precision takes the fused optimizer (it unscales inside its kernel)
+    assert _optimizer(_trainer_for_optimizers('16-mixed')).defaults['fused'] is True
+    other = _trainer_for_optimizers(strategy=SimpleNamespace())  # e.g. DeepSpeed: only when asked for
+    assert not _optimizer(other).defaults.get('fused')
+    assert _optimizer(other, opt_fused=True).defaults['fused'] is True
+
+
+def test_fused_unavailable_probes_the_parameters():
+    """Devices and dtypes without torch's fused kernel are named (probed with a one-element step)."""
+    from zoo.train.module import fused_unavailable
+    trainer = _trainer_for_optimizers()
+    assert fused_unavailable('adamw', [torch.zeros(2, requires_grad=True)], trainer) is None
+    assert fused_unavailable('adamw', [torch.zeros(2, dtype=torch.float64, requires_grad=True)], trainer) is None
+    assert fused_unavailable('adamw', [torch.zeros(2, dtype=torch.complex64, requires_grad=True)], trainer) == \
+        'torch has no fused AdamW for torch.complex64 parameters on cpu'
+    assert fused_unavailable('sgd', [torch.zeros(2, device='meta', requires_grad=True)], trainer) == \
+        'torch has no fused SGD for torch.float32 parameters on meta'
+    # parameters that are not trained are not probed
+    assert fused_unavailable('adamw', [torch.zeros(2, dtype=torch.complex64)], trainer) is None

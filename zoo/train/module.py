@@ -4,7 +4,8 @@ The model is ``timm.create_model(model_name, num_classes=..., drop_path_rate=...
 :func:`zoo.models.create_model` (every zoo model is registered by ``import zoo``, which importing this module
 does). Training uses timm's ``Mixup``/CutMix with ``SoftTargetCrossEntropy`` (or cross-entropy with label
 smoothing), ``create_optimizer_v2`` (AdamW by default; no weight decay on biases, norms and
-``model.no_weight_decay()``; optional layer-wise decay through the model's ``group_matcher``) and
+``model.no_weight_decay()``; optional layer-wise decay through the model's ``group_matcher``; torch's fused
+implementation where it runs: :func:`fused_unavailable`) and
 ``create_scheduler_v2`` (cosine with warm-up, stepped after every optimizer update).
 Gradient clipping, precision and accumulation are Trainer arguments; an EMA of the weights is Lightning's
 ``EMAWeightAveraging`` callback (see ``configs/*_in1k.yaml``), which also swaps the EMA weights in for validation.
@@ -17,14 +18,17 @@ same YAML trains correctly on any number of devices.
 Metrics (``sync_dist`` across ranks): ``train_loss``, ``val_loss``, ``val_acc`` (top-1), ``val_acc5`` (top-5),
 likewise ``test_*``; ``train_skipped``/``val_skipped`` count unreadable images an ImageFolder dropped.
 """
+import inspect
 import logging
 import math
 import os
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from lightning.pytorch import LightningModule
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -36,7 +40,7 @@ from zoo.models import factory
 from .errors import ConfigError, check_choice, check_number, check_numbers
 from .sampling import seed_step
 
-__all__ = ['ClassifierModule', 'check_hparams', 'check_model_name', 'resolve_lr']
+__all__ = ['ClassifierModule', 'check_hparams', 'check_model_name', 'fused_unavailable', 'resolve_lr']
 
 _logger = logging.getLogger(__name__)
 
@@ -84,6 +88,8 @@ def check_hparams(h: Dict[str, Any]) -> None:
     if h['opt_betas'] is not None:
         check_numbers('opt_betas', h['opt_betas'], 2, 0, 1, high_open=True)
     check_number('momentum', h['momentum'], 0, 1, high_open=True)
+    if not isinstance(h['opt_fused'], (bool, type(None))):
+        raise ConfigError(f"opt_fused must be true, false or null, got opt_fused={h['opt_fused']!r}.")
     check_choice('sched', h['sched'], SCHEDULERS)
     check_number('warmup_epochs', h['warmup_epochs'], 0, integer=True)
     check_number('warmup_lr', h['warmup_lr'], 0)
@@ -119,6 +125,64 @@ def resolve_lr(
                    f'(global batch {global_batch})')
 
 
+def _optimizer_class(opt: str) -> type:
+    """The class timm's ``create_optimizer_v2`` builds for ``opt`` (the inner one of ``lookahead_<name>``)."""
+    from timm.optim import get_optimizer_class
+    return get_optimizer_class(opt.lower().split('_')[-1], bind_defaults=False)
+
+
+def _fused_step_runs(optimizer_class: type, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a fused ``optimizer_class`` steps a ``dtype`` parameter on ``device`` (torch decides per optimizer,
+    device and dtype, and says so only at the first step)."""
+    param = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+    param.grad = torch.zeros_like(param)
+    try:
+        optimizer_class([param], lr=1e-3, fused=True).step()
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def fused_unavailable(opt: str, params: Iterable[torch.Tensor], trainer: Any) -> Optional[str]:
+    """Why torch's fused implementation of optimizer ``opt`` cannot train ``params`` under ``trainer``; None if it can.
+
+    The fused implementation (torch's Adam, AdamW, SGD and Adagrad: one kernel per step for every tensor, instead of
+    a loop over the tensors on the CPU or a few multi-tensor kernels on a GPU) needs an optimizer class with a
+    ``fused`` argument, parameters of devices and dtypes that torch has its kernel for (probed with a one-element
+    step per device and dtype), and no gradient clipping under mixed precision (Lightning refuses to clip the
+    gradients of an optimizer that unscales them itself).
+    """
+    optimizer_class = _optimizer_class(opt)
+    if 'fused' not in inspect.signature(optimizer_class).parameters:
+        return (f'opt={opt!r} ({optimizer_class.__module__}.{optimizer_class.__qualname__}) has no fused '
+                f'implementation')
+    clip = getattr(trainer, 'gradient_clip_val', None) or 0
+    if clip > 0 and isinstance(getattr(trainer, 'precision_plugin', None), MixedPrecision):
+        return (f'Lightning does not clip the gradients of a fused optimizer under mixed precision '
+                f'(precision={trainer.precision}, gradient_clip_val={clip:g})')
+    kinds = {(p.device, p.dtype) for p in params if p.requires_grad}
+    for device, dtype in sorted(kinds, key=str):
+        if not _fused_step_runs(optimizer_class, device, dtype):
+            return f'torch has no fused {optimizer_class.__name__} for {dtype} parameters on {device.type}'
+    return None
+
+
+def _fuse_optimizer(opt_fused: Optional[bool], opt: str, params: Iterable[torch.Tensor], trainer: Any) -> bool:
+    """Whether to build ``opt`` fused: ``opt_fused`` as :class:`ClassifierModule` documents it; a ConfigError
+    where ``opt_fused`` is True and :func:`fused_unavailable` gives a reason."""
+    if opt_fused is False:
+        return False
+    reason = fused_unavailable(opt, params, trainer)
+    if opt_fused is None and reason is None and not isinstance(
+            getattr(trainer, 'strategy', None), (SingleDeviceStrategy, DDPStrategy)):
+        reason = (f'{type(trainer.strategy).__name__}: chosen automatically under single-device and DDP strategies '
+                  f'only (opt_fused: true uses it)')
+    if reason is not None and opt_fused:
+        raise ConfigError(f'opt_fused=True: {reason}; set opt_fused to null (fused where it runs) or false.')
+    rank_zero_info(f'{opt}: ' + ("torch's fused implementation" if reason is None else f'not fused ({reason})'))
+    return reason is None
+
+
 class ClassifierModule(LightningModule):
     """Image classifier training any timm-registered model.
 
@@ -152,6 +216,10 @@ class ClassifierModule(LightningModule):
         opt_eps: optimizer epsilon.
         opt_betas: Adam betas; None keeps the optimizer's default.
         momentum: SGD momentum.
+        opt_fused: torch's fused implementation of the optimizer (Adam, AdamW, SGD, Adagrad: one kernel per step over
+            every tensor). None: fused where it runs (:func:`fused_unavailable`) under a single-device or DDP
+            strategy, else not; True: fused, or a ConfigError saying why not; False: torch's default implementation
+            (a loop over the tensors on the CPU, multi-tensor kernels on a GPU).
         sched: timm scheduler ('cosine', 'step', 'multistep', 'plateau', 'tanh', 'poly', ...).
         warmup_epochs: linear warm-up length, in epochs (stepped per update).
         warmup_lr: learning rate at the start of the warm-up.
@@ -196,6 +264,7 @@ class ClassifierModule(LightningModule):
             opt_eps: float = 1e-8,
             opt_betas: Optional[Tuple[float, float]] = None,
             momentum: float = 0.9,
+            opt_fused: Optional[bool] = None,
             sched: str = 'cosine',
             warmup_epochs: int = 0,
             warmup_lr: float = 1e-6,
@@ -350,6 +419,8 @@ class ClassifierModule(LightningModule):
             opt_kwargs['betas'] = tuple(h.opt_betas)
         if h.opt.lower() in ('sgd', 'momentum', 'nesterov'):
             opt_kwargs = dict(momentum=h.momentum)
+        if _fuse_optimizer(h.get('opt_fused'), h.opt, self.model.parameters(), trainer):
+            opt_kwargs['fused'] = True
         optimizer = create_optimizer_v2(
             self.model, opt=h.opt, lr=lr, weight_decay=h.weight_decay, layer_decay=h.layer_decay, **opt_kwargs)
 
