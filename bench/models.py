@@ -3,15 +3,17 @@
     python -m bench.models [--device cpu|cuda] [--models nat_mini dinat_mini ...] [--batch 8] [--img-size 224]
                            [--modes inference training] [--isolate] [--amp none|bf16|fp16]
                            [--compile none|default|reduce-overhead|max-autotune] [--officials --official-root DIR]
+                           [--optimizer fused|default]
 
 Two modes, each at batch 1 and at the throughput batch: ``inference`` (eval, ``no_grad`` forward) and ``training``
-(one optimizer step: train-mode forward, cross-entropy, backward, ``torch.optim.AdamW`` step; every model built
-with the same ``--drop-path`` rate). For every model the step of the model and of each peer is timed round-robin
-with :func:`bench.common.time_fns` (warm-up, synchronisation, median), so a shared machine slowing down mid-run
-affects all of them alike. Printed as one markdown table per mode: images/s, the speed ratio to each peer (ours
-img/s / peer img/s: above 1 means ours is faster), and peak memory with its ratio (ours / peer: below 1 means ours
-uses less). ``--amp`` runs the forward and the loss under autocast (mixed precision, as on a GPU); ``--officials``
-adds the official twin of each model that has one (:func:`bench.official.twin`) and a "vs official" column.
+(one optimizer step: train-mode forward, cross-entropy, backward, ``torch.optim.AdamW`` step, fused as the training
+CLI builds it unless ``--optimizer default``; every model built with the same ``--drop-path`` rate). For every
+model the step of the model and of each peer is timed round-robin with :func:`bench.common.time_fns` (warm-up,
+synchronisation, median), so a shared machine slowing down mid-run affects all of them alike. Printed as one
+markdown table per mode: images/s, the speed ratio to each peer (ours img/s / peer img/s: above 1 means ours is
+faster), and peak memory with its ratio (ours / peer: below 1 means ours uses less). ``--amp`` runs the forward and
+the loss under autocast (mixed precision, as on a GPU); ``--officials`` adds the official twin of each model that
+has one (:func:`bench.official.twin`) and a "vs official" column.
 ``--compile`` wraps every model (ours, peers, officials alike) in ``torch.compile`` with that mode (``default``:
 inductor; ``reduce-overhead``: plus CUDA graphs, which take the host's per-op dispatch out of a GPU step, the bound of
 eager steps at batch 64 on an H200, BENCHMARKS.md); the compilation happens in the warm-up calls, outside the timing.
@@ -67,6 +69,9 @@ def build_model(name: str, device: str, img_size: int, mode: str = 'inference', 
 
 
 AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+# the training step's AdamW: torch's fused kernel (what the training CLI picks on CPUs and GPUs, zoo.train.module) or
+# torch's default implementation (a loop over the tensors on the CPU, multi-tensor kernels on a GPU)
+OPTIMIZERS = ('fused', 'default')
 
 
 def _autocast(device: str, amp: str):
@@ -75,27 +80,31 @@ def _autocast(device: str, amp: str):
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str, amp: str = 'none') -> Callable[[], None]:
+def step_fn(model: torch.nn.Module, x: torch.Tensor, mode: str, amp: str = 'none',
+            optimizer: str = 'fused') -> Callable[[], None]:
     """One inference forward, or one training step (forward, cross-entropy, backward, AdamW step).
 
     ``amp``: the forward (and the loss) under autocast to bf16 or fp16, as mixed-precision training runs it; fp16
-    scales the loss by a ``torch.amp.GradScaler``.
+    scales the loss by a ``torch.amp.GradScaler``. ``optimizer``: one of :data:`OPTIMIZERS`.
     """
     if mode == 'inference':
         def forward():
             with torch.no_grad(), _autocast(x.device.type, amp):
                 model(x)
         return forward
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got optimizer={optimizer!r}')
+    fused = {'fused': True} if optimizer == 'fused' else {}
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, **fused)
     target = torch.arange(x.shape[0], device=x.device) % getattr(model, 'num_classes', 1000)
     scaler = torch.amp.GradScaler(x.device.type, enabled=amp == 'fp16')
 
     def train_step():
-        optimizer.zero_grad(set_to_none=True)
+        adamw.zero_grad(set_to_none=True)
         with _autocast(x.device.type, amp):
             loss = F.cross_entropy(model(x), target)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        scaler.step(adamw)
         scaler.update()
     return train_step
 
@@ -109,10 +118,10 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: str, drop_path: float,
-                    amp: str = 'none', compile_mode: str = 'none') -> None:
+                    amp: str = 'none', compile_mode: str = 'none', optimizer: str = 'fused') -> None:
     torch.set_num_threads(threads)
     model = build_model(name, 'cpu', img_size, mode, drop_path, compile_mode)
-    step = step_fn(model, torch.randn(batch, 3, img_size, img_size), mode, amp)
+    step = step_fn(model, torch.randn(batch, 3, img_size, img_size), mode, amp, optimizer)
     if mode == 'training' or compile_mode != 'none':
         step()  # allocates the optimizer state (and compiles): the measured step is a steady one
     with open('/proc/self/clear_refs', 'w') as f:
@@ -123,11 +132,12 @@ def _cpu_peak_child(name: str, batch: int, img_size: int, threads: int, mode: st
 
 
 def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference',
-                    drop_path: float = 0.1, amp: str = 'none', compile_mode: str = 'none') -> Optional[int]:
+                    drop_path: float = 0.1, amp: str = 'none', compile_mode: str = 'none',
+                    optimizer: str = 'fused') -> Optional[int]:
     """Peak resident-set growth in bytes of one step of ``name`` in a fresh process (None if it failed)."""
     cmd = [sys.executable, '-m', 'bench.models', '--_peak-child', name, '--batch', str(batch),
            '--img-size', str(img_size), '--threads', str(torch.get_num_threads()), '--modes', mode,
-           '--drop-path', str(drop_path), '--amp', amp, '--compile', compile_mode]
+           '--drop-path', str(drop_path), '--amp', amp, '--compile', compile_mode, '--optimizer', optimizer]
     # a fixed mmap threshold: glibc's adaptive one would serve the second step from heap memory the first one freed,
     # which the resident-set high-water mark does not see again
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
@@ -141,14 +151,14 @@ def cpu_peak_memory(name: str, batch: int, img_size: int, mode: str = 'inference
 
 def measure(names: List[str], batch: int, img_size: int, device: str, repeats: int, budget_s: float,
             memory: bool, mode: str = 'inference', drop_path: float = 0.1,
-            stat: str = 'median', warmup: int = 2, amp: str = 'none',
-            compile_mode: str = 'none') -> Dict[str, Dict[str, Optional[float]]]:
+            stat: str = 'median', warmup: int = 2, amp: str = 'none', compile_mode: str = 'none',
+            optimizer: str = 'fused') -> Dict[str, Dict[str, Optional[float]]]:
     """Images/s and peak memory (bytes) of one ``mode`` step of each model at ``batch``, timed round-robin."""
     models = {n: build_model(n, device, img_size, mode, drop_path, compile_mode) for n in names}
     if compile_mode != 'none':
         warmup = max(warmup, 3)  # the first call compiles; CUDA graphs are recorded after a warm-up run
     x = torch.randn(batch, 3, img_size, img_size, device=device)
-    steps = {n: step_fn(m, x, mode, amp) for n, m in models.items()}
+    steps = {n: step_fn(m, x, mode, amp, optimizer) for n, m in models.items()}
     times = time_fns(steps, device, warmup=warmup, repeats=repeats, budget_s=budget_s, stat=stat)
     out = {}
     for name, model in models.items():
@@ -157,7 +167,7 @@ def measure(names: List[str], batch: int, img_size: int, device: str, repeats: i
         elif torch.device(device).type == 'cuda':
             peak = peak_memory(steps[name], device)
         else:
-            peak = cpu_peak_memory(name, batch, img_size, mode, drop_path, amp, compile_mode)
+            peak = cpu_peak_memory(name, batch, img_size, mode, drop_path, amp, compile_mode, optimizer)
         out[name] = {'img_s': batch / times[name], 'peak': peak,
                      'params': sum(p.numel() for p in model.parameters())}
     del models, steps
@@ -170,7 +180,8 @@ def _mb(value: Optional[float]) -> str:
 
 MODE_TITLE = {
     'inference': 'inference (eval forward, no_grad)',
-    'training': 'training step (train-mode forward, cross-entropy, backward, AdamW step; drop_path {drop_path:g})',
+    'training': 'training step (train-mode forward, cross-entropy, backward, {optimizer} AdamW step; drop_path '
+                '{drop_path:g})',
 }
 
 
@@ -178,7 +189,8 @@ def _child_args(args: argparse.Namespace, model: str) -> List[str]:
     """The command line of one ``--isolate`` group: ``model`` and the peers, every other option as given."""
     out = ['--device', args.device, '--models', model, '--peers', *args.peers, '--modes', *args.modes,
            '--img-size', str(args.img_size), '--drop-path', str(args.drop_path), '--repeats', str(args.repeats),
-           '--budget', str(args.budget), '--stat', args.stat, '--amp', args.amp, '--compile', args.compile]
+           '--budget', str(args.budget), '--stat', args.stat, '--amp', args.amp, '--compile', args.compile,
+           '--optimizer', args.optimizer]
     out += ['--batch', str(args.batch)] if args.batch else []
     out += ['--threads', str(args.threads)] if args.threads else []
     out += ['--no-memory'] if args.no_memory else []
@@ -215,6 +227,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help='autocast dtype of the forward and the loss (mixed precision); none: fp32')
     parser.add_argument('--compile', default='none', choices=COMPILE_MODES,
                         help='torch.compile every model with this mode (default: eager)')
+    parser.add_argument('--optimizer', default='fused', choices=OPTIMIZERS,
+                        help="the training step's AdamW: torch's fused kernel (as the training CLI) or torch's default")
     parser.add_argument('--officials', action='store_true',
                         help='add the official twin of each model that has one (bench/official_<family>.py) and a '
                              '"vs official" column; needs --official-root')
@@ -230,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     if args._peak_child:
         _cpu_peak_child(args._peak_child, args.batch, args.img_size, torch.get_num_threads(), args.modes[0],
-                        args.drop_path, args.amp, args.compile)
+                        args.drop_path, args.amp, args.compile, args.optimizer)
         return
     batches = [1, args.batch or (8 if args.device == 'cpu' else 64)]
     twins = {m: official.twin(m) for m in args.models} if args.officials else {}
@@ -250,7 +264,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for batch in batches:
             results = measure(names, batch, args.img_size, args.device, args.repeats, args.budget,
                               not args.no_memory, mode, args.drop_path, args.stat, amp=args.amp,
-                              compile_mode=args.compile)
+                              compile_mode=args.compile, optimizer=args.optimizer)
             for name in names:
                 r = results[name]
                 peers = [p if p != 'official' else twins.get(name) for p in columns]
@@ -260,7 +274,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 row += [fmt_ratio(r['peak'], results[p]['peak']) if p and r['peak'] and results[p]['peak'] else 'n/a'
                         for p in peers]
                 rows.append(row)
-        print(f'\n## {MODE_TITLE[mode].format(drop_path=args.drop_path)}\n')
+        print(f'\n## {MODE_TITLE[mode].format(drop_path=args.drop_path, optimizer=args.optimizer)}\n')
         print(markdown_table(headers, rows), flush=True)
 
 

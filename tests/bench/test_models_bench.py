@@ -29,7 +29,8 @@ def test_one_process_tables(capsys):
 def test_isolate_runs_each_model_in_a_fresh_process(monkeypatch):
     calls = []
     monkeypatch.setattr(subprocess, 'run', lambda cmd, check: calls.append(cmd))
-    models.main(['--models', 'dinat_test', 'biformer_test', '--isolate', '--official-root', '/x', *_tiny_run()])
+    models.main(['--models', 'dinat_test', 'biformer_test', '--isolate', '--official-root', '/x', '--optimizer',
+                 'default', *_tiny_run()])
     assert len(calls) == 2
     for cmd, name in zip(calls, ('dinat_test', 'biformer_test')):
         assert cmd[:3] == [sys.executable, '-m', 'bench.models'] and '--isolate' not in cmd
@@ -37,7 +38,7 @@ def test_isolate_runs_each_model_in_a_fresh_process(monkeypatch):
         assert cmd[cmd.index('--peers') + 1] == 'nat_test'
         for option, value in (('--batch', '2'), ('--img-size', '64'), ('--repeats', '1'), ('--budget', '0.1'),
                               ('--threads', '1'), ('--official-root', '/x'), ('--device', 'cpu'),
-                              ('--compile', 'none')):
+                              ('--compile', 'none'), ('--optimizer', 'default')):
             assert cmd[cmd.index(option) + 1] == value
         assert '--no-memory' in cmd
         assert cmd[cmd.index('--modes') + 1:cmd.index('--modes') + 3] == ['inference', 'training']
@@ -70,6 +71,25 @@ def test_amp_runs_the_step_under_autocast():
         for amp, dtype in (('none', torch.float32), ('bf16', torch.bfloat16)):
             models.step_fn(Probe(), x, mode, amp)()
             assert seen.pop() == dtype
+
+
+def test_training_step_uses_the_cli_s_fused_adamw_unless_asked(capsys, monkeypatch):
+    """The training step's AdamW is fused (as the training CLI builds it on CPUs and GPUs) unless ``--optimizer
+    default``; the table's title says which."""
+    built = []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, 'AdamW', lambda *a, **kw: built.append(kw.get('fused')) or adamw(*a, **kw))
+    model, x = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    models.step_fn(model, x, 'training')()
+    models.step_fn(model, x, 'training', optimizer='default')()
+    assert built == [True, None]
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('fused', 'default'\), got optimizer='sgd'"):
+        models.step_fn(model, x, 'training', optimizer='sgd')
+    built.clear()
+    models.main(['--models', 'dinat_test', *_tiny_run('--optimizer', 'default')])
+    out = capsys.readouterr().out
+    assert '## training step (train-mode forward, cross-entropy, backward, default AdamW step' in out
+    assert built and set(built) == {None}
 
 
 def test_compile_wraps_every_model_and_is_named(capsys, monkeypatch):
