@@ -419,7 +419,7 @@ class ClassifierModule(LightningModule):
             opt_kwargs['betas'] = tuple(h.opt_betas)
         if h.opt.lower() in ('sgd', 'momentum', 'nesterov'):
             opt_kwargs = dict(momentum=h.momentum)
-        if _fuse_optimizer(h.get('opt_fused'), h.opt, self.model.parameters(), trainer):
+        if _fuse_optimizer(h.opt_fused, h.opt, self.model.parameters(), trainer):
             opt_kwargs['fused'] = True
         optimizer = create_optimizer_v2(
             self.model, opt=h.opt, lr=lr, weight_decay=h.weight_decay, layer_decay=h.layer_decay, **opt_kwargs)
