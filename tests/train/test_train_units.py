@@ -343,3 +343,23 @@ def test_fused_unavailable_probes_the_parameters():
         'torch has no fused SGD for torch.float32 parameters on meta'
     # parameters that are not trained are not probed
     assert fused_unavailable('adamw', [torch.zeros(2, dtype=torch.complex64)], trainer) is None
+
+
+def test_resumed_optimizer_keeps_the_checkpoint_s_implementation():
+    """What docs/training.md says of a resume: loading a per-tensor AdamW's state into the fused optimizer the module
+    now builds restores the per-tensor implementation (and the other way round), so the run continues as it began."""
+    module = ClassifierModule(model_name='nat_test', num_classes=10, lr=1e-3)
+    module._trainer = _trainer_for_optimizers()
+    states = {}
+    for fused in (False, True):
+        module.hparams.opt_fused = fused
+        optimizer = module.configure_optimizers()['optimizer']
+        for p in module.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        states[fused] = optimizer.state_dict()
+    for saved, now in ((False, True), (True, False)):
+        module.hparams.opt_fused = now
+        optimizer = module.configure_optimizers()['optimizer']
+        optimizer.load_state_dict(states[saved])
+        assert all(bool(g['fused']) == saved for g in optimizer.param_groups)
