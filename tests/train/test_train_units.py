@@ -231,12 +231,14 @@ def test_model_name_check():
 def test_module_optimizer_groups_and_schedule():
     """No weight decay on biases/norms/rpb (timm's filter), the lr rule, warm-up then cosine stepped per update."""
     from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
     module = ClassifierModule(model_name='nat_test', num_classes=10, weight_decay=0.05, warmup_epochs=1,
                               warmup_lr=1e-6, min_lr=1e-5, lr_base=1e-3, lr_base_size=1024)
     module._trainer = SimpleNamespace(
         estimated_stepping_batches=20, accumulate_grad_batches=2, world_size=8, num_devices=4, num_nodes=2,
         num_training_batches=10, datamodule=SimpleNamespace(batch_size=32), gradient_clip_val=None,
-        precision_plugin=None, strategy=None)
+        precision_plugin=None, strategy=SingleDeviceStrategy('cpu'))
     config = module.configure_optimizers()
     opt, sched = config['optimizer'], config['lr_scheduler']['scheduler']
     assert config['lr_scheduler']['interval'] == 'step'
@@ -280,10 +282,14 @@ def _optimizer(trainer, **kwargs):
 def test_optimizer_is_fused_where_torch_has_it(opt):
     """By default the optimizers torch has a fused kernel for are built fused (also inside Lookahead), with gradient
     clipping in full precision (the demo's settings); ``opt_fused=False`` keeps torch's default."""
-    optimizer = _optimizer(_trainer_for_optimizers(clip=5.0), opt=opt)
-    inner = getattr(optimizer, 'optimizer', optimizer) if opt.startswith('lookahead') else optimizer
-    assert inner.defaults['fused'] is True and all(g['fused'] for g in inner.param_groups)
-    assert not _optimizer(_trainer_for_optimizers(clip=5.0), opt=opt, opt_fused=False).defaults.get('fused')
+    def inner(optimizer):  # the optimizer inside timm's Lookahead wrapper
+        return optimizer._base_optimizer if opt.startswith('lookahead') else optimizer
+
+    fused = inner(_optimizer(_trainer_for_optimizers(clip=5.0), opt=opt))
+    assert type(fused).__module__.startswith('torch.optim')
+    assert fused.defaults['fused'] is True and all(g['fused'] for g in fused.param_groups)
+    default = inner(_optimizer(_trainer_for_optimizers(clip=5.0), opt=opt, opt_fused=False))
+    assert type(default) is type(fused) and not default.defaults['fused']
 
 
 def test_fused_optimizer_steps_like_the_default_one():
