@@ -68,6 +68,12 @@ def check_size_pair(name: str, value: Any, low: int = 1) -> Tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is a bool (a string such as ``'False'`` would be taken as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} must be a bool, got {name}={value!r}')
+
+
 def check_drop(name: str, value: Any) -> None:
     """A dropout probability: a number in ``[0, 1)`` (NaN refused; :func:`check_number`)."""
     check_number(name, value, 0, 1, high_open=True)

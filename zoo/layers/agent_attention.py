@@ -46,6 +46,7 @@ from timm.layers import register_notrace_module, to_2tuple, trunc_normal_, use_f
 from torch._subclasses.fake_tensor import is_fake
 
 from ._checks import (
+    check_bool,
     check_drop,
     check_input_dtype,
     check_nonempty,
@@ -341,6 +342,7 @@ class AgentAttention(_AgentBiases):
             ValueError: an argument outside its valid values (``agent_num`` not a square, ...), naming it.
         """
         super().__init__()
+        check_bool('qkv_bias', qkv_bias)
         dd = {'device': device, 'dtype': dtype}
         _check_common(dim, num_heads, qk_scale, attn_drop, proj_drop, bias_size)
         resolution = _size2(resolution, 'resolution')

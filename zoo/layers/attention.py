@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_, use_fused_attn
 
-from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale, check_size_pair
+from ._checks import check_bool, check_channels_last, check_drop, check_num_heads, check_qk_scale, check_size_pair
 
 __all__ = ['RpbAttention2d', 'relative_position_index_2d']
 
@@ -70,6 +70,7 @@ class RpbAttention2d(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
+        check_bool('qkv_bias', qkv_bias)
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         grid_size = check_size_pair('grid_size', grid_size)

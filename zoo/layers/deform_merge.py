@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple
 from torchvision.ops import deform_conv2d
 
-from ._checks import check_input_dtype, shape_str
+from ._checks import check_bool, check_input_dtype, shape_str
 from .partition import pad_needed
 
 __all__ = ['DeformConv2dPack', 'DeformTokenMergeCl', 'deform_conv2d_sampled']
@@ -117,6 +117,7 @@ class DeformConv2dPack(nn.Module):
                 ``impl``, naming it.
         """
         super().__init__()
+        check_bool('bias', bias)
         dd = {'device': device, 'dtype': dtype}
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f'in_channels and out_channels must be >= 1, got in_channels={in_channels}, '

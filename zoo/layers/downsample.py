@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ._checks import check_channels_last, check_nchw
+from ._checks import check_bool, check_channels_last, check_nchw
 from .partition import pad_needed
 
 __all__ = ['ConvDownsampleCl', 'ConvDownsample2d', 'PatchMergingCl']
@@ -83,6 +83,7 @@ class ConvDownsample2d(nn.Module):
             ValueError: a channel count below 1.
         """
         super().__init__()
+        check_bool('bias', bias)
         dd = {'device': device, 'dtype': dtype}
         out_dim = out_dim or 2 * dim
         if dim < 1 or out_dim < 1:

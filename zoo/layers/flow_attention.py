@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ._checks import check_drop, check_input_dtype, check_nonempty, check_num_heads, shape_str
+from ._checks import check_bool, check_drop, check_input_dtype, check_nonempty, check_num_heads, shape_str
 from ._precision import autocast_off, compute_dtype
 
 __all__ = ['flow_attention_core', 'FlowAttention']
@@ -193,6 +193,7 @@ class FlowAttention(nn.Module):
             ValueError: ``num_heads`` does not divide ``dim``, or ``proj_drop`` outside [0, 1).
         """
         super().__init__()
+        check_bool('qkv_bias', qkv_bias)
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         check_drop('proj_drop', proj_drop)

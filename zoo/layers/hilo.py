@@ -37,7 +37,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_channels_last, check_drop, check_input_dtype, check_nonempty, check_num_heads, check_qk_scale
+from ._checks import (
+    check_bool,
+    check_channels_last,
+    check_drop,
+    check_input_dtype,
+    check_nonempty,
+    check_num_heads,
+    check_qk_scale,
+)
 from .partition import pad_needed
 
 __all__ = ['HiLoAttentionCl', 'hilo_head_split']
@@ -99,6 +107,7 @@ class HiLoAttentionCl(nn.Module):
                 non-positive ``qk_scale``, naming the argument.
         """
         super().__init__()
+        check_bool('qkv_bias', qkv_bias)
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         check_qk_scale(qk_scale)

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ._checks import (
+    check_bool,
     check_channels_last,
     check_drop,
     check_input_dtype,
@@ -260,6 +261,7 @@ class InLineAttention(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
+        check_bool('qkv_bias', qkv_bias)
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         if qkv_layout not in _LAYOUTS:

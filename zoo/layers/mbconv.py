@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, SEModule, create_conv2d, get_act_layer, get_norm_act_layer, make_divisible
 
-from ._checks import check_drop, check_nchw, check_number
+from ._checks import check_bool, check_drop, check_nchw, check_number
 
 __all__ = ['MbConvBlock2d']
 
@@ -84,6 +84,7 @@ class MbConvBlock2d(nn.Module):
             ValueError: an argument outside its valid values, naming it.
         """
         super().__init__()
+        check_bool('output_bias', output_bias)
         dd = {'device': device, 'dtype': dtype}
         if in_chs < 1 or out_chs < 1:
             raise ValueError(f'in_chs and out_chs must be >= 1, got in_chs={in_chs}, out_chs={out_chs}')

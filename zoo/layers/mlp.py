@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ._checks import check_drop, check_input_dtype, shape_str
+from ._checks import check_bool, check_drop, check_input_dtype, shape_str
 from .pos_conv import DwConvCl
 
 __all__ = ['ConvFfnCl']
@@ -58,6 +58,8 @@ class ConvFfnCl(nn.Module):
                 ``kernel_size``.
         """
         super().__init__()
+        check_bool('bias', bias)
+        check_bool('extra_relu', extra_relu)
         dd = {'device': device, 'dtype': dtype}
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features

@@ -22,7 +22,7 @@ from timm.layers import register_notrace_module, trunc_normal_
 
 from zoo_kernels.neighborhood import na2d
 
-from ._checks import check_channels_last, check_drop, check_num_heads, check_qk_scale, check_size_pair
+from ._checks import check_bool, check_channels_last, check_drop, check_num_heads, check_qk_scale, check_size_pair
 from .partition import pad_needed
 
 __all__ = ['NeighborhoodAttention2d', 'na_pad_size']
@@ -86,6 +86,8 @@ class NeighborhoodAttention2d(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
+        check_bool('qkv_bias', qkv_bias)
+        check_bool('rel_pos_bias', rel_pos_bias)
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         kernel_size = check_size_pair('kernel_size', kernel_size)

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, to_2tuple, use_fused_attn
 
-from ._checks import check_channels_last, check_drop
+from ._checks import check_bool, check_channels_last, check_drop
 from .partition import grid_partition_, grid_reverse_, is_exporting, padded_size_, window_partition_, window_reverse_
 from .pos_embed_rel_tf import RelPosBiasTf
 
@@ -73,6 +73,8 @@ class PartitionAttentionCl(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
+        check_bool('qkv_bias', qkv_bias)
+        check_bool('head_first', head_first)
         dd = {'device': device, 'dtype': dtype}
         if dim < 1:
             raise ValueError(f'dim must be >= 1, got dim={dim}')

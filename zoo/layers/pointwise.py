@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
-from ._checks import check_input_dtype, check_nchw, check_number, shape_str
+from ._checks import check_bool, check_input_dtype, check_nchw, check_number, shape_str
 
 __all__ = ['PointwiseConv2d', 'is_channels_last', 'to_channels_last']
 
@@ -63,6 +63,7 @@ class PointwiseConv2d(nn.Conv2d):
         """
         check_number('in_channels', in_channels, 1, integer=True)
         check_number('out_channels', out_channels, 1, integer=True)
+        check_bool('bias', bias)
         super().__init__(in_channels, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:

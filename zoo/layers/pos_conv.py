@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
-from ._checks import check_channels_last, check_nchw, shape_str
+from ._checks import check_bool, check_channels_last, check_nchw, shape_str
 
 __all__ = ['DwConv2d', 'DwConvCl', 'Cpe2d', 'CpeCl', 'depthwise_conv2d']
 
@@ -142,6 +142,7 @@ class DwConv2d(nn.Conv2d):
             raise ValueError(f'dim must be >= 1, got dim={dim}')
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'kernel_size must be an odd int >= 1, got kernel_size={kernel_size!r}')
+        check_bool('bias', bias)
         super().__init__(
             dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias, device=device, dtype=dtype)
 

@@ -49,6 +49,7 @@ from timm.layers import register_notrace_function, register_notrace_module
 from zoo_kernels.routing import routed_attention
 
 from ._checks import (
+    check_bool,
     check_channels_last,
     check_nchw,
     check_nonempty,
@@ -140,6 +141,8 @@ class RegionRouter(nn.Module):
             ValueError: ``topk < 1``, or ``param_routing`` without ``diff_routing``.
         """
         super().__init__()
+        check_bool('param_routing', param_routing)
+        check_bool('diff_routing', diff_routing)
         check_number('topk', topk, 1, integer=True)
         check_number('qk_dim', qk_dim, 1, integer=True)
         self.qk_dim = qk_dim
@@ -172,6 +175,7 @@ class QkvLinear(nn.Module):
 
     def __init__(self, dim: int, qk_dim: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
+        check_bool('bias', bias)
         check_number('dim', dim, 1, integer=True)
         check_number('qk_dim', qk_dim, 1, integer=True)
         self.dim = dim
@@ -259,6 +263,9 @@ class BiLevelRoutingAttention(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
+        check_bool('param_routing', param_routing)
+        check_bool('diff_routing', diff_routing)
+        check_bool('soft_routing', soft_routing)
         dd = {'device': device, 'dtype': dtype}
         qk_dim = qk_dim or dim
         check_routing_args(dim, num_heads, n_win, topk, side_dwconv, qk_scale)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, use_fused_attn
 
-from ._checks import check_channels_last, check_drop, check_nonempty, check_num_heads, check_qk_scale
+from ._checks import check_bool, check_channels_last, check_drop, check_nonempty, check_num_heads, check_qk_scale
 from .partition import pad_needed
 
 __all__ = ['SpatialReductionAttentionCl', 'spatial_pool_cl', 'POOL_MODES']
@@ -100,6 +100,8 @@ class SpatialReductionAttentionCl(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
+        check_bool('linear', linear)
+        check_bool('qkv_bias', qkv_bias)
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
         check_qk_scale(qk_scale)

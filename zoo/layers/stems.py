@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ._checks import check_nchw, check_size_pair
+from ._checks import check_bool, check_nchw, check_size_pair
 from .partition import pad_needed
 
 __all__ = ['ConvStemCl', 'PatchEmbedCl', 'ConvStem2d', 'PatchEmbed2d']
@@ -142,6 +142,7 @@ class ConvStem2d(nn.Module):
             ValueError: a channel count below 1 (``embed_dim`` below 2 without ``hidden_dim``).
         """
         super().__init__()
+        check_bool('bias', bias)
         dd = {'device': device, 'dtype': dtype}
         hidden_dim = hidden_dim or embed_dim // 2
         if in_chans < 1 or embed_dim < 1 or hidden_dim < 1:
@@ -190,6 +191,8 @@ class PatchEmbed2d(nn.Module):
             ValueError: a size or channel count below 1.
         """
         super().__init__()
+        check_bool('norm_first', norm_first)
+        check_bool('pad', pad)
         dd = {'device': device, 'dtype': dtype}
         patch_size = check_size_pair('patch_size', patch_size)
         if in_chans < 1 or embed_dim < 1:

@@ -43,7 +43,7 @@ from timm.layers import (
 from timm.models import checkpoint
 
 from zoo.layers import PatchEmbedCl, PreNormBlockCl
-from zoo.layers._checks import check_number
+from zoo.layers._checks import check_bool, check_number
 from zoo.layers.partition import is_exporting
 
 from ._helpers import (
@@ -236,11 +236,12 @@ class DeitLike(PretrainedFileMixin, nn.Module):
 
         Raises:
             ValueError: an argument or config field outside its valid values, naming it.
-            TypeError: ``attn_layer`` is not callable.
+            TypeError: ``attn_layer`` is not callable, or ``dynamic_img_size`` not a bool.
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         check_model_args(in_chans, num_classes, drop_rate, drop_path_rate)
+        check_bool('dynamic_img_size', dynamic_img_size)
         if global_pool not in _POOLS:
             raise ValueError(f'global_pool must be one of {_POOLS}, got global_pool={global_pool!r}')
         if not callable(attn_layer):

@@ -55,7 +55,7 @@ from timm.layers import calculate_drop_path_rates, register_notrace_module, to_2
 from timm.models import checkpoint_seq
 
 from zoo.layers import PatchEmbedCl, PatchMergingCl, PreNormBlockCl, RelPosBias
-from zoo.layers._checks import check_channels_last, check_num_heads, check_number
+from zoo.layers._checks import check_bool, check_channels_last, check_num_heads, check_number
 from zoo.layers.partition import is_exporting, padded_size_, window_partition_, window_reverse_
 
 from ._helpers import StagedModelMixin, init_weights
@@ -287,6 +287,7 @@ class SwinWindowAttentionCl(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         check_num_heads(dim, num_heads)
+        check_bool('qkv_bias', qkv_bias)
         window = tuple(int(w) for w in to_2tuple(window_size))
         if len(window) != 2 or any(w < 1 for w in window):
             raise ValueError(f'window_size must be an int or (h, w) pair of ints >= 1, got window_size={window_size}')
@@ -538,11 +539,12 @@ class SwinLike(StagedModelMixin, nn.Module):
 
         Raises:
             ValueError: an argument or config field outside its valid values, naming it.
-            TypeError: ``attn_layer`` is not callable.
+            TypeError: ``attn_layer`` is not callable, or ``qkv_bias`` not a bool.
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self._init_args(in_chans, num_classes, drop_rate, drop_path_rate)
+        check_bool('qkv_bias', qkv_bias)  # used by the Swin window blocks only (the family blocks take their own)
         if not callable(attn_layer):
             raise TypeError(f'attn_layer must be a callable returning an nn.Module, got {attn_layer!r}')
         if not (isinstance(attn_letter, str) and len(attn_letter) == 1 and attn_letter not in WINDOW_LETTERS + ('M',)):

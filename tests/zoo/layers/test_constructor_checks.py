@@ -7,11 +7,14 @@ passed the range checks and failed in the first training forward (or was taken a
 kernel, dilation, patch, window or top-k size was truncated by ``int()`` or reached ``torch.topk`` / ``avg_pool2d``,
 a one-entry ``grid_size`` raised ``IndexError``, and an infinite or NaN ratio or norm epsilon overflowed or gave NaN.
 """
+import inspect
 import math
+import typing
 
 import pytest
 import torch.nn as nn
 
+from zoo import layers
 from zoo.layers import (
     AgentAttention,
     AgentSpatialReductionAttentionCl,
@@ -136,3 +139,46 @@ def test_check_number_and_size_pair():
     assert check_size_pair('k', 3) == (3, 3) and check_size_pair('k', [3, 5]) == (3, 5)
     with pytest.raises(ValueError, match=r'k must be an int or a pair of ints >= 2, got k=\(3, 1\)'):
         check_size_pair('k', (3, 1), low=2)
+
+
+# every shared layer with a bool argument, with valid keyword arguments
+WITH_BOOLS = {
+    **ATTENTION,
+    'downsample': (layers.ConvDownsample2d, dict(dim=8)),
+    'conv_ffn': (layers.ConvFfnCl, dict(in_features=8)),
+    'conv_stem': (layers.ConvStem2d, dict()),
+    'deform_conv': (layers.DeformConv2dPack, dict(in_channels=4, out_channels=4, kernel_size=3)),
+    'dwconv': (layers.DwConv2d, dict(dim=8)),
+    'dwconv_cl': (layers.DwConvCl, dict(dim=8)),
+    'cpe': (layers.Cpe2d, dict(dim=8)),
+    'cpe_cl': (layers.CpeCl, dict(dim=8)),
+    'mbconv': (layers.MbConvBlock2d, dict(in_chs=8, out_chs=8)),
+    'patch_embed': (layers.PatchEmbed2d, dict()),
+    'pointwise': (layers.PointwiseConv2d, dict(in_channels=4, out_channels=4)),
+    'qkv_linear': (layers.QkvLinear, dict(dim=8, qk_dim=8)),
+    'router': (layers.RegionRouter, dict(qk_dim=8, topk=2)),
+}
+
+
+def _bool_arguments(cls):
+    """The bool-annotated arguments of the constructor ``cls`` runs."""
+    return [name for name, hint in typing.get_type_hints(cls.__init__).items() if hint is bool]
+
+
+def test_every_layer_with_a_bool_argument_is_listed():
+    classes = [getattr(layers, n) for n in dir(layers) if inspect.isclass(getattr(layers, n))]
+    with_bools = {c for c in classes if c.__module__.startswith('zoo.layers') and _bool_arguments(c)}
+    assert not with_bools - {cls for cls, _ in WITH_BOOLS.values()}
+
+
+@pytest.mark.parametrize('key', sorted(WITH_BOOLS))
+def test_bool_arguments_take_only_bools(key):
+    """A string or number for a bool argument is a TypeError naming it (``qkv_bias='False'`` built a bias)."""
+    cls, kwargs = WITH_BOOLS[key]
+    names = _bool_arguments(cls)
+    if not names:  # a layer of the attention table without one
+        return
+    for name in names:
+        for bad in ('False', 0, None):
+            with pytest.raises(TypeError, match=rf'^{name} must be a bool, got {name}={bad!r}$'):
+                cls(**dict(kwargs, **{name: bad}))

@@ -460,6 +460,19 @@ def test_tiny_cfg_fields_are_type_checked_by_name(name):
 
 
 @pytest.mark.parametrize('name', TINY)
+def test_tiny_bool_arguments_are_type_checked_by_name(name):
+    """Every bool keyword of the model's constructors (those outside its config: ``qkv_bias``,
+    ``dynamic_img_size``) given a string is a ``TypeError`` naming it: ``qkv_bias='False'`` built the biases."""
+    import typing
+    cls = type(timm.create_model(name))
+    names = sorted({arg for c in cls.__mro__ if '__init__' in vars(c) and c.__module__.startswith('zoo.')
+                    for arg, hint in typing.get_type_hints(c.__init__).items() if hint is bool})
+    for arg in names:
+        with pytest.raises(TypeError, match=rf"^{arg} must be a bool, got {arg}='False'$"):
+            timm.create_model(name, **{arg: 'False'})
+
+
+@pytest.mark.parametrize('name', TINY)
 def test_tiny_rejects_bad_images_by_name(name):
     """Images of the wrong type, shape, size, dtype or device get a TypeError / ValueError naming ``x`` and what was
     expected, from every entry point (not an error from deep in a layer); bad arguments of the feature and classifier
