@@ -263,9 +263,7 @@ class BiLevelRoutingAttention(nn.Module):
             ValueError: an argument outside the values above, naming it.
         """
         super().__init__()
-        check_bool('param_routing', param_routing)
-        check_bool('diff_routing', diff_routing)
-        check_bool('soft_routing', soft_routing)
+        check_bool('soft_routing', soft_routing)  # param_routing and diff_routing: checked by the RegionRouter
         dd = {'device': device, 'dtype': dtype}
         qk_dim = qk_dim or dim
         check_routing_args(dim, num_heads, n_win, topk, side_dwconv, qk_scale)
