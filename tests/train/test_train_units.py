@@ -315,7 +315,7 @@ def test_fused_optimizer_steps_like_the_default_one():
     assert any(not torch.equal(a, p0) for a, p0 in zip(moved[0], start.values()))
 
 
-def test_optimizer_not_fused_where_it_cannot_be(caplog):
+def test_optimizer_not_fused_where_it_cannot_be():
     """Left at None, opt_fused falls back and says why: an optimizer without a fused kernel, clipping under mixed
     precision (Lightning refuses it), a strategy other than single-device / DDP; set to True it is a ConfigError
     naming the reason."""

@@ -138,7 +138,7 @@ def _fused_step_runs(optimizer_class: type, device: torch.device, dtype: torch.d
     param.grad = torch.zeros_like(param)
     try:
         optimizer_class([param], lr=1e-3, fused=True).step()
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):  # torch's refusal; a backend without the kernel: no dispatch entry
         return False
     return True
 
